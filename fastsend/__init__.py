@@ -1,0 +1,37 @@
+"""fastsend: ship vision events from video pipelines to an Event Ingestion Service (v2)."""
+
+from .annotations import (
+    classifications_to_wire,
+    instance_segmentations_to_wire,
+    keypoints_to_wire,
+    object_detections_to_wire,
+)
+from .block import build_block_request, prepare_block_event
+from .config import Settings
+from .events import Event, ValidationError
+from .jpeg import JpegOptions, encode_jpeg, jpeg_backend
+from .retry import RetryPolicy
+from .wire import PreparedEvent, Request, events_url, prepare_event, render_body
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Event",
+    "JpegOptions",
+    "PreparedEvent",
+    "Request",
+    "RetryPolicy",
+    "Settings",
+    "ValidationError",
+    "build_block_request",
+    "classifications_to_wire",
+    "encode_jpeg",
+    "events_url",
+    "instance_segmentations_to_wire",
+    "jpeg_backend",
+    "keypoints_to_wire",
+    "object_detections_to_wire",
+    "prepare_block_event",
+    "prepare_event",
+    "render_body",
+]

@@ -1,0 +1,246 @@
+"""Predictions → the v2 annotation lists, with the reference block's numbers.
+
+Accepted without importing supervision or inference:
+- anything shaped like ``supervision.Detections`` (``xyxy``, ``confidence``,
+  ``mask``, ``data``);
+- inference's serialized predictions, ``{"predictions": [{x, y, width, height,
+  confidence, class, points?, keypoints?}, …]}``, or that list alone;
+- the classification shapes in ``classifications_to_wire``.
+
+Boxes are converted column-wise with numpy; ``tolist()`` hands Python floats
+to the dict comprehension, so no per-detection ``float()`` calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .events import ValidationError
+
+__all__ = [
+    "classifications_to_wire",
+    "instance_segmentations_to_wire",
+    "keypoints_to_wire",
+    "object_detections_to_wire",
+]
+
+UNKNOWN_CLASS = "unknown"
+_MASKS_EXTRA_HINT = "tracing instance masks needs OpenCV: pip install 'fastsend[masks]'"
+
+Wire = list[dict[str, Any]]
+
+
+def _is_detections(obj: Any) -> bool:
+    return hasattr(obj, "xyxy") and hasattr(obj, "data")
+
+
+def _predictions_list(obj: Any, field: str) -> list[Mapping[str, Any]]:
+    if isinstance(obj, Mapping) and "predictions" in obj:
+        obj = obj["predictions"]
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)) and all(isinstance(p, Mapping) for p in obj):
+        return list(obj)
+    raise ValidationError(
+        field, obj, "must be supervision-like Detections, {'predictions': [...]} or a list of prediction dicts"
+    )
+
+
+def _finite_column(values: Any, field: str, count: int) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(count, -1)
+    except (TypeError, ValueError):
+        raise ValidationError(field, values, "must be numbers") from None
+    if not np.isfinite(array).all():
+        raise ValidationError(field, values, "must be finite numbers (no NaN or infinity)")
+    return array
+
+
+# ---------------------------------------------------------------- boxes
+
+
+def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list[float]], list[float]]:
+    """Class names, ``[x, y, width, height]`` rows (centre-based) and confidences."""
+    count = len(detections.xyxy)
+    if count == 0:
+        return [], [], []
+    xyxy = _finite_column(detections.xyxy, f"{field}.xyxy", count)
+    if xyxy.shape[1] != 4:
+        raise ValidationError(f"{field}.xyxy", detections.xyxy, "must be N×4")
+    boxes = np.empty((count, 4))
+    boxes[:, 0] = (xyxy[:, 0] + xyxy[:, 2]) / 2
+    boxes[:, 1] = (xyxy[:, 1] + xyxy[:, 3]) / 2
+    boxes[:, 2] = xyxy[:, 2] - xyxy[:, 0]
+    boxes[:, 3] = xyxy[:, 3] - xyxy[:, 1]
+    confidence = getattr(detections, "confidence", None)
+    if confidence is None:
+        confidences = [0.0] * count
+    else:
+        confidences = _finite_column(confidence, f"{field}.confidence", count)[:, 0].tolist()
+    names = (detections.data or {}).get("class_name")
+    if names is None or len(names) < count:
+        classes = [UNKNOWN_CLASS] * count
+    else:
+        listed = names.tolist() if isinstance(names, np.ndarray) else list(names)
+        classes = [name if type(name) is str else str(name) for name in listed[:count]]
+    return classes, boxes.tolist(), confidences
+
+
+def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple[list[str], list[list[float]], list[float]]:
+    if not predictions:
+        return [], [], []
+    try:
+        rows = [(p["x"], p["y"], p["width"], p["height"], p.get("confidence", 0.0)) for p in predictions]
+    except KeyError as exc:
+        raise ValidationError(f"{field}[].{exc.args[0]}", predictions, "is required in every prediction") from None
+    numbers = _finite_column(rows, field, len(rows))
+    classes = [str(p.get("class", UNKNOWN_CLASS)) for p in predictions]
+    return classes, numbers[:, :4].tolist(), numbers[:, 4].tolist()
+
+
+def _boxes_to_wire(classes: list[str], boxes: list[list[float]], confidences: list[float]) -> Wire:
+    return [
+        {"class": name, "x": x, "y": y, "width": w, "height": h, "confidence": conf}
+        for name, (x, y, w, h), conf in zip(classes, boxes, confidences)
+    ]
+
+
+def object_detections_to_wire(predictions: Any, field: str = "object_detections") -> Wire:
+    """``[{class, x, y, width, height, confidence}]`` from Detections or inference predictions."""
+    if _is_detections(predictions):
+        return _boxes_to_wire(*_detections_boxes(predictions, field))
+    return _boxes_to_wire(*_prediction_boxes(_predictions_list(predictions, field), field))
+
+
+# ---------------------------------------------------------------- instance segmentation
+
+
+def _largest_contour(mask: np.ndarray) -> list[list[float]]:
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError(_MASKS_EXTRA_HINT) from None
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    largest = max(contours, key=cv2.contourArea)
+    return largest.reshape(-1, 2).astype(np.float64).tolist()
+
+
+def _polygon(points: Any, field: str) -> list[list[float]]:
+    array = np.asarray(points, dtype=np.float64)
+    if array.size == 0:
+        return []
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValidationError(field, points, "must be a list of [x, y] points")
+    if not np.isfinite(array).all():
+        raise ValidationError(field, points, "must be finite numbers (no NaN or infinity)")
+    return array.tolist()
+
+
+def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segmentations") -> Wire:
+    """Boxes plus ``points``: ``data["polygon"]`` as given, else the largest external contour of each mask.
+
+    A detection whose polygon has fewer than 3 points is dropped.
+    """
+    if _is_detections(predictions):
+        entries = _boxes_to_wire(*_detections_boxes(predictions, field))
+        polygons = (predictions.data or {}).get("polygon")
+        if polygons is not None and len(polygons) >= len(entries):
+            points = [_polygon(polygons[i], f"{field}.polygon[{i}]") for i in range(len(entries))]
+        elif getattr(predictions, "mask", None) is not None:
+            points = [_largest_contour(mask) for mask in predictions.mask]
+        else:
+            points = [[] for _ in entries]
+    else:
+        listed = _predictions_list(predictions, field)
+        entries = _boxes_to_wire(*_prediction_boxes(listed, field))
+        points = [
+            _polygon([(pt["x"], pt["y"]) for pt in p.get("points") or ()], f"{field}[{i}].points")
+            for i, p in enumerate(listed)
+        ]
+    return [dict(entry, points=polygon) for entry, polygon in zip(entries, points) if len(polygon) >= 3]
+
+
+# ---------------------------------------------------------------- keypoints
+
+
+def _real_keypoint_count(names: Any, slots: int) -> int:
+    if names is None:
+        return slots
+    padding = [i for i, name in enumerate(list(names)[:slots]) if name == ""]
+    return padding[0] if padding else min(slots, len(names))
+
+
+def keypoints_to_wire(predictions: Any, field: str = "keypoint_detections") -> Wire:
+    """Boxes plus ``keypoints: [{id, x, y}]``; padding slots skipped, detections with none dropped."""
+    if _is_detections(predictions):
+        entries = _boxes_to_wire(*_detections_boxes(predictions, field))
+        data = predictions.data or {}
+        xy = data.get("keypoints_xy")
+        if xy is None or not entries:
+            return []
+        xy = _finite_column(xy, f"{field}.keypoints_xy", len(entries)).reshape(len(entries), -1, 2)
+        names = data.get("keypoints_class_name")
+        keypoint_lists: Iterable[list[dict[str, Any]]] = (
+            [
+                {"id": j, "x": x, "y": y}
+                for j, (x, y) in enumerate(xy[i, : _real_keypoint_count(None if names is None else names[i], xy.shape[1])].tolist())
+            ]
+            for i in range(len(entries))
+        )
+    else:
+        listed = _predictions_list(predictions, field)
+        entries = _boxes_to_wire(*_prediction_boxes(listed, field))
+        keypoint_lists = (_prediction_keypoints(p.get("keypoints") or (), f"{field}[{i}].keypoints") for i, p in enumerate(listed))
+    return [dict(entry, keypoints=points) for entry, points in zip(entries, keypoint_lists) if points]
+
+
+def _prediction_keypoints(keypoints: Iterable[Mapping[str, Any]], field: str) -> list[dict[str, Any]]:
+    keypoints = list(keypoints)
+    try:
+        rows = [(kp["x"], kp["y"]) for kp in keypoints]
+    except (KeyError, TypeError):
+        raise ValidationError(field, keypoints, "must be a list of {x, y, class_id?} dicts") from None
+    xy = _finite_column(rows, field, len(rows)).tolist() if rows else []
+    return [{"id": int(kp.get("class_id", j)), "x": x, "y": y} for j, (kp, (x, y)) in enumerate(zip(keypoints, xy))]
+
+
+# ---------------------------------------------------------------- classification
+
+
+def _classification_pairs(predictions: Any, field: str) -> tuple[list[Any], list[Any]]:
+    if _is_detections(predictions):
+        names = (predictions.data or {}).get("class_name")
+        names = [] if names is None else list(names)
+        confidence = getattr(predictions, "confidence", None)
+        return names, [0.0] * len(names) if confidence is None else list(confidence)[: len(names)]
+    if isinstance(predictions, Mapping):
+        if "class_name" in predictions:
+            names = list(predictions["class_name"])
+            confidences = predictions.get("confidence")
+            return names, [0.0] * len(names) if confidences is None else list(confidences)
+        inner = predictions.get("predictions")
+        if isinstance(inner, Mapping):  # multi-label: {name: {"confidence": c}}
+            chosen = predictions.get("predicted_classes")
+            items = [(name, inner[name]) for name in chosen if name in inner] if chosen is not None else list(inner.items())
+            return [name for name, _ in items], [value.get("confidence", 0.0) for _, value in items]
+        if inner is not None:
+            return _classification_pairs(inner, field)
+        if "top" in predictions:
+            return [predictions["top"]], [predictions.get("confidence", 0.0)]
+    if isinstance(predictions, Sequence) and not isinstance(predictions, (str, bytes)):
+        if all(isinstance(p, Mapping) for p in predictions):
+            return [p.get("class", UNKNOWN_CLASS) for p in predictions], [p.get("confidence", 0.0) for p in predictions]
+    raise ValidationError(
+        field, predictions, "must be {'class_name': [...], 'confidence': [...]}, inference classification output or Detections"
+    )
+
+
+def classifications_to_wire(predictions: Any, field: str = "classifications") -> Wire:
+    """``[{class, confidence}]`` from a class-name dict, inference classification output or Detections."""
+    names, confidences = _classification_pairs(predictions, field)
+    if len(confidences) < len(names):
+        raise ValidationError(f"{field}.confidence", confidences, f"must have one value per class ({len(names)})")
+    values = _finite_column(confidences[: len(names)], f"{field}.confidence", len(names))[:, 0].tolist() if names else []
+    return [{"class": str(name), "confidence": conf} for name, conf in zip(names, values)]

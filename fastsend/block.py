@@ -1,0 +1,107 @@
+"""The Event Writer workflow block's parameters, by their exact names, → a prepared event.
+
+Parameters that do not belong to the chosen schema are ignored, as the block does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .events import Event
+from .jpeg import JpegOptions
+from .wire import PreparedEvent, Request, events_url, prepare_event, render_body, request_headers
+
+__all__ = ["BlockEvent", "API_KEY_ENV", "build_block_request", "prepare_block_event"]
+
+API_KEY_ENV = "EVENT_INGESTION_API_KEY"
+_SCHEMA_FIELDS = frozenset(
+    {"qc_result", "external_id", "location", "item_count", "item_type", "alert_type", "severity", "alert_description", "custom_value"}
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BlockEvent:
+    """A block call made ready to send: the events URL and the prepared event."""
+
+    url: str
+    prepared: PreparedEvent
+
+
+def _event(event_schema: Any, custom_metadata: Any, params: dict[str, Any]) -> Event:
+    common = {"custom_metadata": custom_metadata}
+    get = params.get
+    if event_schema == "quality_check":
+        return Event.quality_check(result=get("qc_result"), external_id=get("external_id"), **common)
+    if event_schema == "inventory_count":
+        return Event.inventory_count(
+            location=get("location"),
+            item_count=get("item_count"),
+            item_type=get("item_type"),
+            external_id=get("external_id"),
+            **common,
+        )
+    if event_schema == "safety_alert":
+        return Event.safety_alert(
+            alert_type=get("alert_type"),
+            severity=get("severity"),
+            description=get("alert_description"),
+            external_id=get("external_id"),
+            **common,
+        )
+    if event_schema == "custom":
+        return Event.custom(value=get("custom_value"), external_id=get("external_id"), **common)
+    # Anything else is refused by Event's own schema check, with the allowed names.
+    return Event(event_schema, {}, **common)
+
+
+def prepare_block_event(
+    *,
+    event_schema: str,
+    output_image: Any,
+    event_ingestion_url: str | None = None,
+    input_image: Any = None,
+    image_label: str | None = None,
+    custom_metadata: dict[str, Any] | None = None,
+    object_detections: Any = None,
+    classifications: Any = None,
+    instance_segmentations: Any = None,
+    keypoint_detections: Any = None,
+    copy: bool = True,
+    **schema_fields: Any,
+) -> BlockEvent:
+    """Validate a block call and prepare it; the schema fields are ``qc_result``,
+    ``external_id``, ``location``, ``item_count``, ``item_type``, ``alert_type``,
+    ``severity``, ``alert_description`` and ``custom_value``."""
+    unknown = set(schema_fields) - _SCHEMA_FIELDS
+    if unknown:
+        raise TypeError(f"unexpected Event Writer parameter(s): {', '.join(sorted(unknown))}")
+    event = _event(event_schema, custom_metadata, schema_fields)
+    prepared = prepare_event(
+        event,
+        output_image,
+        input_image=input_image,
+        label=image_label,
+        object_detections=object_detections,
+        classifications=classifications,
+        instance_segmentations=instance_segmentations,
+        keypoint_detections=keypoint_detections,
+        copy=copy,
+    )
+    return BlockEvent(events_url(event_ingestion_url), prepared)
+
+
+
+def build_block_request(*, jpeg: JpegOptions | None = None, **params: Any) -> Request:
+    """The whole request for one block call, encoded on this thread.
+
+    ``fire_and_forget``, ``disable_sink`` and ``request_timeout`` concern the sender
+    and are ignored here. The API key comes from ``EVENT_INGESTION_API_KEY``.
+    """
+    for sender_only in ("fire_and_forget", "disable_sink", "request_timeout"):
+        params.pop(sender_only, None)
+    block_event = prepare_block_event(**params)
+    chunks = render_body(block_event.prepared, jpeg or JpegOptions())
+    headers = request_headers(block_event.prepared.idempotency_key, os.environ.get(API_KEY_ENV) or None)
+    return Request.of(block_event.url, headers, chunks)

@@ -1,0 +1,162 @@
+"""Settings: every knob once, with its environment variable, default and rule.
+
+Precedence: argument > ``FASTSEND_*`` environment variable > default. A bad value
+raises ``ValidationError`` at construction naming the argument or variable, the
+value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+from .events import ValidationError
+
+__all__ = ["Settings", "OVERFLOW_POLICIES", "SETTING_ENV_VARS"]
+
+OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block", "raise", "spill")
+LOOPS = ("auto", "uvloop", "asyncio")
+SUBSAMPLINGS = ("444", "422", "420", "440", "411")
+MiB = 1024 * 1024
+
+
+class _Rejected(Exception):
+    pass
+
+
+def _number(kind: type, *, low: float, optional: bool = False) -> Callable[[Any], Any]:
+    def parse(raw: Any) -> Any:
+        if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "off"))):
+            return None
+        if isinstance(raw, bool):
+            raise _Rejected
+        try:
+            value = kind(raw.strip()) if isinstance(raw, str) else kind(raw)
+        except (TypeError, ValueError, OverflowError):
+            raise _Rejected from None
+        if kind is int and isinstance(raw, float) and raw != value:
+            raise _Rejected
+        if not low <= value < float("inf"):  # NaN fails too
+            raise _Rejected
+        return value
+
+    parse.accepted = (  # type: ignore[attr-defined]
+        f"{'an integer' if kind is int else 'a number'} ≥ {low:g}" + (" or none" if optional else "")
+    )
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in options:
+            raise _Rejected
+        return value
+
+    parse.accepted = "one of " + ", ".join(options)  # type: ignore[attr-defined]
+    return parse
+
+
+def _text(optional: bool = True) -> Callable[[Any], str | None]:
+    def parse(raw: Any) -> str | None:
+        if raw is None or raw == "":
+            if optional:
+                return None
+            raise _Rejected
+        if not isinstance(raw, (str, os.PathLike)):
+            raise _Rejected
+        return os.fspath(raw)
+
+    parse.accepted = "a string"  # type: ignore[attr-defined]
+    return parse
+
+
+def _quality(raw: Any) -> int:
+    value = _number(int, low=1)(raw)
+    if value > 100:
+        raise _Rejected
+    return value
+
+
+_quality.accepted = "an integer from 1 to 100"  # type: ignore[attr-defined]
+
+
+def _knob(env: str, parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of a writer's knobs; build with ``Settings.resolve(**arguments)``."""
+
+    url: str = _knob("FASTSEND_URL", _text(optional=False), "http://localhost:8001", "base URL of the service")
+    api_key: str | None = _knob(
+        "EVENT_INGESTION_API_KEY", _text(), None, "sent as X-API-Key when set and non-empty"
+    )
+    max_connections: int = _knob("FASTSEND_MAX_CONNECTIONS", _number(int, low=1), 8, "pooled keep-alive connections")
+    max_in_flight: int = _knob(
+        "FASTSEND_MAX_IN_FLIGHT", _number(int, low=1), 16, "events past the queue: encoding, sending or backing off"
+    )
+    queue_size: int = _knob("FASTSEND_QUEUE_SIZE", _number(int, low=1), 64, "events waiting to be encoded")
+    queue_bytes: int = _knob(
+        "FASTSEND_QUEUE_BYTES", _number(int, low=1), 512 * MiB, "bytes of frames waiting to be encoded"
+    )
+    overflow: str = _knob("FASTSEND_OVERFLOW", _choice(OVERFLOW_POLICIES), "drop_oldest", "what a full queue does")
+    block_timeout: float = _knob(
+        "FASTSEND_BLOCK_TIMEOUT", _number(float, low=0), 5.0, "seconds the block policy waits for room"
+    )
+    request_timeout: float = _knob(
+        "FASTSEND_REQUEST_TIMEOUT", _number(float, low=0.001), 5.0, "seconds for one attempt, end to end"
+    )
+    connect_timeout: float = _knob(
+        "FASTSEND_CONNECT_TIMEOUT", _number(float, low=0.001), 2.0, "seconds to open a connection"
+    )
+    retries: int = _knob("FASTSEND_RETRIES", _number(int, low=0), 4, "retries after the first attempt")
+    backoff_base: float = _knob("FASTSEND_BACKOFF_BASE", _number(float, low=0), 0.2, "first backoff ceiling, seconds")
+    backoff_max: float = _knob("FASTSEND_BACKOFF_MAX", _number(float, low=0), 5.0, "backoff ceiling, seconds")
+    deadline: float = _knob(
+        "FASTSEND_DEADLINE", _number(float, low=0.001), 30.0, "seconds from submit after which an event is given up"
+    )
+    jpeg_quality: int = _knob("FASTSEND_JPEG_QUALITY", _quality, 95, "JPEG quality")
+    jpeg_subsampling: str = _knob("FASTSEND_JPEG_SUBSAMPLING", _choice(SUBSAMPLINGS), "420", "chroma subsampling")
+    jpeg_max_side: int | None = _knob(
+        "FASTSEND_JPEG_MAX_SIDE", _number(int, low=1, optional=True), None, "downscale frames whose longer side exceeds it"
+    )
+    encode_threads: int = _knob(
+        "FASTSEND_ENCODE_THREADS", _number(int, low=1), max(2, os.cpu_count() or 2), "JPEG encoder threads"
+    )
+    loop: str = _knob("FASTSEND_LOOP", _choice(LOOPS), "auto", "event loop: uvloop when installed, or asyncio")
+    exit_flush_timeout: float = _knob(
+        "FASTSEND_EXIT_FLUSH_TIMEOUT", _number(float, low=0), 5.0, "seconds spent flushing at interpreter exit"
+    )
+    spool_dir: str | None = _knob("FASTSEND_SPOOL_DIR", _text(), None, "durable outbox directory (off when unset)")
+    spool_max_bytes: int = _knob(
+        "FASTSEND_SPOOL_MAX_BYTES", _number(int, low=1), 1024 * MiB, "bytes the spool may hold; oldest go first"
+    )
+
+    @classmethod
+    def resolve(cls, environ: Mapping[str, str] | None = None, **arguments: Any) -> Settings:
+        """Settings from ``arguments`` (None means unset), then the environment, then defaults."""
+        environ = os.environ if environ is None else environ
+        unknown = set(arguments) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            env, parse = spec.metadata["env"], spec.metadata["parse"]
+            if arguments.get(spec.name) is not None:
+                source, raw = spec.name, arguments[spec.name]
+            elif environ.get(env, "") != "":
+                source, raw = env, environ[env]
+            else:
+                values[spec.name] = spec.default
+                continue
+            try:
+                values[spec.name] = parse(raw)
+            except _Rejected:
+                raise ValidationError(source, raw, f"must be {parse.accepted}") from None
+        return cls(**values)
+
+
+SETTING_ENV_VARS: dict[str, str] = {spec.name: spec.metadata["env"] for spec in fields(Settings)}

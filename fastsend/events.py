@@ -1,0 +1,274 @@
+"""The five event schemas, custom metadata, and the rules both ends enforce.
+
+The rules are written once, keyed by the wire (camelCase) names, and used by
+the client when an event is built and by the reference service when a body
+arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = [
+    "Event",
+    "ValidationError",
+    "EVENT_SCHEMAS",
+    "validate_event_data",
+    "validate_custom_metadata",
+    "validate_text",
+]
+
+_SHOWN_VALUE_CHARS = 80
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+
+
+class ValidationError(ValueError):
+    """An event, image or setting broke a rule; names the field, the value and the rule."""
+
+    def __init__(self, field: str, value: Any, rule: str) -> None:
+        self.field = field
+        self.value = value
+        self.rule = rule
+        super().__init__(f"{field}: {_show(value)} {rule}")
+
+
+def _show(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    if len(text) > _SHOWN_VALUE_CHARS:
+        text = f"{text[:_SHOWN_VALUE_CHARS]}… ({len(text)} chars)"
+    return text
+
+
+def validate_text(field: str, value: Any, *, max_chars: int | None = None) -> str:
+    """A JSON-safe string: a real ``str``, encodable as UTF-8, within ``max_chars``."""
+    if not isinstance(value, str):
+        raise ValidationError(field, value, f"must be a string, not {type(value).__name__}")
+    if max_chars is not None and len(value) > max_chars:
+        raise ValidationError(field, value, f"must be at most {max_chars} characters (got {len(value)})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(field, value, f"must be valid Unicode (lone surrogate at index {exc.start})") from None
+    return value
+
+
+class _Rule:
+    def check(self, field: str, value: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Text(_Rule):
+    max_chars: int | None = None
+    pattern: str | None = None
+
+    def check(self, field: str, value: Any) -> str:
+        text = validate_text(field, value, max_chars=self.max_chars)
+        if self.pattern is not None and not re.fullmatch(self.pattern, text):
+            raise ValidationError(field, value, f"must match {self.pattern}")
+        return text
+
+
+@dataclass(frozen=True)
+class _Choice(_Rule):
+    choices: tuple[str, ...]
+
+    def check(self, field: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            raise ValidationError(field, value, f"must be one of {', '.join(self.choices)}")
+        return value
+
+
+@dataclass(frozen=True)
+class _Count(_Rule):
+    def check(self, field: str, value: Any) -> int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValidationError(field, value, "must be an integer (not a bool or float)")
+        value = int(value)
+        if not 0 <= value <= UINT64_MAX:
+            raise ValidationError(field, value, f"must be between 0 and {UINT64_MAX}")
+        return value
+
+
+_EXTERNAL_ID = _Text(max_chars=1000)
+_LONG_TEXT = _Text(max_chars=10_000)
+
+# wire name -> rule, per schema; the service rejects keys not listed here.
+EVENT_SCHEMAS: dict[str, dict[str, _Rule]] = {
+    "quality_check": {"result": _Choice(("pass", "fail")), "externalId": _EXTERNAL_ID},
+    "inventory_count": {
+        "location": _Text(),
+        "itemCount": _Count(),
+        "itemType": _Text(),
+        "externalId": _EXTERNAL_ID,
+    },
+    "safety_alert": {
+        "alertType": _Text(pattern=r"[A-Za-z0-9_-]+"),
+        "severity": _Choice(("low", "medium", "high")),
+        "description": _LONG_TEXT,
+        "externalId": _EXTERNAL_ID,
+    },
+    "custom": {"value": _LONG_TEXT, "externalId": _EXTERNAL_ID},
+    "operator_feedback": {
+        "relatedEventId": _Text(),
+        "feedback": _Choice(("correct", "incorrect", "inconclusive")),
+    },
+}
+
+METADATA_MAX_KEYS = 100
+METADATA_KEY_MAX_CHARS = 100
+METADATA_VALUE_MAX_CHARS = 1000
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_ -]+")
+
+
+def validate_event_data(schema: Any, data: Any) -> dict[str, Any]:
+    """Check ``event_data`` (wire names) against ``schema``; returns it normalised."""
+    rules = EVENT_SCHEMAS.get(schema) if isinstance(schema, str) else None
+    if rules is None:
+        raise ValidationError("event_schema", schema, f"must be one of {', '.join(EVENT_SCHEMAS)}")
+    if not isinstance(data, Mapping):
+        raise ValidationError("event_data", data, "must be an object")
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        rule = rules.get(key)
+        if rule is None:
+            raise ValidationError(f"event_data.{key}", value, f"is not a field of {schema} (allowed: {', '.join(rules)})")
+        clean[key] = rule.check(f"event_data.{key}", value)
+    return clean
+
+
+def validate_custom_metadata(metadata: Any) -> dict[str, str | int | float | bool]:
+    """Flat metadata: ≤ 100 keys ``[A-Za-z0-9_ -]+`` of ≤ 100 chars; str/int/float/bool values."""
+    if not isinstance(metadata, Mapping):
+        raise ValidationError("custom_metadata", metadata, "must be a mapping of key to value")
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise ValidationError("custom_metadata", f"<{len(metadata)} keys>", f"must have at most {METADATA_MAX_KEYS} keys")
+    clean: dict[str, str | int | float | bool] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise ValidationError("custom_metadata key", key, "must be a string")
+        if len(key) > METADATA_KEY_MAX_CHARS:
+            raise ValidationError("custom_metadata key", key, f"must be at most {METADATA_KEY_MAX_CHARS} characters")
+        if not _METADATA_KEY.fullmatch(key):
+            raise ValidationError("custom_metadata key", key, "must match [A-Za-z0-9_ -]+")
+        clean[key] = _metadata_value(f"custom_metadata[{key!r}]", value)
+    return clean
+
+
+def _metadata_value(field: str, value: Any) -> str | int | float | bool:
+    # bool before int: True is an int in Python but a distinct JSON type.
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        value = int(value)
+        if not INT64_MIN <= value <= UINT64_MAX:
+            raise ValidationError(field, value, "must fit in 64 bits")
+        return value
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValidationError(field, value, "must be a finite number (no NaN or infinity)")
+        return value
+    if isinstance(value, str):
+        return validate_text(field, value, max_chars=METADATA_VALUE_MAX_CHARS)
+    raise ValidationError(field, value, f"must be str, int, float or bool, not {type(value).__name__}")
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _timestamp(value: datetime | str | None) -> str:
+    if value is None:
+        return _utc_now()
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValidationError("inference_timestamp", value, "must be timezone-aware")
+        return value.astimezone(timezone.utc).isoformat()
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError("inference_timestamp", value, "must be an ISO-8601 timestamp") from None
+        if parsed.tzinfo is None:
+            raise ValidationError("inference_timestamp", value, "must carry a UTC offset")
+        return value
+    raise ValidationError("inference_timestamp", value, "must be a datetime or an ISO-8601 string")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated event: schema, its data (wire names), metadata and the time it happened.
+
+    Build it with a schema constructor — ``Event.quality_check(result="fail")`` — so
+    every rule runs on the caller's thread. ``inference_timestamp`` is fixed at
+    creation: queueing and retries never move it.
+    """
+
+    schema: str
+    data: dict[str, Any]
+    custom_metadata: dict[str, str | int | float | bool] | None = None
+    solution: str | None = None
+    inference_timestamp: str = field(default_factory=_utc_now)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", validate_event_data(self.schema, self.data))
+        if self.custom_metadata is not None:
+            object.__setattr__(self, "custom_metadata", validate_custom_metadata(self.custom_metadata))
+        if self.solution is not None:
+            validate_text("solution", self.solution, max_chars=1000)
+        object.__setattr__(self, "inference_timestamp", _timestamp(self.inference_timestamp))
+
+    @classmethod
+    def _build(cls, schema: str, fields: dict[str, Any], common: dict[str, Any]) -> Event:
+        data = {key: value for key, value in fields.items() if value is not None}
+        return cls(schema, data, **common)
+
+    @classmethod
+    def quality_check(
+        cls, result: str | None = None, external_id: str | None = None, **common: Any
+    ) -> Event:
+        return cls._build("quality_check", {"result": result, "externalId": external_id}, common)
+
+    @classmethod
+    def inventory_count(
+        cls,
+        location: str | None = None,
+        item_count: int | None = None,
+        item_type: str | None = None,
+        external_id: str | None = None,
+        **common: Any,
+    ) -> Event:
+        fields = {"location": location, "itemCount": item_count, "itemType": item_type, "externalId": external_id}
+        return cls._build("inventory_count", fields, common)
+
+    @classmethod
+    def safety_alert(
+        cls,
+        alert_type: str | None = None,
+        severity: str | None = None,
+        description: str | None = None,
+        external_id: str | None = None,
+        **common: Any,
+    ) -> Event:
+        fields = {"alertType": alert_type, "severity": severity, "description": description, "externalId": external_id}
+        return cls._build("safety_alert", fields, common)
+
+    @classmethod
+    def custom(cls, value: str | None = None, external_id: str | None = None, **common: Any) -> Event:
+        return cls._build("custom", {"value": value, "externalId": external_id}, common)
+
+    @classmethod
+    def operator_feedback(
+        cls, related_event_id: str | None = None, feedback: str | None = None, **common: Any
+    ) -> Event:
+        return cls._build("operator_feedback", {"relatedEventId": related_event_id, "feedback": feedback}, common)

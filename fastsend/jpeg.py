@@ -1,0 +1,237 @@
+"""Images in, base64 JPEG out: the encoder backends, the accepted image inputs, ownership.
+
+Two libjpeg-turbo bindings give identical bytes for identical settings:
+PyTurboJPEG (``turbojpeg``) over the system's libturbojpeg, and simplejpeg, whose
+wheels carry their own libjpeg-turbo so a plain ``pip install`` always encodes.
+Both release the GIL while they compress, so encoder threads run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import numpy as np
+import pybase64
+import simplejpeg
+
+from .events import ValidationError
+
+__all__ = [
+    "EncodedImage",
+    "ImageSource",
+    "JpegOptions",
+    "RawImage",
+    "encode_jpeg",
+    "jpeg_backend",
+    "prepare_image",
+    "to_base64",
+]
+
+logger = logging.getLogger("fastsend")
+
+SUBSAMPLINGS = ("444", "422", "420", "440", "411")
+_CHANNELS_TO_FORMAT = {"bgr": {1: "GRAY", 3: "BGR", 4: "BGRA"}, "rgb": {1: "GRAY", 3: "RGB", 4: "RGBA"}}
+_JPEG_MAGIC = b"\xff\xd8"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_DATA_URL_SEPARATOR = ";base64,"
+
+
+@dataclass(frozen=True, slots=True)
+class JpegOptions:
+    """How raw frames are encoded: quality 1–100, chroma subsampling, optional longest side."""
+
+    quality: int = 95
+    subsampling: str = "420"
+    max_side: int | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RawImage:
+    """A validated frame waiting for the encoder; ``pixel_format`` is BGR, RGB, GRAY, BGRA or RGBA."""
+
+    array: np.ndarray
+    pixel_format: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EncodedImage:
+    """An image that arrived encoded: its base64 text, sent as it is."""
+
+    base64: bytes
+
+
+ImageSource = Union[RawImage, EncodedImage]
+
+
+# ---------------------------------------------------------------- backends
+
+Encoder = Callable[[np.ndarray, str, int, str], bytes]
+
+
+def _simplejpeg_encode(array: np.ndarray, pixel_format: str, quality: int, subsampling: str) -> bytes:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    sampling = "Gray" if pixel_format == "GRAY" else subsampling
+    return simplejpeg.encode_jpeg(array, quality=quality, colorspace=pixel_format, colorsubsampling=sampling)
+
+
+def _load_turbojpeg() -> Encoder | None:
+    try:
+        import turbojpeg
+    except ImportError:
+        return None
+    try:
+        codec = turbojpeg.TurboJPEG()
+    except (OSError, RuntimeError) as exc:
+        # PyTurboJPEG ≥ 2 refuses libjpeg-turbo 2.x (Debian, Ubuntu); 1.8.x takes both.
+        logger.info("turbojpeg unavailable (%s); encoding with simplejpeg", str(exc).splitlines()[0])
+        return None
+    formats = {name: getattr(turbojpeg, f"TJPF_{name}") for name in ("BGR", "RGB", "GRAY", "BGRA", "RGBA")}
+    samplings = {name: getattr(turbojpeg, f"TJSAMP_{name}") for name in SUBSAMPLINGS}
+
+    def encode(array: np.ndarray, pixel_format: str, quality: int, subsampling: str) -> bytes:
+        sampling = turbojpeg.TJSAMP_GRAY if pixel_format == "GRAY" else samplings[subsampling]
+        return codec.encode(array, quality=quality, pixel_format=formats[pixel_format], jpeg_subsample=sampling)
+
+    return encode
+
+
+def _select_backend() -> tuple[str, Encoder]:
+    wanted = os.environ.get("FASTSEND_JPEG_BACKEND", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "turbojpeg", "simplejpeg"):
+        raise ValidationError("FASTSEND_JPEG_BACKEND", wanted, "must be auto, turbojpeg or simplejpeg")
+    if wanted in ("auto", "turbojpeg"):
+        turbo = _load_turbojpeg()
+        if turbo is not None:
+            return "turbojpeg", turbo
+        if wanted == "turbojpeg":
+            raise ValidationError("FASTSEND_JPEG_BACKEND", wanted, "needs PyTurboJPEG and a libturbojpeg it can load")
+    return "simplejpeg", _simplejpeg_encode
+
+
+_backend: tuple[str, Encoder] | None = None
+
+
+def _active_backend() -> tuple[str, Encoder]:
+    global _backend
+    if _backend is None:
+        _backend = _select_backend()
+    return _backend
+
+
+def jpeg_backend() -> str:
+    """The JPEG encoder in use: ``"turbojpeg"`` or ``"simplejpeg"``."""
+    return _active_backend()[0]
+
+
+def _rows_contiguous(array: np.ndarray) -> bool:
+    first_row = array[0]
+    return first_row.flags.c_contiguous and array.strides[0] >= first_row.nbytes
+
+
+def encode_jpeg(array: np.ndarray, pixel_format: str = "BGR", quality: int = 95, subsampling: str = "420") -> bytes:
+    """Encode a uint8 frame to JPEG bytes with libjpeg-turbo.
+
+    A view whose rows are each contiguous (a crop) is encoded in place by the
+    backend that takes a row pitch; any other layout is copied once.
+    """
+    encode = _active_backend()[1]
+    if array.flags.c_contiguous:
+        return encode(array, pixel_format, quality, subsampling)
+    if _rows_contiguous(array):
+        return _simplejpeg_encode(array, pixel_format, quality, subsampling)
+    return encode(np.ascontiguousarray(array), pixel_format, quality, subsampling)
+
+
+def _downscale(array: np.ndarray, max_side: int) -> np.ndarray:
+    # Box filter by the smallest integer factor that fits: predictable, no OpenCV needed.
+    height, width = array.shape[:2]
+    factor = -(-max(height, width) // max_side)
+    if factor <= 1:
+        return array
+    h, w = height // factor, width // factor
+    cropped = array[: h * factor, : w * factor].astype(np.uint16)
+    blocks = cropped.reshape(h, factor, w, factor, *array.shape[2:])
+    return (blocks.sum(axis=(1, 3)) // (factor * factor)).astype(np.uint8)
+
+
+def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
+    """The base64 text of ``source``: encoded here if raw, as given if already encoded."""
+    if isinstance(source, EncodedImage):
+        return source.base64
+    array = source.array
+    if options.max_side is not None:
+        array = _downscale(array, options.max_side)
+    return pybase64.b64encode(encode_jpeg(array, source.pixel_format, options.quality, options.subsampling))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy: bool = True) -> ImageSource:
+    """Validate an image on the caller's thread and take what the encoder needs.
+
+    Accepts an H×W×3 (BGR by default, RGB with ``color="rgb"``), H×W or H×W×1 gray,
+    or H×W×4 uint8 array; JPEG or PNG bytes; a base64 string; or an object with
+    ``base64_image`` / ``numpy_image`` (inference's ``WorkflowImageData``).
+    With ``copy=True`` the caller may overwrite its array as soon as this returns;
+    ``copy=False`` hands the array over and the caller must not touch it again.
+    """
+    if isinstance(image, np.ndarray):
+        return _prepare_array(image, field, color, copy)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _prepare_bytes(bytes(image) if copy or not isinstance(image, bytes) else image, field)
+    if isinstance(image, str):
+        return _prepare_base64_text(image, field)
+    if image is None:
+        raise ValidationError(field, image, "is required")
+    # inference's WorkflowImageData computes these lazily: prefer what it already holds.
+    for attribute in ("_base64_image", "_numpy_image", "base64_image", "numpy_image"):
+        value = getattr(image, attribute, None)
+        if value is not None:
+            return prepare_image(value, field=field, color=color, copy=copy)
+    raise ValidationError(
+        field, image, "must be a uint8 numpy array, JPEG/PNG bytes, a base64 string, or have base64_image/numpy_image"
+    )
+
+
+def _prepare_array(array: np.ndarray, field: str, color: str, copy: bool) -> RawImage:
+    if color not in _CHANNELS_TO_FORMAT:
+        raise ValidationError("color", color, "must be 'bgr' or 'rgb'")
+    if array.dtype != np.uint8:
+        raise ValidationError(f"{field}.dtype", array.dtype, "must be uint8")
+    if array.ndim not in (2, 3):
+        raise ValidationError(f"{field}.shape", array.shape, "must be H×W or H×W×C")
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    pixel_format = _CHANNELS_TO_FORMAT[color].get(channels)
+    if pixel_format is None:
+        raise ValidationError(f"{field}.shape", array.shape, "must have 1, 3 or 4 channels")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValidationError(f"{field}.shape", array.shape, "must not be empty")
+    if array.ndim == 3 and channels == 1:
+        array = array[:, :, 0]
+    if copy:
+        array = np.array(array, order="C", copy=True)
+    return RawImage(array, pixel_format)
+
+
+def _prepare_bytes(data: bytes, field: str) -> EncodedImage:
+    if not (data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC)):
+        raise ValidationError(field, data[:16], "bytes must be a JPEG or PNG file")
+    return EncodedImage(pybase64.b64encode(data))
+
+
+def _prepare_base64_text(text: str, field: str) -> EncodedImage:
+    if text.startswith("data:") and _DATA_URL_SEPARATOR in text:
+        text = text.split(_DATA_URL_SEPARATOR, 1)[1]
+    try:
+        encoded = text.encode("ascii")
+        decoded = pybase64.b64decode(encoded, validate=True)
+    except (UnicodeEncodeError, ValueError):
+        decoded = b""
+    if not (decoded.startswith(_JPEG_MAGIC) or decoded.startswith(_PNG_MAGIC)):
+        raise ValidationError(field, text, "must be standard padded base64 of a JPEG or PNG file")
+    return EncodedImage(encoded)
