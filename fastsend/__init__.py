@@ -10,12 +10,19 @@ from .block import build_block_request, prepare_block_event
 from .config import Settings
 from .events import Event, ValidationError
 from .jpeg import JpegOptions, encode_jpeg, jpeg_backend
+from .dispatch import QueueFullError, Result
 from .retry import RetryPolicy
 from .wire import PreparedEvent, Request, events_url, prepare_event, render_body
+from .writer import AsyncEventWriter, EventWriter, EventWriterSink
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncEventWriter",
+    "EventWriter",
+    "EventWriterSink",
+    "QueueFullError",
+    "Result",
     "Event",
     "JpegOptions",
     "PreparedEvent",

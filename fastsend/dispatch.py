@@ -1,0 +1,538 @@
+"""The sending side: bounded queue → encoder threads → one uvloop thread with pooled aiohttp.
+
+Each event's life, and who owns it:
+
+    caller   prepared event → admitted to the queue (or dropped by the overflow policy)
+    encoder  JPEG + base64 + splice → a finished Request (frame memory released)
+    loop     POST, retry with backoff until 201, a permanent error, or the deadline
+    any      exactly one Result resolves the event's Future, and one counter moves
+
+Events past the queue (encoding, sending, backing off) are bounded by
+``max_in_flight``; the queue by ``queue_size`` and ``queue_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aiohttp
+import orjson
+from aiohttp import payload as aiohttp_payload
+
+from .config import Settings
+from .jpeg import JpegOptions, RawImage, to_base64
+from .retry import AT_CAPACITY_STATUS, RetryPolicy, parse_retry_after
+from .wire import PreparedEvent, Request, render_body, request_headers, splice
+
+__all__ = ["Dispatcher", "QueueFullError", "Result"]
+
+logger = logging.getLogger("fastsend")
+
+_LATENCY_WINDOW = 10_000
+_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """An event's fate, in the Event Writer block's shape."""
+
+    error_status: bool
+    event_id: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error_status": self.error_status, "event_id": self.event_id, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one attempt settled: success (no cause), a permanent error, or a retryable one."""
+
+    cause: str
+    message: str
+    event_id: str = ""
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+class QueueFullError(RuntimeError):
+    """The queue was full and the overflow policy is ``raise``."""
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    prepared: PreparedEvent | None
+    url: str
+    future: Future
+    submitted: float
+    deadline: float
+    nbytes: int
+    input_b64: Future | None = None  # the caller's thread encodes the input image of a synchronous send
+    request: Request | None = None
+
+
+class _Stats:
+    """Counters and the latency window; every event moves exactly one of sent/failed/dropped."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.submitted = 0
+        self.sent = 0
+        self.retried = 0
+        self.bytes_sent = 0
+        self.failed: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.encode_seconds = 0.0
+        self.images_encoded = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            ordered = sorted(self.latencies)
+            encode = self.encode_seconds / self.images_encoded if self.images_encoded else 0.0
+            return {
+                "submitted": self.submitted,
+                "sent": self.sent,
+                "failed": sum(self.failed.values()),
+                "failed_by_cause": dict(self.failed),
+                "dropped": sum(self.dropped.values()),
+                "dropped_by_reason": dict(self.dropped),
+                "retried": self.retried,
+                "bytes_sent": self.bytes_sent,
+                "latency_p50_ms": _percentile(ordered, 0.50) * 1e3,
+                "latency_p95_ms": _percentile(ordered, 0.95) * 1e3,
+                "latency_p99_ms": _percentile(ordered, 0.99) * 1e3,
+                "encode_ms_per_image": encode * 1e3,
+            }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _ChunksPayload(aiohttp_payload.Payload):
+    """The body chunks written one after another: never joined into one buffer."""
+
+    def __init__(self, chunks: list[bytes], size: int) -> None:
+        super().__init__(chunks, content_type="application/json")
+        self._size = size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: Any) -> None:
+        for chunk in self._value:
+            await writer.write(chunk)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        await self.write(writer)
+
+
+def _new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _detail(body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body)
+        text = parsed.get("detail") if isinstance(parsed, dict) else None
+        text = str(text) if text is not None else body.decode("utf-8", "replace")
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace")
+    text = text.strip() or "(empty body)"
+    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
+
+
+_live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+
+
+class Dispatcher:
+    """Owns the queue, the encoder threads, the loop thread and its aiohttp session."""
+
+    def __init__(self, settings: Settings, on_give_up: Callable[[Request, str], bool] | None = None) -> None:
+        self.settings = settings
+        self.jpeg = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
+        self.retry = RetryPolicy(settings.retries, settings.backoff_base, settings.backoff_max, settings.deadline)
+        # Offered a request that could not be delivered in time; True when it took it (the spool).
+        self._on_give_up = on_give_up
+        self._reset()
+        _live_dispatchers.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state: at construction, and in a forked child (the parent's threads did not come along)."""
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._queue: deque[_Job] = deque()
+        self._queued_bytes = 0
+        self._active = 0
+        self._closed = False
+        self._encode_jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_error: BaseException | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.stats = _Stats()
+
+    # ------------------------------------------------------------ caller side
+
+    def submit(self, prepared: PreparedEvent, url: str, *, deadline: float | None = None, encode_input_here: bool = False) -> Future:
+        """Queue a prepared event; returns at once with the Future of its ``Result``."""
+        now = time.monotonic()
+        job = _Job(
+            prepared,
+            url,
+            Future(),
+            submitted=now,
+            deadline=now + (self.settings.deadline if deadline is None else deadline),
+            nbytes=_frame_bytes(prepared),
+        )
+        if encode_input_here and _encodes_input_separately(prepared):
+            job.input_b64 = Future()
+        dropped: list[tuple[_Job, str, str]] = []
+        with self._lock:
+            with self.stats.lock:
+                self.stats.submitted += 1
+            if self._closed:
+                dropped.append((job, "closed", "writer is closed"))
+            else:
+                self._admit(job, dropped)
+        self._resolve_dropped(dropped)
+        if job.input_b64 is not None:
+            self._encode_input_on_caller(job.input_b64, prepared.input)
+        return job.future
+
+    def _admit(self, job: _Job, dropped: list[tuple[_Job, str, str]]) -> None:
+        """Put ``job`` in the queue under the overflow policy; called with the lock held."""
+        policy = self.settings.overflow
+        if self._is_full(job):
+            if policy == "drop_newest":
+                dropped.append((job, "queue_full_drop_newest", "queue full: dropped the newest event (drop_newest)"))
+                return
+            if policy == "raise":
+                with self.stats.lock:
+                    self.stats.dropped["queue_full_raise"] += 1
+                job.future.set_result(Result(True, "", "queue full: refused (overflow policy raise)"))
+                raise QueueFullError(
+                    f"queue full ({len(self._queue)} events, {self._queued_bytes} bytes); overflow policy is 'raise'"
+                )
+            if policy == "block":
+                self._room.wait_for(lambda: not self._is_full(job) or self._closed, timeout=self.settings.block_timeout)
+                if self._closed:
+                    dropped.append((job, "closed", "writer closed while waiting for room"))
+                    return
+                if self._is_full(job):
+                    dropped.append(
+                        (job, "queue_full_block_timeout", f"queue full: no room within {self.settings.block_timeout:g}s (block)")
+                    )
+                    return
+            else:  # drop_oldest (spill is handled by the writer before it gets here)
+                while self._queue and self._is_full(job):
+                    oldest = self._queue.popleft()
+                    self._queued_bytes -= oldest.nbytes
+                    dropped.append((oldest, "queue_full_drop_oldest", "queue full: dropped the oldest event (drop_oldest)"))
+        self._queue.append(job)
+        self._queued_bytes += job.nbytes
+        self._pump()
+
+    def _is_full(self, job: _Job) -> bool:
+        if not self._queue:
+            return False  # an event larger than the byte bound still goes, alone
+        return len(self._queue) >= self.settings.queue_size or self._queued_bytes + job.nbytes > self.settings.queue_bytes
+
+    def _pump(self) -> None:
+        """Move queued events to the encoders while fewer than ``max_in_flight`` are past the queue."""
+        if not self._queue:
+            return
+        self._start_threads()
+        moved = False
+        while self._queue and self._active < self.settings.max_in_flight:
+            job = self._queue.popleft()
+            self._queued_bytes -= job.nbytes
+            self._active += 1
+            self._encode_jobs.put(job)
+            moved = True
+        if moved:
+            self._room.notify_all()
+
+    def _encode_input_on_caller(self, into: Future, source: RawImage) -> None:
+        # A synchronous caller would only wait: it encodes the input image while an encoder does the output.
+        try:
+            into.set_result(to_base64(source, self.jpeg))
+        except BaseException as exc:
+            into.set_exception(exc)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every submitted event has its Result; returns how many are still pending."""
+        with self._lock:
+            self._idle.wait_for(lambda: not self._queue and self._active == 0, timeout=timeout)
+            return len(self._queue) + self._active
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue) + self._active
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.stats.snapshot()
+        with self._lock:
+            stats["queued"] = len(self._queue)
+            stats["queued_bytes"] = self._queued_bytes
+            stats["in_flight"] = self._active
+        return stats
+
+    def close(self, timeout: float | None = None) -> int:
+        """Flush up to ``timeout``, then stop; what is left is resolved failed. Returns that count."""
+        self.flush(timeout)
+        with self._lock:
+            if self._closed:
+                return 0
+            self._closed = True
+            leftovers = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._room.notify_all()
+        for job in leftovers:
+            self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed", counted_active=False)
+        unfinished = len(leftovers)
+        if self._loop is not None and self._loop_thread is not None and self._loop_thread.is_alive():
+            unfinished += asyncio.run_coroutine_threadsafe(self._shutdown_loop(), self._loop).result()
+            self._loop_thread.join(timeout=5)
+        for _ in self._workers:
+            self._encode_jobs.put(None)
+        return unfinished
+
+    # ------------------------------------------------------------ encoders
+
+    def _start_threads(self) -> None:
+        if self._loop_thread is None:
+            ready = threading.Event()
+            self._loop_thread = threading.Thread(target=self._run_loop, args=(ready,), name="fastsend-loop", daemon=True)
+            self._loop_thread.start()
+            ready.wait()
+            if self._loop_error is not None:
+                raise RuntimeError(f"fastsend could not start its event loop: {self._loop_error}") from self._loop_error
+        if not self._workers:
+            for index in range(self.settings.encode_threads):
+                worker = threading.Thread(target=self._encode_forever, name=f"fastsend-encode-{index}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
+
+    def _encode_forever(self) -> None:
+        while (job := self._encode_jobs.get()) is not None:
+            self._encode(job)
+
+    def _encode(self, job: _Job) -> None:
+        prepared = job.prepared
+        started = time.perf_counter()
+        try:
+            if job.input_b64 is not None:
+                chunks = splice(prepared.envelope, to_base64(prepared.output, self.jpeg), job.input_b64.result())
+            else:
+                chunks = render_body(prepared, self.jpeg)
+        except Exception as exc:
+            logger.warning("encoding failed: %s", exc)
+            self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error")
+            return
+        elapsed = time.perf_counter() - started
+        with self.stats.lock:
+            self.stats.encode_seconds += elapsed
+            self.stats.images_encoded += _raw_image_count(prepared)
+        headers = request_headers(prepared.idempotency_key, self.settings.api_key)
+        job.request = Request.of(job.url, headers, chunks)
+        job.prepared = None  # the frames can go now; retries need only the request
+        try:
+            self._loop.call_soon_threadsafe(self._launch, job)
+        except RuntimeError:  # the loop closed under us
+            self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
+
+    # ------------------------------------------------------------ loop thread
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        try:
+            loop = _new_event_loop(self.settings.loop)
+            asyncio.set_event_loop(loop)
+            self._session = loop.run_until_complete(self._open_session())
+        except BaseException as exc:
+            self._loop_error = exc
+            ready.set()
+            raise
+        self._loop = loop
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _open_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_connections, limit_per_host=self.settings.max_connections, keepalive_timeout=30
+        )
+        return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+
+    def _launch(self, job: _Job) -> None:
+        task = self._loop.create_task(self._deliver(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, job: _Job) -> None:
+        try:
+            await self._deliver_with_retries(job)
+        except asyncio.CancelledError:
+            self._give_up(job, "writer closed while the event was being sent", "closed")
+            raise
+        except Exception as exc:  # a bug here must still settle the event, loudly
+            logger.exception("unexpected error while sending an event")
+            self._finish(job, Result(True, "", f"internal error: {exc!r}"), "internal_error")
+
+    async def _deliver_with_retries(self, job: _Job) -> None:
+        request = job.request
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = job.deadline - time.monotonic()
+            if remaining <= 0:
+                self._give_up(job, f"deadline of {self._deadline_seconds(job):g}s passed before attempt {attempt}", "deadline")
+                return
+            outcome = await self._attempt(request, min(self.settings.request_timeout, remaining))
+            if not outcome.cause:
+                self._finish(job, Result(False, outcome.event_id, outcome.message), "")
+                return
+            if not outcome.retryable:
+                logger.warning("event rejected: %s", outcome.message)
+                self._finish(job, Result(True, "", outcome.message), outcome.cause)
+                return
+            if not self.retry.may_retry(attempt):
+                self._give_up(job, f"{outcome.message} (gave up after {attempt} attempts)", outcome.cause)
+                return
+            wait = self.retry.backoff(attempt, outcome.retry_after)
+            if time.monotonic() + wait >= job.deadline:
+                self._give_up(job, f"{outcome.message} (gave up: deadline of {self._deadline_seconds(job):g}s)", outcome.cause)
+                return
+            with self.stats.lock:
+                self.stats.retried += 1
+            logger.debug("retrying in %.3fs after attempt %d: %s", wait, attempt, outcome.message)
+            await asyncio.sleep(wait)
+
+    async def _attempt(self, request: Request, timeout: float) -> _Outcome:
+        """One POST, classified."""
+        limits = aiohttp.ClientTimeout(total=timeout, connect=min(self.settings.connect_timeout, timeout))
+        try:
+            async with self._session.post(
+                request.url, data=_ChunksPayload(request.chunks, request.size), headers=request.headers, timeout=limits
+            ) as response:
+                status = response.status
+                body = await response.read()
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            return _Outcome("timeout", f"timed out after {timeout:g}s (the service may have applied it)", retryable=True)
+        except aiohttp.ClientError as exc:
+            return _Outcome("connection", f"connection error: {exc or type(exc).__name__}", retryable=True)
+        with self.stats.lock:
+            self.stats.bytes_sent += request.size
+        if status == 201:
+            try:
+                return _Outcome("", "event created", event_id=str(orjson.loads(body)["id"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                return _Outcome("bad_response", f"HTTP 201 without an id in the body: {_detail(body)}")
+        detail = _detail(body)
+        if status == AT_CAPACITY_STATUS:
+            message = f"service at capacity (529, backpressure): {detail}"
+            return _Outcome("http_529", message, retryable=True, retry_after=retry_after)
+        retryable = self.retry.is_retryable_status(status)
+        return _Outcome(f"http_{status}", f"HTTP {status}: {detail}", retryable=retryable, retry_after=retry_after)
+
+    def _deadline_seconds(self, job: _Job) -> float:
+        return job.deadline - job.submitted
+
+    def _give_up(self, job: _Job, message: str, cause: str) -> None:
+        if self._on_give_up is not None and job.request is not None and self._on_give_up(job.request, message):
+            self._finish(job, Result(True, "", f"{message}; spooled for a later retry"), "spooled")
+            return
+        logger.warning("event not delivered: %s", message)
+        self._finish(job, Result(True, "", message), cause)
+
+    async def _shutdown_loop(self) -> int:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._session.close()
+        asyncio.get_running_loop().stop()
+        return len(tasks)
+
+    # ------------------------------------------------------------ outcomes
+
+    def _finish(self, job: _Job, result: Result, cause: str, *, counted_active: bool = True) -> None:
+        """Resolve one event exactly once and move exactly one counter."""
+        if job.future.done():
+            return
+        latency = time.monotonic() - job.submitted
+        with self.stats.lock:
+            if not result.error_status:
+                self.stats.sent += 1
+                self.stats.latencies.append(latency)
+            elif cause in ("closed", "spooled"):
+                self.stats.dropped[cause] += 1
+            else:
+                self.stats.failed[cause] += 1
+        job.future.set_result(result)
+        if counted_active:
+            with self._lock:
+                self._active -= 1
+                self._pump()
+                if not self._queue and self._active == 0:
+                    self._idle.notify_all()
+
+    def _resolve_dropped(self, dropped: list[tuple[_Job, str, str]]) -> None:
+        for job, reason, message in dropped:
+            with self.stats.lock:
+                self.stats.dropped[reason] += 1
+            job.future.set_result(Result(True, "", message))
+        if dropped and dropped[0][1] != "closed":
+            logger.warning("dropped %d event(s): %s", len(dropped), dropped[0][2])
+
+
+def _frame_bytes(prepared: PreparedEvent) -> int:
+    sources = [prepared.output] if prepared.input in (None, prepared.output) else [prepared.output, prepared.input]
+    return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in sources)
+
+
+def _encodes_input_separately(prepared: PreparedEvent) -> bool:
+    return isinstance(prepared.input, RawImage) and prepared.input is not prepared.output
+
+
+def _raw_image_count(prepared: PreparedEvent) -> int:
+    return int(isinstance(prepared.output, RawImage)) + int(_encodes_input_separately(prepared))
+
+
+def _reinit_after_fork() -> None:
+    # The parent's threads, loop and sockets do not exist in the child: start over on first use.
+    for dispatcher in list(_live_dispatchers):
+        dispatcher._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)

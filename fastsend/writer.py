@@ -1,0 +1,236 @@
+"""The public faces of the sender: ``EventWriter``, ``AsyncEventWriter`` and ``EventWriterSink``."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+import weakref
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Iterable, Mapping
+
+from .block import API_KEY_ENV, prepare_block_event
+from .config import Settings
+from .dispatch import Dispatcher, QueueFullError, Result
+from .events import Event, ValidationError
+from .wire import PreparedEvent, events_url, prepare_event
+
+__all__ = ["AsyncEventWriter", "EventWriter", "EventWriterSink", "QueueFullError", "Result"]
+
+logger = logging.getLogger("fastsend")
+
+# A synchronous send waits this much past its deadline before reporting the wait itself as failed.
+_SYNC_GRACE_SECONDS = 5.0
+
+_open_writers: weakref.WeakSet[EventWriter] = weakref.WeakSet()
+
+
+class EventWriter:
+    """Send events from any thread; a context manager that flushes and closes on exit.
+
+    ``submit()`` returns at once with a ``Future[Result]``; ``send()`` waits for the
+    ``event_id``. Settings are keyword arguments or ``FASTSEND_*`` variables
+    (see ``fastsend.Settings``). Threads and the connection pool start on first use.
+    """
+
+    def __init__(self, url: str | None = None, **settings: Any) -> None:
+        self.settings = Settings.resolve(url=url, **settings)
+        self.url = events_url(self.settings.url)
+        self._dispatcher = Dispatcher(self.settings)
+        _open_writers.add(self)
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def submit(
+        self,
+        event: Event,
+        image: Any,
+        *,
+        input_image: Any = None,
+        label: str | None = None,
+        object_detections: Any = None,
+        classifications: Any = None,
+        instance_segmentations: Any = None,
+        keypoint_detections: Any = None,
+        color: str = "bgr",
+        copy: bool = True,
+        deadline: float | None = None,
+    ) -> Future[Result]:
+        """Validate on this thread, queue, and return the Future of the event's ``Result``.
+
+        ``image`` is the output/visualisation image, ``input_image`` the original frame.
+        With ``copy=True`` (default) the caller may reuse its arrays as soon as this
+        returns; ``copy=False`` hands them over. Raises ``ValidationError`` for bad input,
+        and ``QueueFullError`` only under the ``raise`` overflow policy.
+        """
+        prepared = prepare_event(
+            event,
+            image,
+            input_image=input_image,
+            label=label,
+            object_detections=object_detections,
+            classifications=classifications,
+            instance_segmentations=instance_segmentations,
+            keypoint_detections=keypoint_detections,
+            color=color,
+            copy=copy,
+        )
+        return self._dispatcher.submit(prepared, self.url, deadline=deadline)
+
+    def send(self, event: Event, image: Any, **options: Any) -> Result:
+        """Send and wait: the ``Result`` carries the ``event_id`` from the service's 201.
+
+        Returns within ``deadline`` seconds (default ``Settings.deadline``) plus the time
+        to encode the images; the two images are encoded in parallel.
+        """
+        _refuse_inside_event_loop("send")
+        deadline = options.pop("deadline", None)
+        prepared = prepare_event(event, image, **options)
+        return self._send_prepared(prepared, deadline)
+
+    def _send_prepared(self, prepared: PreparedEvent, deadline: float | None = None) -> Result:
+        deadline = self.settings.deadline if deadline is None else deadline
+        future = self._dispatcher.submit(prepared, self.url, deadline=deadline, encode_input_here=True)
+        try:
+            return future.result(timeout=deadline + _SYNC_GRACE_SECONDS)
+        except FutureTimeout:
+            return Result(True, "", f"no outcome within {deadline + _SYNC_GRACE_SECONDS:g}s")
+
+    def send_batch(self, items: Iterable[Mapping[str, Any]]) -> list[Result]:
+        """Send many events concurrently; their Results in input order.
+
+        Each item is a mapping of ``submit()`` keyword arguments (``event``, ``image``,
+        …). An invalid item gets an error Result naming the problem; the others go.
+        """
+        _refuse_inside_event_loop("send_batch")
+        futures: list[Future[Result] | Result] = []
+        for index, item in enumerate(items):
+            try:
+                futures.append(self.submit(**item))
+            except (ValidationError, TypeError) as exc:
+                futures.append(Result(True, "", f"invalid event at index {index}: {exc}"))
+        return [f if isinstance(f, Result) else f.result() for f in futures]
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every submitted event has its Result; returns how many are still pending."""
+        return self._dispatcher.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> int:
+        """Flush for up to ``timeout`` seconds, then stop. Returns how many events were left unsent."""
+        _open_writers.discard(self)
+        return self._dispatcher.close(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (submitted, sent, failed, dropped by reason, retried, …), queue state and latencies."""
+        return self._dispatcher.snapshot()
+
+
+class AsyncEventWriter:
+    """``EventWriter`` for code already inside an event loop: the same operations as coroutines."""
+
+    def __init__(self, url: str | None = None, **settings: Any) -> None:
+        self._writer = EventWriter(url, **settings)
+        self.settings = self._writer.settings
+        self.url = self._writer.url
+
+    async def __aenter__(self) -> AsyncEventWriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def submit(self, event: Event, image: Any, **options: Any) -> asyncio.Future[Result]:
+        """Validate now and return an awaitable of the ``Result``; awaiting it is optional."""
+        return asyncio.wrap_future(self._writer.submit(event, image, **options))
+
+    async def send(self, event: Event, image: Any, **options: Any) -> Result:
+        return await self.submit(event, image, **options)
+
+    async def send_batch(self, items: Iterable[Mapping[str, Any]]) -> list[Result]:
+        pending: list[asyncio.Future[Result] | Result] = []
+        for index, item in enumerate(items):
+            try:
+                pending.append(self.submit(**item))
+            except (ValidationError, TypeError) as exc:
+                pending.append(Result(True, "", f"invalid event at index {index}: {exc}"))
+        return [p if isinstance(p, Result) else await p for p in pending]
+
+    async def flush(self, timeout: float | None = None) -> int:
+        return await asyncio.to_thread(self._writer.flush, timeout)
+
+    async def close(self, timeout: float | None = None) -> int:
+        return await asyncio.to_thread(self._writer.close, timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return self._writer.stats()
+
+
+class EventWriterSink:
+    """Drop-in for the Event Writer workflow block: ``run(**block parameters)`` → its output dict.
+
+    One writer (and one connection pool) is kept per URL, API key and timeout, so
+    calling ``run()`` once per frame reuses connections.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self._settings = settings
+        self._writers: dict[tuple[str, str | None, float], EventWriter] = {}
+        self._lock = threading.Lock()
+
+    def run(
+        self,
+        *,
+        fire_and_forget: bool = True,
+        disable_sink: bool = False,
+        request_timeout: float = 5.0,
+        event_ingestion_url: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        if disable_sink:
+            return Result(False, "", "Sink was disabled by the disable_sink parameter").as_dict()
+        writer = self._writer_for(event_ingestion_url, os.environ.get(API_KEY_ENV) or None, request_timeout)
+        block_event = prepare_block_event(event_ingestion_url=writer.settings.url, **params)
+        if fire_and_forget:
+            writer._dispatcher.submit(block_event.prepared, writer.url)
+            return Result(False, "", "Event sent in the background").as_dict()
+        return writer._send_prepared(block_event.prepared).as_dict()
+
+    def _writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
+        base = url.rstrip("/") if url else None
+        key = (base or "", api_key, float(request_timeout))
+        with self._lock:
+            writer = self._writers.get(key)
+            if writer is None:
+                settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
+                writer = self._writers[key] = EventWriter(base, **settings)
+            return writer
+
+    def close(self, timeout: float | None = None) -> int:
+        with self._lock:
+            writers, self._writers = list(self._writers.values()), {}
+        return sum(writer.close(timeout) for writer in writers)
+
+
+def _refuse_inside_event_loop(method: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"EventWriter.{method}() blocks and would stall the running event loop; use fastsend.AsyncEventWriter"
+    )
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for writer in list(_open_writers):
+        left = writer.close(writer.settings.exit_flush_timeout)
+        if left:
+            logger.warning("%d event(s) were not sent before exit (flush timeout %gs)", left, writer.settings.exit_flush_timeout)
