@@ -1,0 +1,218 @@
+"""``fastsend serve | send | demo``: the command line. This is the one place that prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .events import Event, ValidationError
+from .jpeg import jpeg_backend
+from .writer import EventWriter
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.command(args)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastsend", description="Send vision events to an Event Ingestion Service (v2).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(required=True, metavar="{serve,send,demo}")
+
+    serve = commands.add_parser("serve", help="run the reference Event Ingestion Service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8001)
+    serve.add_argument("--data-dir", default="fastsend-data", help="SQLite database and image files")
+    serve.add_argument("--api-key", help="require this X-API-Key")
+    serve.add_argument("--capacity", type=int, help="writes in progress before answering 529")
+    serve.add_argument("--latency", type=float, default=0.0, help="fault: seconds added to every write")
+    serve.add_argument("--error-rate", type=float, default=0.0, help="fault: share of requests answered with --error-status")
+    serve.add_argument("--error-status", type=int, default=503)
+    serve.add_argument("--drop-rate", type=float, default=0.0, help="fault: share of connections dropped mid-request")
+    serve.add_argument("--seed", type=int, help="fault: random seed")
+    serve.set_defaults(command=_serve)
+
+    send = commands.add_parser("send", help="send one event and print its event_id")
+    send.add_argument("--url", help="service base URL (default: FASTSEND_URL or http://localhost:8001)")
+    send.add_argument("--image", required=True, type=Path, help="output image file (JPEG or PNG), sent as is")
+    send.add_argument("--input-image", type=Path, help="original frame file (JPEG or PNG)")
+    send.add_argument("--label")
+    send.add_argument("--schema", required=True, choices=["quality_check", "inventory_count", "safety_alert", "custom", "operator_feedback"])
+    for flag in ("--result", "--external-id", "--location", "--item-type", "--alert-type", "--severity"):
+        send.add_argument(flag)
+    send.add_argument("--item-count", type=int)
+    send.add_argument("--description")
+    send.add_argument("--value")
+    send.add_argument("--related-event-id")
+    send.add_argument("--feedback")
+    send.add_argument("--solution")
+    send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="custom metadata (repeatable)")
+    send.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt")
+    send.add_argument("--deadline", type=float, default=30.0, help="seconds in all, retries included")
+    send.set_defaults(command=_send)
+
+    demo = commands.add_parser("demo", help="stream a synthetic video as events (to an embedded service by default)")
+    demo.add_argument("--url", help="send to this service instead of an embedded one")
+    demo.add_argument("--frames", type=int, default=300)
+    demo.add_argument("--width", type=int, default=1280)
+    demo.add_argument("--height", type=int, default=720)
+    demo.add_argument("--fps", type=float, default=0.0, help="frames per second (0: as fast as possible)")
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import Faults, run
+
+    faults = Faults(
+        latency=args.latency, error_rate=args.error_rate, error_status=args.error_status, drop_rate=args.drop_rate, seed=args.seed
+    )
+    run(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        api_key=args.api_key,
+        capacity=args.capacity,
+        faults=faults,
+        on_started=lambda url: print(f"fastsend reference service on {url} (data in {args.data_dir}); Ctrl-C stops", flush=True),
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- send
+
+
+def _metadata_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _metadata(pairs: list[str]) -> dict[str, Any] | None:
+    if not pairs:
+        return None
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValidationError("--metadata", pair, "must be KEY=VALUE")
+        metadata[key] = _metadata_value(value)
+    return metadata
+
+
+def _cli_event(args: argparse.Namespace) -> Event:
+    common = {"custom_metadata": _metadata(args.metadata), "solution": args.solution}
+    builders = {
+        "quality_check": lambda: Event.quality_check(args.result, args.external_id, **common),
+        "inventory_count": lambda: Event.inventory_count(args.location, args.item_count, args.item_type, args.external_id, **common),
+        "safety_alert": lambda: Event.safety_alert(args.alert_type, args.severity, args.description, args.external_id, **common),
+        "custom": lambda: Event.custom(args.value, args.external_id, **common),
+        "operator_feedback": lambda: Event.operator_feedback(args.related_event_id, args.feedback, **common),
+    }
+    return builders[args.schema]()
+
+
+def _read(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValidationError(flag, str(path), f"must be a readable file ({exc.strerror})") from None
+
+
+def _send(args: argparse.Namespace) -> int:
+    event = _cli_event(args)
+    image, input_image = _read(args.image, "--image"), _read(args.input_image, "--input-image")
+    with EventWriter(args.url, request_timeout=args.timeout, deadline=args.deadline) as writer:
+        result = writer.send(event, image, input_image=input_image, label=args.label)
+    if result.error_status:
+        print(f"error: {result.message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(result.event_id)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.url:
+        return _run_demo(args, args.url, verify=None)
+    from .server import ReferenceService
+
+    with tempfile.TemporaryDirectory(prefix="fastsend-demo-") as data_dir, ReferenceService(data_dir) as service:
+        print(f"embedded reference service on {service.url} (data in {data_dir})")
+        return _run_demo(args, service.url, verify=service.get_event)
+
+
+def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
+    from .demo import run_demo
+
+    print(f"streaming {args.frames} frames of {args.width}×{args.height} (output + input image, JPEG via {jpeg_backend()})")
+    # block: the demo shows throughput with every frame delivered; a live camera would rather drop_oldest.
+    with EventWriter(url, overflow="block") as writer:
+        summary = run_demo(
+            writer, frames=args.frames, width=args.width, height=args.height, fps=args.fps, on_progress=_progress_bar(args.frames)
+        )
+    print()
+    stats = summary.stats
+    print(f"events        {summary.events} in {summary.seconds:.2f}s = {summary.events_per_second:.1f} events/s")
+    print(f"acknowledged  {len(summary.acknowledged)}   failed {stats['failed']}   dropped {stats['dropped']}   retries {stats['retried']}")
+    print(
+        f"latency       submit→201 p50 {stats['latency_p50_ms']:.1f} ms   p95 {stats['latency_p95_ms']:.1f} ms"
+        f"   p99 {stats['latency_p99_ms']:.1f} ms"
+    )
+    print(f"bytes sent    {stats['bytes_sent'] / 1e6:.1f} MB   encode {stats['encode_ms_per_image']:.2f} ms/image")
+    for message, count in summary.failures.items():
+        print(f"  {count} × {message}")
+    if verify is None:
+        return EXIT_OK if not summary.failures else EXIT_FAILED
+    missing = [event_id for event_id in summary.acknowledged if verify(event_id) is None]
+    print(f"verified      {len(summary.acknowledged) - len(missing)}/{len(summary.acknowledged)} acknowledged events are in the service's database")
+    return EXIT_OK if not missing and not summary.failures else EXIT_FAILED
+
+
+def _progress_bar(total: int, width: int = 30) -> Any:
+    last = [0.0]
+
+    def show(done: int, failed: int, elapsed: float) -> None:
+        now = time.perf_counter()
+        if now - last[0] < 0.1 and done < total:
+            return
+        last[0] = now
+        filled = int(width * done / total) if total else width
+        rate = done / elapsed if elapsed else 0.0
+        sys.stdout.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events  {rate:6.1f}/s  failures {failed}")
+        sys.stdout.flush()
+
+    return show
+
+
+if __name__ == "__main__":
+    sys.exit(main())
