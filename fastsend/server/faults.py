@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
-__all__ = ["Faults", "FaultAction", "FaultInjector"]
+__all__ = ["FaultAction", "FaultInjector", "Faults"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,275 @@
+"""Running the reference service: in the foreground (``run``), as a coroutine
+(``serve``), or on a background thread for tests and embedding
+(``ReferenceService``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from fastsend.server.app import DEFAULT_MAX_BODY_BYTES, create_app, event_json, set_faults
+from fastsend.server.committer import Committer
+from fastsend.server.faults import Faults
+from fastsend.server.store import EventStore
+
+__all__ = ["DEFAULT_PORT", "ReferenceService", "ServiceConfig", "run", "serve"]
+
+logger = logging.getLogger("fastsend.server")
+
+DEFAULT_PORT = 8001
+# In-flight requests get this long to finish when the service stops.
+_SHUTDOWN_TIMEOUT = 5.0
+_STARTUP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service needs to start. ``port=0`` picks a free port."""
+
+    data_dir: str | os.PathLike[str]
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    api_key: str | None = None
+    capacity: int | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        if self.capacity is not None and self.capacity < 0:
+            raise ValueError(f"capacity must be >= 0 or None, not {self.capacity!r}")
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be positive, not {self.max_body_bytes!r}")
+
+
+@dataclass(frozen=True)
+class _Running:
+    url: str
+    store: EventStore
+    app: web.Application
+
+
+@contextlib.asynccontextmanager
+async def _running(config: ServiceConfig) -> AsyncIterator[_Running]:
+    store = EventStore(config.data_dir)
+    committer = Committer(store)
+    try:
+        app = create_app(
+            store,
+            committer,
+            api_key=config.api_key,
+            capacity=config.capacity,
+            max_body_bytes=config.max_body_bytes,
+            faults=config.faults,
+        )
+        runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.host, config.port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            logger.info("reference event ingestion service listening on %s (data in %s)", url, config.data_dir)
+            yield _Running(url, store, app)
+        finally:
+            await runner.cleanup()
+    finally:
+        committer.close()
+        store.close()
+
+
+async def serve(config: ServiceConfig, *, on_started: Callable[[str], None] | None = None) -> None:
+    """Serve until cancelled; ``on_started(url)`` is called once the port is open."""
+    async with _running(config) as running:
+        if on_started is not None:
+            on_started(running.url)
+        await asyncio.Event().wait()
+
+
+def run(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    data_dir: str | os.PathLike[str] = "fastsend-data",
+    api_key: str | None = None,
+    capacity: int | None = None,
+    faults: Faults | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    *,
+    on_started: Callable[[str], None] | None = None,
+) -> None:
+    """Serve in the foreground until Ctrl-C or SIGTERM; the URL is logged at INFO."""
+    config = ServiceConfig(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        api_key=api_key,
+        capacity=capacity,
+        max_body_bytes=max_body_bytes,
+        faults=faults or Faults(),
+    )
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await serve(config, on_started=on_started)
+
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    logger.info("reference event ingestion service stopped")
+
+
+class ReferenceService:
+    """The reference service on its own thread and event loop, for tests and embedding.
+
+    ::
+
+        with ReferenceService(tmp_path, faults=Faults(error_rate=0.5, seed=1)) as service:
+            post(f"{service.url}/v2/events", ...)
+            assert service.stored_count() == 1
+
+    ``port=0`` (the default) picks a free port; ``url`` tells which.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        capacity: int | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        faults: Faults | None = None,
+    ) -> None:
+        self.config = ServiceConfig(
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            api_key=api_key,
+            capacity=capacity,
+            max_body_bytes=max_body_bytes,
+            faults=faults or Faults(),
+        )
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._running: _Running | None = None
+        self._startup_error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
+        return self._require_running().url
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the database and image files live."""
+        return Path(self.config.data_dir)
+
+    def start(self) -> ReferenceService:
+        """Start serving; returns once the port is open (raises if it could not start)."""
+        if self._thread is not None:
+            raise RuntimeError("ReferenceService already started")
+        ready = threading.Event()
+        self._startup_error = None
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="fastsend-reference-service", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(_STARTUP_TIMEOUT):
+            raise RuntimeError(f"ReferenceService did not start within {_STARTUP_TIMEOUT} s")
+        if self._startup_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._startup_error
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread; in-flight writes finish first. Idempotent."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None:
+            return
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stopping.set)
+        thread.join()
+        self._thread = None
+        self._running = None
+
+    def __enter__(self) -> ReferenceService:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Switch fault injection while running (``None`` turns it off)."""
+        running = self._require_running()
+        assert self._loop is not None
+        done = threading.Event()
+
+        def apply() -> None:
+            set_faults(running.app, faults)
+            done.set()
+
+        self._loop.call_soon_threadsafe(apply)
+        done.wait(_STARTUP_TIMEOUT)
+
+    def stored_count(self) -> int:
+        """How many events the database holds."""
+        return self._require_running().store.count()
+
+    def get_event(self, event_id: str) -> dict[str, Any] | None:
+        """One stored event in the ``GET /v2/events/{id}`` shape, or ``None``."""
+        event = self._require_running().store.get(event_id)
+        return None if event is None else event_json(event)
+
+    def list_events(
+        self, *, limit: int = 1000, offset: int = 0, event_schema: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored events, newest first, in the ``GET /v2/events`` shape."""
+        events, _ = self._require_running().store.list_events(limit=limit, offset=offset, event_schema=event_schema)
+        return [event_json(event) for event in events]
+
+    def get_image(self, event_id: str, role: str = "output") -> bytes | None:
+        """The stored ``"output"`` or ``"input"`` image bytes of an event, or ``None``."""
+        image = self._require_running().store.image(event_id, role)
+        return None if image is None else image.data
+
+    def _require_running(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("ReferenceService is not running; call start() or use it as a context manager")
+        return self._running
+
+    def _serve(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(self._main(ready))
+        except BaseException as exc:
+            if ready.is_set():
+                logger.exception("reference service stopped with an error")
+            else:
+                self._startup_error = exc
+        finally:
+            ready.set()
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        async with _running(self.config) as running:
+            self._running = running
+            ready.set()
+            await self._stopping.wait()

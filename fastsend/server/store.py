@@ -1,0 +1,261 @@
+"""Durable storage for the reference service: SQLite rows plus image files.
+
+Layout under ``data_dir``: ``events.sqlite3`` (WAL mode) and ``images/``
+holding ``<id>.output.<ext>`` and ``<id>.input.<ext>``.
+
+Durability: :meth:`EventStore.add` returns only after each image file and the
+``images/`` directory entry are fsynced and the row's transaction is
+committed with ``synchronous=FULL``. In WAL mode ``NORMAL`` would already
+survive a killed process (the OS keeps the written WAL pages); ``FULL`` also
+fsyncs the WAL on every commit, so an acknowledged event survives power loss
+too. :class:`~fastsend.server.committer.Committer` batches concurrent writes
+into one commit to keep that cost per batch rather than per event.
+
+Connections are shared across threads, each behind its own lock: one for
+writes, one for reads (WAL lets readers run while a write is in progress).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fastsend.server.validation import EventBody, Image
+
+__all__ = ["EventStore", "StoredEvent"]
+
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT UNIQUE,
+    received_at TEXT NOT NULL,
+    inference_timestamp TEXT NOT NULL,
+    event_schema TEXT NOT NULL,
+    event_data TEXT NOT NULL,
+    custom_metadata TEXT,
+    solution TEXT,
+    display_image_position INTEGER NOT NULL,
+    image_details TEXT NOT NULL,
+    output_file TEXT NOT NULL,
+    output_content_type TEXT NOT NULL,
+    input_file TEXT,
+    input_content_type TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_schema ON events (event_schema, seq);
+"""
+
+_COLUMNS = (
+    "id, idempotency_key, received_at, inference_timestamp, event_schema, event_data, custom_metadata,"
+    " solution, display_image_position, image_details, output_content_type, input_content_type"
+)
+
+_INSERT = f"INSERT INTO events ({_COLUMNS}, output_file, input_file) VALUES ({', '.join('?' * 14)})"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One stored event, without its image bytes (see :meth:`EventStore.image`)."""
+
+    id: str
+    idempotency_key: str | None
+    received_at: str
+    inference_timestamp: str
+    event_schema: str
+    event_data: dict[str, Any]
+    custom_metadata: dict[str, Any] | None
+    solution: str | None
+    display_image_position: int
+    image_details: dict[str, Any]
+    output_content_type: str
+    input_content_type: str | None
+
+
+class EventStore:
+    """Events in SQLite and their images as files, under one data directory."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self.images_dir = self.data_dir / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        _fsync_directory(self.data_dir)  # so images/ itself outlives a power cut
+        db_path = self.data_dir / "events.sqlite3"
+        self._writer = self._connect(db_path)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.executescript(_SCHEMA)
+        self._reader = self._connect(db_path)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        return connection
+
+    def close(self) -> None:
+        """Close both connections (the WAL is checkpointed by the last close)."""
+        with self._read_lock:
+            self._reader.close()
+        with self._write_lock:
+            self._writer.close()
+
+    def add(self, items: Sequence[tuple[EventBody, str | None]]) -> list[tuple[str, bool]]:
+        """Store ``(event, idempotency_key)`` pairs durably in one transaction.
+
+        Returns ``(id, created)`` per item, in order. An item whose key is
+        already stored, or appears earlier in ``items``, gets the original id
+        with ``created`` False and stores nothing.
+        """
+        with self._write_lock:
+            received_at = datetime.now(timezone.utc).isoformat()
+            results: list[tuple[str, bool]] = []
+            rows: list[tuple[Any, ...]] = []
+            ids_by_key: dict[str, str] = {}
+            for event, key in items:
+                existing = self._id_for_key(key, ids_by_key)
+                if existing is not None:
+                    results.append((existing, False))
+                    continue
+                event_id = str(uuid.uuid4())
+                if key is not None:
+                    ids_by_key[key] = event_id
+                rows.append(self._row(event_id, key, received_at, event))
+                results.append((event_id, True))
+            if rows:
+                _fsync_directory(self.images_dir)
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    self._writer.executemany(_INSERT, rows)
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+                self._writer.execute("COMMIT")
+            return results
+
+    def _id_for_key(self, key: str | None, ids_by_key: dict[str, str]) -> str | None:
+        if key is None:
+            return None
+        if key in ids_by_key:
+            return ids_by_key[key]
+        row = self._writer.execute("SELECT id FROM events WHERE idempotency_key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _row(self, event_id: str, key: str | None, received_at: str, event: EventBody) -> tuple[Any, ...]:
+        output_file = self._write_image(event_id, "output", event.output_image)
+        input_file = self._write_image(event_id, "input", event.input_image) if event.input_image else None
+        return (
+            event_id,
+            key,
+            received_at,
+            event.inference_timestamp,
+            event.event_schema,
+            orjson.dumps(event.event_data).decode(),
+            None if event.custom_metadata is None else orjson.dumps(event.custom_metadata).decode(),
+            event.solution,
+            event.display_image_position,
+            orjson.dumps(event.image_details).decode(),
+            event.output_image.content_type,
+            event.input_image.content_type if event.input_image else None,
+            output_file,
+            input_file,
+        )
+
+    def _write_image(self, event_id: str, role: str, image: Image) -> str:
+        name = f"{event_id}.{role}.{_EXTENSIONS[image.content_type]}"
+        with open(self.images_dir / name, "xb") as file:
+            file.write(image.data)
+            file.flush()
+            os.fsync(file.fileno())
+        return name
+
+    def get(self, event_id: str) -> StoredEvent | None:
+        """The event with this id, or ``None``."""
+        with self._read_lock:
+            row = self._reader.execute(f"SELECT {_COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
+        return _stored_event(row) if row else None
+
+    def list_events(
+        self, *, limit: int, offset: int = 0, event_schema: str | None = None
+    ) -> tuple[list[StoredEvent], int]:
+        """A page of events, newest first, and the total matching ``event_schema`` (all when ``None``)."""
+        where, params = ("WHERE event_schema = ?", (event_schema,)) if event_schema is not None else ("", ())
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"SELECT {_COLUMNS} FROM events {where} ORDER BY seq DESC LIMIT ? OFFSET ?", (*params, limit, offset)
+            ).fetchall()
+            (total,) = self._reader.execute(f"SELECT COUNT(*) FROM events {where}", params).fetchone()
+        return [_stored_event(row) for row in rows], total
+
+    def count(self) -> int:
+        """How many events are stored."""
+        with self._read_lock:
+            (total,) = self._reader.execute("SELECT COUNT(*) FROM events").fetchone()
+        return int(total)
+
+    def image(self, event_id: str, role: str) -> Image | None:
+        """The ``"output"`` or ``"input"`` image of an event, or ``None`` when it has none."""
+        if role not in ("output", "input"):
+            raise ValueError(f"role must be 'output' or 'input', not {role!r}")
+        with self._read_lock:
+            row = self._reader.execute(
+                f"SELECT {role}_file, {role}_content_type FROM events WHERE id = ?", (event_id,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return Image((self.images_dir / row[0]).read_bytes(), row[1])
+
+
+def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
+    (
+        event_id,
+        key,
+        received_at,
+        timestamp,
+        schema,
+        data,
+        metadata,
+        solution,
+        position,
+        details,
+        output_type,
+        input_type,
+    ) = row
+    return StoredEvent(
+        id=event_id,
+        idempotency_key=key,
+        received_at=received_at,
+        inference_timestamp=timestamp,
+        event_schema=schema,
+        event_data=orjson.loads(data),
+        custom_metadata=None if metadata is None else orjson.loads(metadata),
+        solution=solution,
+        display_image_position=position,
+        image_details=orjson.loads(details),
+        output_content_type=output_type,
+        input_content_type=input_type,
+    )
+
+
+def _fsync_directory(path: Path) -> None:
+    # A new file's name lives in its directory; fsync it so the file is found after a crash.
+    # Windows cannot open a directory for fsync; NTFS journals the entry itself.
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

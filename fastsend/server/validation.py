@@ -1,0 +1,245 @@
+"""The rules for a ``POST /v2/events`` body, on top of :mod:`fastsend.events`.
+
+``fastsend.events`` owns the schema, ``event_data`` and ``custom_metadata``
+rules; this module adds the envelope: the exact top-level keys, the
+timestamp, the single image entry, its images and its annotation lists.
+Everything is strict: unknown keys are rejected at every level, numbers must
+be finite and not bools, and a list the client should have omitted (empty)
+is an error. Every failure is a :class:`~fastsend.events.ValidationError`
+naming the field, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pybase64
+import simplejpeg
+
+from fastsend.events import ValidationError, validate_custom_metadata, validate_event_data, validate_text
+
+__all__ = ["EventBody", "Image", "validate_body"]
+
+SOLUTION_MAX_CHARS = 1000
+
+_REQUIRED_KEYS = ("inference_timestamp", "event_schema", "event_data", "images", "displayImagePosition")
+_OPTIONAL_KEYS = ("custom_metadata", "solution")
+
+_BOX_KEYS = ("class", "x", "y", "width", "height", "confidence")
+_ANNOTATION_KEYS = {
+    "objectDetections": _BOX_KEYS,
+    "classifications": ("class", "confidence"),
+    "instanceSegmentations": (*_BOX_KEYS, "points"),
+    "keypoints": (*_BOX_KEYS, "keypoints"),
+}
+_IMAGE_OPTIONAL_KEYS = ("inputBase64Image", "label", *_ANNOTATION_KEYS)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """Decoded image bytes and their media type (``image/jpeg`` or ``image/png``)."""
+
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventBody:
+    """A body that passed every rule, with its images decoded.
+
+    ``image_details`` is the image entry without its base64 fields: ``label``
+    and the annotation lists, exactly as sent. ``custom_metadata`` and
+    ``solution`` are ``None`` when the body did not carry them.
+    """
+
+    inference_timestamp: str
+    event_schema: str
+    event_data: dict[str, Any]
+    display_image_position: int
+    output_image: Image
+    input_image: Image | None
+    image_details: dict[str, Any]
+    custom_metadata: dict[str, Any] | None
+    solution: str | None
+
+
+def validate_body(body: Any) -> EventBody:
+    """Check a parsed JSON body against the v2 contract; raises ``ValidationError``."""
+    _check_keys("", body, _REQUIRED_KEYS, _OPTIONAL_KEYS)
+    timestamp = _timestamp(body["inference_timestamp"])
+    event_data = validate_event_data(body["event_schema"], body["event_data"])
+    output_image, input_image, details = _single_image_entry(body["images"])
+    position = body["displayImagePosition"]
+    if isinstance(position, bool) or not isinstance(position, int) or position != 0:
+        raise ValidationError("displayImagePosition", position, "must be the integer 0 (the only image)")
+    metadata = validate_custom_metadata(body["custom_metadata"]) if "custom_metadata" in body else None
+    solution = validate_text("solution", body["solution"], max_chars=SOLUTION_MAX_CHARS) if "solution" in body else None
+    return EventBody(
+        inference_timestamp=timestamp,
+        event_schema=body["event_schema"],
+        event_data=event_data,
+        display_image_position=position,
+        output_image=output_image,
+        input_image=input_image,
+        image_details=details,
+        custom_metadata=metadata,
+        solution=solution,
+    )
+
+
+def _check_keys(field: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    where = field or "body"
+    if not isinstance(value, dict):
+        raise ValidationError(where, value, "must be an object")
+    prefix = f"{field}." if field else ""
+    allowed = (*required, *optional)
+    for key, item in value.items():
+        if key not in allowed:
+            raise ValidationError(
+                f"{prefix}{key}", item, f"is not an allowed key of {where} (allowed: {', '.join(allowed)})"
+            )
+    for key in required:
+        if key not in value:
+            raise ValidationError(f"{prefix}{key}", _MISSING, "is required")
+
+
+def _timestamp(value: Any) -> str:
+    text = validate_text("inference_timestamp", value)
+    try:
+        # Python 3.10's fromisoformat does not know the "Z" suffix.
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise ValidationError("inference_timestamp", value, "must be an ISO-8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ValidationError("inference_timestamp", value, "must carry a UTC offset, e.g. +00:00")
+    return text
+
+
+def _single_image_entry(images: Any) -> tuple[Image, Image | None, dict[str, Any]]:
+    if not isinstance(images, list):
+        raise ValidationError("images", images, "must be a list")
+    if len(images) != 1:
+        raise ValidationError("images", f"<{len(images)} entries>", "must hold exactly one image entry")
+    field = "images[0]"
+    entry = images[0]
+    _check_keys(field, entry, ("base64Image",), _IMAGE_OPTIONAL_KEYS)
+    output_image = _image(f"{field}.base64Image", entry["base64Image"])
+    input_image = (
+        _image(f"{field}.inputBase64Image", entry["inputBase64Image"]) if "inputBase64Image" in entry else None
+    )
+    if "label" in entry:
+        validate_text(f"{field}.label", entry["label"])
+    for name, keys in _ANNOTATION_KEYS.items():
+        if name in entry:
+            _annotations(f"{field}.{name}", entry[name], keys)
+    details = {key: value for key, value in entry.items() if key not in ("base64Image", "inputBase64Image")}
+    return output_image, input_image, details
+
+
+def _image(field: str, value: Any) -> Image:
+    if not isinstance(value, str):
+        raise ValidationError(field, value, f"must be a base64 string, not {type(value).__name__}")
+    if value.startswith("data:"):
+        raise ValidationError(field, value, "must be bare base64, without a data: URL prefix")
+    if len(value) % 4:
+        raise ValidationError(field, value, "must be padded base64 (length a multiple of 4)")
+    try:
+        data = pybase64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError(
+            field, value, "must be standard base64 (RFC 4648 §4: A-Z a-z 0-9 + /, '=' padding, no line breaks)"
+        ) from None
+    if data.startswith(_JPEG_SOI):
+        _check_jpeg(field, value, data)
+        return Image(data, "image/jpeg")
+    if data.startswith(_PNG_SIGNATURE):
+        if data[12:16] != b"IHDR" or not data.endswith(_PNG_IEND):
+            raise ValidationError(field, value, "must be a complete PNG (IHDR first, IEND last; truncated?)")
+        return Image(data, "image/png")
+    raise ValidationError(
+        field, value, f"must decode to a JPEG or PNG image (starts with {data[:8].hex() or 'nothing'})"
+    )
+
+
+def _check_jpeg(field: str, value: str, data: bytes) -> None:
+    try:
+        simplejpeg.decode_jpeg_header(data)
+    except ValueError as exc:
+        raise ValidationError(field, value, f"must be a readable JPEG ({exc})") from None
+    # The header sits at the front, so it parses even when the image data was
+    # cut off; the end-of-image marker catches that without a full decode.
+    # Some encoders pad the file with NULs after the marker.
+    if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        raise ValidationError(field, value, "must be a complete JPEG (no end-of-image marker; truncated?)")
+
+
+def _annotations(field: str, value: Any, keys: tuple[str, ...]) -> None:
+    if not isinstance(value, list):
+        raise ValidationError(field, value, "must be a list")
+    if not value:
+        raise ValidationError(field, value, "must be omitted rather than sent empty")
+    for index, item in enumerate(value):
+        item_field = f"{field}[{index}]"
+        _check_keys(item_field, item, keys)
+        for key in keys:
+            _ANNOTATION_FIELD_RULES[key](f"{item_field}.{key}", item[key])
+
+
+def _number(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, value, f"must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValidationError(field, value, "must be a finite number")
+
+
+def _points(field: str, value: Any) -> None:
+    if not isinstance(value, list) or len(value) < 3:
+        raise ValidationError(field, value, "must be a list of at least 3 [x, y] points")
+    for index, point in enumerate(value):
+        if not isinstance(point, list) or len(point) != 2:
+            raise ValidationError(f"{field}[{index}]", point, "must be an [x, y] pair")
+        for coordinate in point:
+            _number(f"{field}[{index}]", coordinate)
+
+
+def _keypoint_list(field: str, value: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise ValidationError(field, value, "must be a list of at least one {id, x, y}")
+    for index, keypoint in enumerate(value):
+        keypoint_field = f"{field}[{index}]"
+        _check_keys(keypoint_field, keypoint, ("id", "x", "y"))
+        keypoint_id = keypoint["id"]
+        if isinstance(keypoint_id, bool) or not isinstance(keypoint_id, int) or keypoint_id < 0:
+            raise ValidationError(f"{keypoint_field}.id", keypoint_id, "must be an integer >= 0")
+        _number(f"{keypoint_field}.x", keypoint["x"])
+        _number(f"{keypoint_field}.y", keypoint["y"])
+
+
+_ANNOTATION_FIELD_RULES: dict[str, Callable[[str, Any], object]] = {
+    "class": validate_text,
+    "x": _number,
+    "y": _number,
+    "width": _number,
+    "height": _number,
+    "confidence": _number,
+    "points": _points,
+    "keypoints": _keypoint_list,
+}
