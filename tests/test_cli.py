@@ -1,0 +1,133 @@
+"""The command line, run as users run it: ``python -m fastsend …`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import simplejpeg
+
+from fastsend.server import ReferenceService
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 30.0
+
+
+def fastsend_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastsend", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def jpeg_file(tmp_path: Path, frame) -> Path:
+    path = tmp_path / "frame.jpg"
+    path.write_bytes(simplejpeg.encode_jpeg(frame, quality=90, colorspace="BGR"))
+    return path
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    with ReferenceService(tmp_path / "service") as running:
+        yield running
+
+
+def test_send_prints_the_event_id_and_the_service_stores_the_event(service, jpeg_file: Path) -> None:
+    done = fastsend_cli(
+        "send", "--url", service.url, "--image", str(jpeg_file), "--input-image", str(jpeg_file),
+        "--schema", "safety_alert", "--alert-type", "fall", "--severity", "high",
+        "--metadata", "line=3", "--metadata", "ok=true", "--metadata", "ratio=0.5", "--metadata", "site=north dock",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    event_id = done.stdout.strip()
+    stored = service.get_event(event_id)
+    assert stored is not None
+    assert stored["event_schema"] == "safety_alert"
+    assert stored["event_data"] == {"alertType": "fall", "severity": "high"}
+    assert stored["custom_metadata"] == {"line": 3, "ok": True, "ratio": 0.5, "site": "north dock"}
+    assert service.get_image(event_id, "output") == jpeg_file.read_bytes()
+    assert service.get_image(event_id, "input") == jpeg_file.read_bytes()
+
+
+def test_send_with_invalid_field_exits_2_naming_the_field(service, jpeg_file: Path) -> None:
+    done = fastsend_cli(
+        "send", "--url", service.url, "--image", str(jpeg_file), "--schema", "safety_alert", "--severity", "extreme"
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "severity" in done.stderr and "extreme" in done.stderr
+    assert service.stored_count() == 0
+
+
+def test_send_with_unreadable_image_exits_2(service, tmp_path: Path) -> None:
+    done = fastsend_cli("send", "--url", service.url, "--image", str(tmp_path / "missing.jpg"), "--schema", "custom")
+    assert done.returncode == 2
+    assert "--image" in done.stderr
+
+
+def test_send_rejected_by_the_service_exits_1_with_its_status(tmp_path: Path, jpeg_file: Path) -> None:
+    with ReferenceService(tmp_path / "locked", api_key="right-key") as locked:
+        done = fastsend_cli(
+            "send", "--url", locked.url, "--image", str(jpeg_file), "--schema", "custom", "--value", "x",
+            env={"EVENT_INGESTION_API_KEY": "wrong-key"},
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert "HTTP 401" in done.stderr
+        assert locked.stored_count() == 0
+
+
+def test_send_to_nothing_listening_exits_1_within_its_deadline(jpeg_file: Path) -> None:
+    done = fastsend_cli(
+        "send", "--url", "http://127.0.0.1:9", "--image", str(jpeg_file), "--schema", "custom",
+        "--timeout", "0.5", "--deadline", "1.5",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "connection error" in done.stderr
+
+
+def test_serve_answers_send_and_stops_on_sigterm(tmp_path: Path, jpeg_file: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fastsend", "serve", "--port", "0", "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    try:
+        readable, _, _ = select.select([server.stdout], [], [], TIMEOUT)
+        banner = server.stdout.readline() if readable else ""
+        match = re.search(r"on (http://\S+)", banner)
+        assert match, f"no URL in {banner!r}"
+        done = fastsend_cli("send", "--url", match.group(1), "--image", str(jpeg_file), "--schema", "quality_check", "--result", "pass")
+        assert done.returncode == 0, done.stderr
+        assert re.fullmatch(r"[0-9a-f-]{36}", done.stdout.strip())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(TIMEOUT) == 0
+    assert (tmp_path / "data").is_dir()
+
+
+def test_demo_end_to_end_on_the_embedded_service() -> None:
+    done = fastsend_cli("demo", "--frames", "24", "--width", "320", "--height", "240")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verified      24/24 acknowledged events" in done.stdout
+    assert re.search(r"events\s+24 in [\d.]+s", done.stdout)
+
+
+def test_demo_against_a_running_service(service) -> None:
+    done = fastsend_cli("demo", "--url", service.url, "--frames", "12", "--width", "160", "--height", "120")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert service.stored_count() == 12
+    schemas = {event["event_schema"] for event in service.list_events()}
+    assert schemas == {"quality_check", "inventory_count", "safety_alert", "custom"}
