@@ -46,9 +46,9 @@ def _predictions_list(obj: Any, field: str) -> list[Mapping[str, Any]]:
     )
 
 
-def _finite_column(values: Any, field: str, count: int) -> np.ndarray:
+def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
     try:
-        array = np.asarray(values, dtype=np.float64).reshape(count, -1)
+        array = np.asarray(values, dtype=dtype).reshape(count, -1)
     except (TypeError, ValueError):
         raise ValidationError(field, values, "must be numbers") from None
     if not np.isfinite(array).all():
@@ -64,10 +64,13 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list
     count = len(detections.xyxy)
     if count == 0:
         return [], [], []
-    xyxy = _finite_column(detections.xyxy, f"{field}.xyxy", count)
+    # Float boxes keep their dtype so float32 arithmetic gives the reference's numbers.
+    dtype = getattr(detections.xyxy, "dtype", None)
+    dtype = dtype if dtype is not None and dtype.kind == "f" else np.float64
+    xyxy = _finite_column(detections.xyxy, f"{field}.xyxy", count, dtype)
     if xyxy.shape[1] != 4:
         raise ValidationError(f"{field}.xyxy", detections.xyxy, "must be N×4")
-    boxes = np.empty((count, 4))
+    boxes = np.empty((count, 4), dtype=xyxy.dtype)
     boxes[:, 0] = (xyxy[:, 0] + xyxy[:, 2]) / 2
     boxes[:, 1] = (xyxy[:, 1] + xyxy[:, 3]) / 2
     boxes[:, 2] = xyxy[:, 2] - xyxy[:, 0]
@@ -78,11 +81,9 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list
     else:
         confidences = _finite_column(confidence, f"{field}.confidence", count)[:, 0].tolist()
     names = (detections.data or {}).get("class_name")
-    if names is None or len(names) < count:
-        classes = [UNKNOWN_CLASS] * count
-    else:
-        listed = names.tolist() if isinstance(names, np.ndarray) else list(names)
-        classes = [name if type(name) is str else str(name) for name in listed[:count]]
+    listed = [] if names is None else (names.tolist() if isinstance(names, np.ndarray) else list(names))[:count]
+    # Like the reference: a detection past the end of the name list is "unknown".
+    classes = [name if type(name) is str else str(name) for name in listed] + [UNKNOWN_CLASS] * (count - len(listed))
     return classes, boxes.tolist(), confidences
 
 
@@ -240,7 +241,7 @@ def _classification_pairs(predictions: Any, field: str) -> tuple[list[Any], list
 def classifications_to_wire(predictions: Any, field: str = "classifications") -> Wire:
     """``[{class, confidence}]`` from a class-name dict, inference classification output or Detections."""
     names, confidences = _classification_pairs(predictions, field)
-    if len(confidences) < len(names):
-        raise ValidationError(f"{field}.confidence", confidences, f"must have one value per class ({len(names)})")
-    values = _finite_column(confidences[: len(names)], f"{field}.confidence", len(names))[:, 0].tolist() if names else []
+    # Like the reference: a class without a confidence gets 0.0.
+    confidences = list(confidences[: len(names)]) + [0.0] * (len(names) - len(confidences))
+    values = _finite_column(confidences, f"{field}.confidence", len(names))[:, 0].tolist() if names else []
     return [{"class": str(name), "confidence": conf} for name, conf in zip(names, values)]

@@ -9,13 +9,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .events import Event
+from .events import Event, ValidationError
 from .jpeg import JpegOptions
 from .wire import PreparedEvent, Request, events_url, prepare_event, render_body, request_headers
 
-__all__ = ["BlockEvent", "API_KEY_ENV", "build_block_request", "prepare_block_event"]
+__all__ = ["BlockEvent", "API_KEY_ENV", "BLOCK_SCHEMAS", "build_block_request", "prepare_block_event"]
 
 API_KEY_ENV = "EVENT_INGESTION_API_KEY"
+BLOCK_SCHEMAS = ("quality_check", "inventory_count", "safety_alert", "custom")
 _SCHEMA_FIELDS = frozenset(
     {"qc_result", "external_id", "location", "item_count", "item_type", "alert_type", "severity", "alert_description", "custom_value"}
 )
@@ -52,8 +53,8 @@ def _event(event_schema: Any, custom_metadata: Any, params: dict[str, Any]) -> E
         )
     if event_schema == "custom":
         return Event.custom(value=get("custom_value"), external_id=get("external_id"), **common)
-    # Anything else is refused by Event's own schema check, with the allowed names.
-    return Event(event_schema, {}, **common)
+    # The block's four only: operator_feedback is the Vision Events block's, not the Event Writer's.
+    raise ValidationError("event_schema", event_schema, f"must be one of {', '.join(BLOCK_SCHEMAS)}")
 
 
 def prepare_block_event(

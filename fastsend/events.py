@@ -201,7 +201,7 @@ def _timestamp(value: datetime | str | None) -> str:
             raise ValidationError("inference_timestamp", value, "must be an ISO-8601 timestamp") from None
         if parsed.tzinfo is None:
             raise ValidationError("inference_timestamp", value, "must carry a UTC offset")
-        return value
+        return parsed.astimezone(timezone.utc).isoformat()
     raise ValidationError("inference_timestamp", value, "must be a datetime or an ISO-8601 string")
 
 

@@ -47,6 +47,18 @@ class JpegOptions:
     subsampling: str = "420"
     max_side: int | None = None
 
+    def __post_init__(self) -> None:
+        if not _is_int(self.quality) or not 1 <= self.quality <= 100:
+            raise ValidationError("quality", self.quality, "must be an integer from 1 to 100")
+        if self.subsampling not in SUBSAMPLINGS:
+            raise ValidationError("subsampling", self.subsampling, f"must be one of {', '.join(SUBSAMPLINGS)}")
+        if self.max_side is not None and (not _is_int(self.max_side) or self.max_side < 1):
+            raise ValidationError("max_side", self.max_side, "must be an integer ≥ 1 or None")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class RawImage:
@@ -152,10 +164,12 @@ def _downscale(array: np.ndarray, max_side: int) -> np.ndarray:
     factor = -(-max(height, width) // max_side)
     if factor <= 1:
         return array
-    h, w = height // factor, width // factor
-    cropped = array[: h * factor, : w * factor].astype(np.uint16)
-    blocks = cropped.reshape(h, factor, w, factor, *array.shape[2:])
-    return (blocks.sum(axis=(1, 3)) // (factor * factor)).astype(np.uint8)
+    # A side shorter than the factor (a thin strip) becomes one pixel, not zero.
+    fy, fx = min(factor, height), min(factor, width)
+    h, w = height // fy, width // fx
+    cropped = array[: h * fy, : w * fx].astype(np.uint16)
+    blocks = cropped.reshape(h, fy, w, fx, *array.shape[2:])
+    return (blocks.sum(axis=(1, 3)) // (fy * fx)).astype(np.uint8)
 
 
 def to_base64(source: ImageSource, options: JpegOptions) -> bytes:

@@ -18,7 +18,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -54,10 +54,13 @@ class RetryPolicy:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
         if retry_after is not None:
             return retry_after
-        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
-        return (rng or random).uniform(0.0, ceiling)
+        return (rng or random).uniform(0.0, self._ceiling(attempt))
+
+    def _ceiling(self, attempt: int) -> float:
+        # Past 2**64 the doubling has met any sensible cap; a larger int would overflow a float.
+        return min(self.backoff_max, self.backoff_base * 2.0 ** min(attempt - 1, 64))
 
     def worst_case_seconds(self, request_timeout: float) -> float:
         """The longest a synchronous send can take: every attempt times out and waits its longest."""
-        waits = sum(min(self.backoff_max, self.backoff_base * 2**i) for i in range(self.retries))
+        waits = sum(self._ceiling(attempt) for attempt in range(1, self.retries + 1))
         return min(self.deadline, (self.retries + 1) * request_timeout + waits)

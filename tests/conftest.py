@@ -1,0 +1,32 @@
+"""Shared fixtures: keep this small; module-specific helpers live in their test file."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+
+FrameBuilder = Callable[..., np.ndarray]
+
+
+def build_frame(height: int = 48, width: int = 64, channels: int | None = 3, seed: int = 0) -> np.ndarray:
+    """A deterministic uint8 frame (gradients plus seeded noise); ``channels=None`` gives H×W gray."""
+    rows = np.linspace(0, 255, height, dtype=np.float64)[:, None]
+    cols = np.linspace(0, 255, width, dtype=np.float64)[None, :]
+    noise = np.random.default_rng(seed).integers(0, 32, size=(height, width, channels or 1))
+    planes = [(rows * (c + 1) / (channels or 1) + cols * (1 - c / 4)) % 224 for c in range(channels or 1)]
+    frame = (np.stack(planes, axis=-1) + noise).astype(np.uint8)
+    return frame[:, :, 0] if channels is None else frame
+
+
+@pytest.fixture
+def make_frame() -> FrameBuilder:
+    """``make_frame(height=48, width=64, channels=3, seed=0)``: a BGR (or gray, or BGRA) test frame."""
+    return build_frame
+
+
+@pytest.fixture
+def frame() -> np.ndarray:
+    """A small 48×64 BGR frame."""
+    return build_frame()
