@@ -70,11 +70,8 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list
     xyxy = _finite_column(detections.xyxy, f"{field}.xyxy", count, dtype)
     if xyxy.shape[1] != 4:
         raise ValidationError(f"{field}.xyxy", detections.xyxy, "must be N×4")
-    boxes = np.empty((count, 4), dtype=xyxy.dtype)
-    boxes[:, 0] = (xyxy[:, 0] + xyxy[:, 2]) / 2
-    boxes[:, 1] = (xyxy[:, 1] + xyxy[:, 3]) / 2
-    boxes[:, 2] = xyxy[:, 2] - xyxy[:, 0]
-    boxes[:, 3] = xyxy[:, 3] - xyxy[:, 1]
+    top_left, bottom_right = xyxy[:, :2], xyxy[:, 2:]
+    boxes = np.concatenate(((top_left + bottom_right) / 2, bottom_right - top_left), axis=1)
     confidence = getattr(detections, "confidence", None)
     if confidence is None:
         confidences = [0.0] * count
