@@ -1,0 +1,102 @@
+"""fastsend benchmarks (pytest-benchmark). Not part of the default test run.
+
+Run the suite (a few minutes; every comparison is made within one run, so read
+ratios and medians, not absolute numbers, on a shared machine)::
+
+    pytest benchmarks/ --benchmark-only
+
+Smoke-run every benchmark once with tiny batches, plus the harness's own checks::
+
+    pytest benchmarks/ --benchmark-disable -q
+
+Save the numbers: add ``--benchmark-json=bench.json`` (events/s of the
+throughput scenarios are in each benchmark's ``extra_info`` and, with the
+encode+transfer bounds, under ``fastsend_throughput``). ``pytest`` in the repo
+root never collects this directory (``testpaths = ["tests"]``).
+
+Layout:
+- ``sink.py``: ``running_sink(status=201)`` — the minimal HTTP/1.1 receiver in
+  a child process; ``sink_stats(url)``.
+- ``frames.py``: deterministic 1080p / 640×480 frames and detections;
+  ``event_inputs(width, height)``.
+- ``reference_sender.py``: ``ReferenceSender`` — the Event Writer block's way
+  of sending (cv2 → base64 → dict → ``requests.post(json=…)``).
+- ``harness.py``: ``measure_throughput(...)`` — events/s for any contender,
+  same batch per scenario; ``RESULTS`` feeds the summary printed at the end.
+- ``test_bench_core.py``: JPEG encode, annotations, body build micro-benchmarks.
+- ``test_bench_bounds.py``: encode-only, transfer-only, the reference sender.
+- ``test_harness.py``: checks of the sink, frames and reference sender.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from benchmarks.frames import SIZES, EventInputs, event_inputs
+from benchmarks.harness import (
+    ENCODE_ONLY,
+    REFERENCE_FIRE_AND_FORGET,
+    RESULTS,
+    TRANSFER_ONLY,
+    encode_transfer_bound,
+)
+from benchmarks.sink import running_sink
+
+
+@pytest.fixture(scope="session")
+def sink_url() -> Iterator[str]:
+    """Base URL of the one 201 sink every end-to-end contender posts to."""
+    with running_sink() as url:
+        yield url
+
+
+@pytest.fixture(scope="session", params=list(SIZES), ids=list(SIZES))
+def scenario(request: pytest.FixtureRequest) -> str:
+    """``"1080p"`` or ``"480p"``."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def inputs(scenario: str) -> EventInputs:
+    """The scenario's event: annotated output frame, input frame, 10 detections (read-only arrays)."""
+    width, height = SIZES[scenario]
+    return event_inputs(width, height)
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _summary() -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for scenario, rates in RESULTS.items():
+        table[scenario] = {name: round(rate, 1) for name, rate in rates.items()}
+        bound = encode_transfer_bound(scenario)
+        if bound is not None:
+            table[scenario]["encode+transfer bound"] = round(bound, 1)
+    return table
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json) -> None:
+    output_json["fastsend_throughput"] = _summary()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not RESULTS:
+        return
+    terminalreporter.section("throughput: events/s at the median round (same run)")
+    for scenario, rates in RESULTS.items():
+        bound = encode_transfer_bound(scenario)
+        reference = rates.get(REFERENCE_FIRE_AND_FORGET)
+        terminalreporter.write_line(f"{scenario}:")
+        for name, rate in rates.items():
+            notes = []
+            if bound and name not in (ENCODE_ONLY, TRANSFER_ONLY):
+                notes.append(f"{rate / bound:.2f}× bound")
+            if reference and name != REFERENCE_FIRE_AND_FORGET and name not in (ENCODE_ONLY, TRANSFER_ONLY):
+                notes.append(f"{rate / reference:.2f}× reference fire-and-forget")
+            terminalreporter.write_line(f"  {name:<34}{rate:>10.1f}   {', '.join(notes)}".rstrip())
+        if bound is not None:
+            terminalreporter.write_line(f"  {'encode+transfer bound':<34}{bound:>10.1f}")

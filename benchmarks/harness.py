@@ -1,0 +1,91 @@
+"""Throughput measurement shared by every end-to-end contender.
+
+Every contender of a scenario sends the same number of events per round
+(``BATCH``), so the per-round times in pytest-benchmark's table compare
+directly; ``measure_throughput`` also stores events/s (batch / median round
+time) in ``benchmark.extra_info`` and in ``RESULTS``, from which the session
+summary derives the encode+transfer bound and the ratios.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+__all__ = [
+    "BATCH",
+    "ENCODE_ONLY",
+    "REFERENCE_FIRE_AND_FORGET",
+    "REFERENCE_SYNC",
+    "RESULTS",
+    "SMOKE_BATCH",
+    "TRANSFER_ONLY",
+    "batch_size",
+    "encode_transfer_bound",
+    "measure_throughput",
+]
+
+#: Events per round, per scenario: short rounds, many of them, so the median shrugs off
+#: the bursts of other work on a shared machine (the slowest contenders take ~0.5 s a round).
+BATCH = {"1080p": 16, "480p": 64}
+#: Events per call when benchmarks are disabled (``--benchmark-disable``): a smoke run.
+SMOKE_BATCH = 2
+
+ENCODE_ONLY = "encode-only"
+TRANSFER_ONLY = "transfer-only"
+REFERENCE_SYNC = "reference-sync"
+REFERENCE_FIRE_AND_FORGET = "reference-fire-and-forget"
+
+#: scenario → contender → events/s (median round) measured in this session.
+RESULTS: dict[str, dict[str, float]] = {}
+
+
+def batch_size(benchmark: Any, scenario: str) -> int:
+    """Events per round for ``scenario``, or ``SMOKE_BATCH`` when benchmarks are disabled."""
+    return SMOKE_BATCH if benchmark.disabled else BATCH[scenario]
+
+
+def measure_throughput(
+    benchmark: Any,
+    run_batch: Callable[[int], Any],
+    scenario: str,
+    contender: str,
+    *,
+    events: int | None = None,
+    budget_s: float = 4.0,
+    min_rounds: int = 5,
+    max_rounds: int = 60,
+) -> float | None:
+    """Time ``run_batch(n)`` — which must send ``n`` events and return once all are delivered.
+
+    One timed warm-up round picks the number of rounds that fits ``budget_s``;
+    then ``benchmark.pedantic(rounds=R, iterations=1)``. Returns events/s at the
+    median round, or ``None`` when benchmarks are disabled (one smoke call).
+    """
+    n = events if events is not None else batch_size(benchmark, scenario)
+    benchmark.group = f"throughput-{scenario}"
+    benchmark.extra_info.update(scenario=scenario, contender=contender, events_per_round=n)
+    if benchmark.disabled:
+        benchmark.pedantic(run_batch, args=(n,), rounds=1, iterations=1)
+        return None
+    start = time.perf_counter()
+    run_batch(n)
+    warmup = time.perf_counter() - start
+    rounds = max(min_rounds, min(max_rounds, int(budget_s / max(warmup, 1e-6))))
+    benchmark.pedantic(run_batch, args=(n,), rounds=rounds, iterations=1)
+    rate = n / benchmark.stats.stats.median
+    benchmark.extra_info["events_per_s"] = round(rate, 1)
+    RESULTS.setdefault(scenario, {})[contender] = rate
+    bound = encode_transfer_bound(scenario)
+    if bound is not None:
+        benchmark.extra_info["encode_transfer_bound"] = round(bound, 1)
+    return rate
+
+
+def encode_transfer_bound(scenario: str) -> float | None:
+    """1 / (1/encode-only + 1/transfer-only) for ``scenario``, once both were measured."""
+    rates = RESULTS.get(scenario, {})
+    encode, transfer = rates.get(ENCODE_ONLY), rates.get(TRANSFER_ONLY)
+    if not encode or not transfer:
+        return None
+    return 1.0 / (1.0 / encode + 1.0 / transfer)
