@@ -14,6 +14,7 @@ Events past the queue (encoding, sending, backing off) are bounded by
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -192,6 +193,7 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_error: BaseException | None = None
         self._loop_thread: threading.Thread | None = None
+        self._handoff_open = False  # the loop takes encoded events; False once it is shutting down
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self.stats = _Stats()
@@ -303,7 +305,10 @@ class Dispatcher:
         return stats
 
     def close(self, timeout: float | None = None) -> int:
-        """Flush up to ``timeout``, then stop; what is left is resolved failed. Returns that count."""
+        """Flush up to ``timeout``, then stop; what is left is resolved failed. Returns that count.
+
+        When it returns, every event submitted before it has its Result.
+        """
         self.flush(timeout)
         with self._lock:
             if self._closed:
@@ -313,15 +318,22 @@ class Dispatcher:
             self._queue.clear()
             self._queued_bytes = 0
             self._room.notify_all()
+        unsent_before = self._unsent_at_close()
         for job in leftovers:
             self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed", counted_active=False)
-        unfinished = len(leftovers)
         if self._loop is not None and self._loop_thread is not None and self._loop_thread.is_alive():
-            unfinished += asyncio.run_coroutine_threadsafe(self._shutdown_loop(), self._loop).result()
+            asyncio.run_coroutine_threadsafe(self._shutdown_loop(), self._loop).result()
             self._loop_thread.join(timeout=5)
         for _ in self._workers:
             self._encode_jobs.put(None)
-        return unfinished
+        for worker in self._workers:  # they settle the events they still hold, without encoding them
+            if worker is not threading.current_thread():  # close() from a Future's callback on an encoder
+                worker.join(timeout=5)
+        return self._unsent_at_close() - unsent_before
+
+    def _unsent_at_close(self) -> int:
+        with self.stats.lock:
+            return self.stats.dropped["closed"] + self.stats.dropped["spooled"]
 
     # ------------------------------------------------------------ encoders
 
@@ -333,6 +345,7 @@ class Dispatcher:
             ready.wait()
             if self._loop_error is not None:
                 raise RuntimeError(f"fastsend could not start its event loop: {self._loop_error}") from self._loop_error
+            self._handoff_open = True
         if not self._workers:
             for index in range(self.settings.encode_threads):
                 worker = threading.Thread(target=self._encode_forever, name=f"fastsend-encode-{index}", daemon=True)
@@ -344,6 +357,9 @@ class Dispatcher:
             self._encode(job)
 
     def _encode(self, job: _Job) -> None:
+        if self._closed:
+            self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
+            return
         prepared = job.prepared
         started = time.perf_counter()
         try:
@@ -362,9 +378,11 @@ class Dispatcher:
         headers = request_headers(prepared.idempotency_key, self.settings.api_key)
         job.request = Request.of(job.url, headers, chunks)
         job.prepared = None  # the frames can go now; retries need only the request
-        try:
-            self._loop.call_soon_threadsafe(self._launch, job)
-        except RuntimeError:  # the loop closed under us
+        with self._lock:  # _shutdown_loop closes the hand-off under this lock: no event slips past it
+            handed_off = self._handoff_open
+            if handed_off:
+                self._loop.call_soon_threadsafe(self._launch, job)
+        if not handed_off:
             self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
 
     # ------------------------------------------------------------ loop thread
@@ -395,7 +413,12 @@ class Dispatcher:
     def _launch(self, job: _Job) -> None:
         task = self._loop.create_task(self._deliver(job))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._delivered, job))
+
+    def _delivered(self, job: _Job, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not job.future.done():  # cancelled before its first step: _deliver never ran to settle it
+            self._give_up(job, "writer closed before the event could be sent", "closed")
 
     async def _deliver(self, job: _Job) -> None:
         try:
@@ -410,11 +433,16 @@ class Dispatcher:
     async def _deliver_with_retries(self, job: _Job) -> None:
         request = job.request
         attempt = 0
+        outcome: _Outcome | None = None
         while True:
             attempt += 1
             remaining = job.deadline - time.monotonic()
             if remaining <= 0:
-                self._give_up(job, f"deadline of {self._deadline_seconds(job):g}s passed before attempt {attempt}", "deadline")
+                passed = f"deadline of {self._deadline_seconds(job):g}s passed before attempt {attempt}"
+                if outcome is None:
+                    self._give_up(job, passed, "deadline")
+                else:  # the backoff ended past the deadline: say what the last attempt met
+                    self._give_up(job, f"{outcome.message} (gave up: {passed})", outcome.cause)
                 return
             outcome = await self._attempt(request, min(self.settings.request_timeout, remaining))
             if not outcome.cause:
@@ -474,14 +502,16 @@ class Dispatcher:
         logger.warning("event not delivered: %s", message)
         self._finish(job, Result(True, "", message), cause)
 
-    async def _shutdown_loop(self) -> int:
+    async def _shutdown_loop(self) -> None:
+        with self._lock:
+            self._handoff_open = False  # from now on the encoders settle what they hold themselves
+        await asyncio.sleep(0)  # run the hand-offs queued before that, so their tasks exist to be cancelled
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._session.close()
         asyncio.get_running_loop().stop()
-        return len(tasks)
 
     # ------------------------------------------------------------ outcomes
 

@@ -13,7 +13,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Iterable, Mapping
 
 from .block import API_KEY_ENV, prepare_block_event
-from .config import Settings
+from .config import SETTING_ENV_VARS, Settings
 from .dispatch import Dispatcher, QueueFullError, Result
 from .events import Event, ValidationError
 from .wire import PreparedEvent, events_url, prepare_event
@@ -38,7 +38,11 @@ class EventWriter:
 
     def __init__(self, url: str | None = None, **settings: Any) -> None:
         self.settings = Settings.resolve(url=url, **settings)
-        self.url = events_url(self.settings.url)
+        try:
+            self.url = events_url(self.settings.url)
+        except ValidationError as exc:  # name where the URL came from, as Settings does for every knob
+            source = "url" if url is not None else SETTING_ENV_VARS["url"]
+            raise ValidationError(source, self.settings.url, exc.rule) from None
         self._dispatcher = Dispatcher(self.settings)
         _open_writers.add(self)
 
