@@ -9,10 +9,20 @@ summary derives the encode+transfer bound and the ratios.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable
 
+import aiohttp
+
+import fastsend
+from benchmarks.frames import EventInputs
+
 __all__ = [
+    "Poster",
+    "TRANSFER_CONCURRENCY",
+    "new_loop",
+    "real_body",
     "BATCH",
     "ENCODE_ONLY",
     "REFERENCE_FIRE_AND_FORGET",
@@ -35,6 +45,9 @@ ENCODE_ONLY = "encode-only"
 TRANSFER_ONLY = "transfer-only"
 REFERENCE_SYNC = "reference-sync"
 REFERENCE_FIRE_AND_FORGET = "reference-fire-and-forget"
+
+#: Requests in flight for the transfer-only contender.
+TRANSFER_CONCURRENCY = 4
 
 #: scenario → contender → events/s (median round) measured in this session.
 RESULTS: dict[str, dict[str, float]] = {}
@@ -89,3 +102,56 @@ def encode_transfer_bound(scenario: str) -> float | None:
     if not encode or not transfer:
         return None
     return 1.0 / (1.0 / encode + 1.0 / transfer)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def real_body(inputs: EventInputs) -> bytes:
+    event = fastsend.Event.quality_check(result="fail")
+    prepared = fastsend.prepare_event(
+        event, inputs.output_frame, input_image=inputs.input_frame, object_detections=inputs.detections
+    )
+    return b"".join(fastsend.render_body(prepared, fastsend.JpegOptions()))
+
+
+class Poster:
+    """An aiohttp session on its own (uv)loop, posting one body ``n`` times, ``concurrency`` at a time."""
+
+    def __init__(self, url: str, body: bytes, concurrency: int) -> None:
+        self.url = f"{url}/v2/events"
+        self.body = body
+        self.concurrency = concurrency
+        self.loop = new_loop()
+        self.session = self.loop.run_until_complete(self._open())
+
+    async def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self.concurrency)
+        return aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"})
+
+    async def _post_all(self, n: int) -> None:
+        remaining = n
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                async with self.session.post(self.url, data=self.body) as response:
+                    await response.read()
+                    if response.status != 201:
+                        raise RuntimeError(f"sink answered {response.status}")
+
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
+
+    def post(self, n: int) -> None:
+        self.loop.run_until_complete(self._post_all(n))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()

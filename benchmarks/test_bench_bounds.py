@@ -12,12 +12,10 @@ Every contender sends ``harness.BATCH[scenario]`` events per round to the same s
 
 from __future__ import annotations
 
-import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-import aiohttp
 import pytest
 
 import fastsend
@@ -26,30 +24,14 @@ from benchmarks.harness import (
     ENCODE_ONLY,
     REFERENCE_FIRE_AND_FORGET,
     REFERENCE_SYNC,
+    TRANSFER_CONCURRENCY,
     TRANSFER_ONLY,
+    Poster,
     measure_throughput,
+    real_body,
 )
 from benchmarks.reference_sender import ReferenceSender
 from benchmarks.sink import sink_stats
-
-TRANSFER_CONCURRENCY = 4
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
-def _real_body(inputs: EventInputs) -> bytes:
-    event = fastsend.Event.quality_check(result="fail")
-    prepared = fastsend.prepare_event(
-        event, inputs.output_frame, input_image=inputs.input_frame, object_detections=inputs.detections
-    )
-    return b"".join(fastsend.render_body(prepared, fastsend.JpegOptions()))
 
 
 def test_encode_only(benchmark, scenario, inputs):
@@ -65,45 +47,9 @@ def test_encode_only(benchmark, scenario, inputs):
         measure_throughput(benchmark, lambda n: sum(pool.map(encode_event, range(n))), scenario, ENCODE_ONLY)
 
 
-class _Poster:
-    """An aiohttp session on its own (uv)loop, posting one body ``n`` times, ``concurrency`` at a time."""
-
-    def __init__(self, url: str, body: bytes, concurrency: int) -> None:
-        self.url = f"{url}/v2/events"
-        self.body = body
-        self.concurrency = concurrency
-        self.loop = _new_loop()
-        self.session = self.loop.run_until_complete(self._open())
-
-    async def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self.concurrency)
-        return aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"})
-
-    async def _post_all(self, n: int) -> None:
-        remaining = n
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                async with self.session.post(self.url, data=self.body) as response:
-                    await response.read()
-                    if response.status != 201:
-                        raise RuntimeError(f"sink answered {response.status}")
-
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
-
-    def post(self, n: int) -> None:
-        self.loop.run_until_complete(self._post_all(n))
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.session.close())
-        self.loop.close()
-
-
 @pytest.fixture
-def poster(sink_url: str, inputs: EventInputs) -> Iterator[_Poster]:
-    poster = _Poster(sink_url, _real_body(inputs), TRANSFER_CONCURRENCY)
+def poster(sink_url: str, inputs: EventInputs) -> Iterator[Poster]:
+    poster = Poster(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
     yield poster
     poster.close()
 

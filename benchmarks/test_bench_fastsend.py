@@ -1,0 +1,226 @@
+"""fastsend end to end against the reference-style sender and the machine's bounds.
+
+- ``test_fastsend_fire_and_forget``: events/s, ``submit`` then ``flush``, same batches as
+  the contenders in ``test_bench_bounds.py`` (the summary shows the ratios);
+- ``test_throughput_interleaved``: every contender, round after round, in one test: on
+  a shared machine load drifts between tests, so these ratios are the ones to quote;
+- ``test_caller_cost``: what one fire-and-forget call costs the caller at 1080p, paced
+  like a 30 fps video loop: fastsend with the default snapshot, with ownership handed
+  over (``copy=False``), and the reference path (encoding on the caller's thread);
+- ``test_sync_latency``: synchronous ``send()`` against the reference synchronous send,
+  interleaved;
+- ``test_memory_bounded``: peak RSS while 1080p events go to a service answering 529.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+import fastsend
+from benchmarks.frames import EventInputs
+from benchmarks.harness import (
+    ENCODE_ONLY,
+    REFERENCE_FIRE_AND_FORGET,
+    TRANSFER_CONCURRENCY,
+    TRANSFER_ONLY,
+    Poster,
+    batch_size,
+    measure_throughput,
+    real_body,
+)
+from benchmarks.reference_sender import ReferenceSender
+
+FASTSEND_FIRE_AND_FORGET = "fastsend-fire-and-forget"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _event() -> fastsend.Event:
+    return fastsend.Event.quality_check(result="fail", external_id="bench")
+
+
+@pytest.fixture
+def writer(sink_url: str) -> Iterator[fastsend.EventWriter]:
+    # block: a benchmark must deliver every event, not shed load.
+    with fastsend.EventWriter(sink_url, overflow="block", block_timeout=60) as writer:
+        yield writer
+    stats = writer.stats()
+    assert stats["failed"] == 0 and stats["dropped"] == 0, stats
+
+
+def _fastsend_batch(writer: fastsend.EventWriter, inputs: EventInputs, **options) -> Callable[[int], None]:
+    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            writer.submit(_event(), out, input_image=inp, object_detections=dets, **options)
+        assert writer.flush(timeout=120) == 0
+
+    return run
+
+
+def test_fastsend_fire_and_forget(benchmark, scenario, inputs, writer):
+    benchmark.extra_info.update(jpeg_backend=fastsend.jpeg_backend(), encode_threads=writer.settings.encode_threads)
+    measure_throughput(benchmark, _fastsend_batch(writer, inputs), scenario, FASTSEND_FIRE_AND_FORGET)
+
+
+# ---------------------------------------------------------------- interleaved
+
+
+def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
+    """All contenders in each round; events/s at each contender's median round."""
+    n = batch_size(benchmark, scenario)
+    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
+    encode = fastsend.encode_jpeg
+    poster = Poster(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
+    encoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    reference = ReferenceSender(sink_url)
+
+    def encode_only(count: int) -> None:
+        list(encoders.map(lambda _: (encode(out, "BGR", 95, "420"), encode(inp, "BGR", 95, "420")), range(count)))
+
+    def reference_ff(count: int) -> None:
+        for _ in range(count):
+            reference.submit(out, inp, dets)
+        reference.drain()
+
+    contenders = {
+        ENCODE_ONLY: encode_only,
+        TRANSFER_ONLY: poster.post,
+        REFERENCE_FIRE_AND_FORGET: reference_ff,
+        FASTSEND_FIRE_AND_FORGET: _fastsend_batch(writer, inputs),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+
+    def one_round() -> None:
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            run(n)
+            times[name].append(time.perf_counter() - started)
+
+    benchmark.group = f"interleaved-{scenario}"
+    try:
+        benchmark.pedantic(one_round, rounds=1 if benchmark.disabled else 7, iterations=1, warmup_rounds=0)
+    finally:
+        poster.close()
+        encoders.shutdown()
+        reference.close()
+    rates = {name: n / statistics.median(samples) for name, samples in times.items()}
+    bound = 1 / (1 / rates[ENCODE_ONLY] + 1 / rates[TRANSFER_ONLY])
+    ours = rates[FASTSEND_FIRE_AND_FORGET]
+    benchmark.extra_info.update(
+        events_per_s={name: round(rate, 1) for name, rate in rates.items()},
+        encode_transfer_bound=round(bound, 1),
+        fastsend_vs_bound=round(ours / bound, 3),
+        fastsend_vs_reference_ff=round(ours / rates[REFERENCE_FIRE_AND_FORGET], 3),
+    )
+
+
+# ---------------------------------------------------------------- caller cost
+
+_PACE_S = 1 / 30
+
+
+def _paced() -> None:
+    time.sleep(_PACE_S)
+
+
+def _percentiles(benchmark) -> None:
+    data = sorted(benchmark.stats.stats.data)
+    if data:
+        benchmark.extra_info["p50_ms"] = round(data[len(data) // 2] * 1e3, 4)
+        benchmark.extra_info["p99_ms"] = round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1e3, 4)
+
+
+@pytest.mark.parametrize("contender", ["fastsend-snapshot", "fastsend-owned", "reference"])
+def test_caller_cost(benchmark, contender, sink_url, writer):
+    from benchmarks.frames import SIZES, event_inputs
+
+    inputs = event_inputs(*SIZES["1080p"])
+    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
+    event = _event()
+    if contender == "reference":
+        reference = ReferenceSender(sink_url)
+
+        def call() -> None:
+            reference.submit(out, inp, dets)
+
+    else:
+        copy = contender == "fastsend-snapshot"
+
+        def call() -> None:
+            writer.submit(event, out, input_image=inp, object_detections=dets, copy=copy)
+
+    benchmark.group = "caller-cost-1080p"
+    rounds = 2 if benchmark.disabled else 150
+    benchmark.pedantic(call, setup=_paced, rounds=rounds, iterations=1, warmup_rounds=0 if benchmark.disabled else 5)
+    if contender == "reference":
+        reference.close()
+    else:
+        writer.flush(timeout=60)
+    if not benchmark.disabled:
+        _percentiles(benchmark)
+
+
+# ---------------------------------------------------------------- synchronous latency
+
+
+def test_sync_latency(benchmark, sink_url, writer):
+    """fastsend ``send()`` and the reference synchronous send, alternating, at 1080p."""
+    from benchmarks.frames import SIZES, event_inputs
+
+    inputs = event_inputs(*SIZES["1080p"])
+    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
+    reference = ReferenceSender(sink_url)
+    reference_times: list[float] = []
+
+    def fastsend_send() -> None:
+        result = writer.send(_event(), out, input_image=inp, object_detections=dets)
+        assert not result.error_status, result.message
+
+    def reference_send() -> None:
+        started = time.perf_counter()
+        reference.send(out, inp, dets)
+        reference_times.append(time.perf_counter() - started)
+
+    benchmark.group = "sync-latency-1080p"
+    rounds = 1 if benchmark.disabled else 40
+    benchmark.pedantic(fastsend_send, setup=reference_send, rounds=rounds, iterations=1)
+    reference.close()
+    if not benchmark.disabled:
+        _percentiles(benchmark)
+        reference_times.sort()
+        reference_p50 = reference_times[len(reference_times) // 2]
+        benchmark.extra_info["reference_p50_ms"] = round(reference_p50 * 1e3, 3)
+        benchmark.extra_info["reference_p99_ms"] = round(reference_times[int(len(reference_times) * 0.99)] * 1e3, 3)
+        benchmark.extra_info["fastsend_vs_reference_p50"] = round(benchmark.stats.stats.median / reference_p50, 3)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def test_memory_bounded(benchmark):
+    """Peak RSS of a process submitting 1080p events to a sink that answers 529 throughout."""
+    events = 40 if benchmark.disabled else 10_000
+    probe = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory_probe", "--events", str(events)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    benchmark.group = "memory"
+    benchmark.extra_info.update(report)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    assert report["peak_rss_mb"] <= report["bound_mb"], report
