@@ -156,7 +156,10 @@ class Settings:
                 values[spec.name] = parse(raw)
             except _Rejected:
                 raise ValidationError(source, raw, f"must be {parse.accepted}") from None
-        return cls(**values)
+        settings = cls(**values)
+        if settings.overflow == "spill" and settings.spool_dir is None:
+            raise ValidationError("overflow", "spill", "needs a spool: set spool_dir or FASTSEND_SPOOL_DIR")
+        return settings
 
 
 SETTING_ENV_VARS: dict[str, str] = {spec.name: spec.metadata["env"] for spec in fields(Settings)}

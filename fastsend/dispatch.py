@@ -9,6 +9,10 @@ Each event's life, and who owns it:
 
 Events past the queue (encoding, sending, backing off) are bounded by
 ``max_in_flight``; the queue by ``queue_size`` and ``queue_bytes``.
+
+With an outbox (the spool), an event that cannot be delivered in time, is
+spilled from a full queue, or is still pending at close is written to disk
+instead of failed, and a drainer on the loop sends the outbox oldest first.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import time
 import weakref
 from collections import Counter, deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -93,6 +97,8 @@ class _Stats:
         self.bytes_sent = 0
         self.failed: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        self.spooled = 0
+        self.drained = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.encode_seconds = 0.0
         self.images_encoded = 0
@@ -108,6 +114,8 @@ class _Stats:
                 "failed_by_cause": dict(self.failed),
                 "dropped": sum(self.dropped.values()),
                 "dropped_by_reason": dict(self.dropped),
+                "spooled": self.spooled,
+                "drained": self.drained,
                 "retried": self.retried,
                 "bytes_sent": self.bytes_sent,
                 "latency_p50_ms": _percentile(ordered, 0.50) * 1e3,
@@ -164,20 +172,34 @@ def _detail(body: bytes) -> str:
     return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
 
 
+class Outbox(Protocol):
+    """Durable storage for requests that could not be delivered now (``fastsend.spool.Spool``)."""
+
+    def put(self, request: Request) -> bool: ...
+    def oldest(self) -> Any: ...
+    def load_or_quarantine(self, entry: Any) -> Request | None: ...
+    def remove(self, entry: Any) -> None: ...
+    def quarantine(self, entry: Any, reason: str) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
 _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 
 class Dispatcher:
     """Owns the queue, the encoder threads, the loop thread and its aiohttp session."""
 
-    def __init__(self, settings: Settings, on_give_up: Callable[[Request, str], bool] | None = None) -> None:
+    def __init__(self, settings: Settings, outbox: Outbox | None = None) -> None:
         self.settings = settings
         self.jpeg = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
         self.retry = RetryPolicy(settings.retries, settings.backoff_base, settings.backoff_max, settings.deadline)
-        # Offered a request that could not be delivered in time; True when it took it (the spool).
-        self._on_give_up = on_give_up
+        self._outbox = outbox
         self._reset()
         _live_dispatchers.add(self)
+        if outbox is not None and outbox.oldest() is not None:
+            with self._lock:
+                self._start_loop()  # what an earlier process left goes out without waiting for a submit
 
     def _reset(self) -> None:
         """Fresh state: at construction, and in a forked child (the parent's threads did not come along)."""
@@ -196,6 +218,8 @@ class Dispatcher:
         self._handoff_open = False  # the loop takes encoded events; False once it is shutting down
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._drainer: asyncio.Task | None = None
+        self._outbox_filled: asyncio.Event | None = None
         self.stats = _Stats()
 
     # ------------------------------------------------------------ caller side
@@ -250,11 +274,12 @@ class Dispatcher:
                         (job, "queue_full_block_timeout", f"queue full: no room within {self.settings.block_timeout:g}s (block)")
                     )
                     return
-            else:  # drop_oldest (spill is handled by the writer before it gets here)
+            else:  # drop_oldest, or spill: the oldest go to the outbox instead
+                reason = "queue_full_spill" if policy == "spill" else "queue_full_drop_oldest"
                 while self._queue and self._is_full(job):
                     oldest = self._queue.popleft()
                     self._queued_bytes -= oldest.nbytes
-                    dropped.append((oldest, "queue_full_drop_oldest", "queue full: dropped the oldest event (drop_oldest)"))
+                    dropped.append((oldest, reason, f"queue full: dropped the oldest event ({policy})"))
         self._queue.append(job)
         self._queued_bytes += job.nbytes
         self._pump()
@@ -298,6 +323,8 @@ class Dispatcher:
 
     def snapshot(self) -> dict[str, Any]:
         stats = self.stats.snapshot()
+        if self._outbox is not None:
+            stats.update(self._outbox.stats())
         with self._lock:
             stats["queued"] = len(self._queue)
             stats["queued_bytes"] = self._queued_bytes
@@ -320,24 +347,39 @@ class Dispatcher:
             self._room.notify_all()
         unsent_before = self._unsent_at_close()
         for job in leftovers:
-            self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed", counted_active=False)
+            if not self._spool_unsent(job, "writer closed before the event could be sent", "closed"):
+                self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed", counted_active=False)
         if self._loop is not None and self._loop_thread is not None and self._loop_thread.is_alive():
             asyncio.run_coroutine_threadsafe(self._shutdown_loop(), self._loop).result()
             self._loop_thread.join(timeout=5)
         for _ in self._workers:
             self._encode_jobs.put(None)
-        for worker in self._workers:  # they settle the events they still hold, without encoding them
+        for worker in self._workers:  # they settle the events they still hold
             if worker is not threading.current_thread():  # close() from a Future's callback on an encoder
                 worker.join(timeout=5)
-        return self._unsent_at_close() - unsent_before
+        if self._outbox is not None:
+            self._outbox.close()
+        unsent = self._unsent_at_close() - unsent_before
+        if unsent:
+            where = "spooled" if self._outbox is not None else "not sent"
+            logger.warning("closed with %d event(s) %s", unsent, where)
+        return unsent
 
     def _unsent_at_close(self) -> int:
         with self.stats.lock:
-            return self.stats.dropped["closed"] + self.stats.dropped["spooled"]
+            return self.stats.dropped["closed"] + self.stats.spooled
 
     # ------------------------------------------------------------ encoders
 
     def _start_threads(self) -> None:
+        self._start_loop()
+        if not self._workers:
+            for index in range(self.settings.encode_threads):
+                worker = threading.Thread(target=self._encode_forever, name=f"fastsend-encode-{index}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
+
+    def _start_loop(self) -> None:
         if self._loop_thread is None:
             ready = threading.Event()
             self._loop_thread = threading.Thread(target=self._run_loop, args=(ready,), name="fastsend-loop", daemon=True)
@@ -346,18 +388,13 @@ class Dispatcher:
             if self._loop_error is not None:
                 raise RuntimeError(f"fastsend could not start its event loop: {self._loop_error}") from self._loop_error
             self._handoff_open = True
-        if not self._workers:
-            for index in range(self.settings.encode_threads):
-                worker = threading.Thread(target=self._encode_forever, name=f"fastsend-encode-{index}", daemon=True)
-                worker.start()
-                self._workers.append(worker)
 
     def _encode_forever(self) -> None:
         while (job := self._encode_jobs.get()) is not None:
             self._encode(job)
 
     def _encode(self, job: _Job) -> None:
-        if self._closed:
+        if self._closed and self._outbox is None:
             self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
             return
         prepared = job.prepared
@@ -383,7 +420,7 @@ class Dispatcher:
             if handed_off:
                 self._loop.call_soon_threadsafe(self._launch, job)
         if not handed_off:
-            self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
+            self._give_up(job, "writer closed before the event could be sent", "closed")
 
     # ------------------------------------------------------------ loop thread
 
@@ -392,6 +429,9 @@ class Dispatcher:
             loop = _new_event_loop(self.settings.loop)
             asyncio.set_event_loop(loop)
             self._session = loop.run_until_complete(self._open_session())
+            if self._outbox is not None:
+                self._outbox_filled = asyncio.Event()
+                self._drainer = loop.create_task(self._drain_outbox())
         except BaseException as exc:
             self._loop_error = exc
             ready.set()
@@ -440,9 +480,9 @@ class Dispatcher:
             if remaining <= 0:
                 passed = f"deadline of {self._deadline_seconds(job):g}s passed before attempt {attempt}"
                 if outcome is None:
-                    self._give_up(job, passed, "deadline")
+                    await self._give_up_off_loop(job, passed, "deadline")
                 else:  # the backoff ended past the deadline: say what the last attempt met
-                    self._give_up(job, f"{outcome.message} (gave up: {passed})", outcome.cause)
+                    await self._give_up_off_loop(job, f"{outcome.message} (gave up: {passed})", outcome.cause)
                 return
             outcome = await self._attempt(request, min(self.settings.request_timeout, remaining))
             if not outcome.cause:
@@ -453,11 +493,11 @@ class Dispatcher:
                 self._finish(job, Result(True, "", outcome.message), outcome.cause)
                 return
             if not self.retry.may_retry(attempt):
-                self._give_up(job, f"{outcome.message} (gave up after {attempt} attempts)", outcome.cause)
+                await self._give_up_off_loop(job, f"{outcome.message} (gave up after {attempt} attempts)", outcome.cause)
                 return
             wait = self.retry.backoff(attempt, outcome.retry_after)
             if time.monotonic() + wait >= job.deadline:
-                self._give_up(job, f"{outcome.message} (gave up: deadline of {self._deadline_seconds(job):g}s)", outcome.cause)
+                await self._give_up_off_loop(job, f"{outcome.message} (gave up: deadline of {self._deadline_seconds(job):g}s)", outcome.cause)
                 return
             with self.stats.lock:
                 self.stats.retried += 1
@@ -495,18 +535,73 @@ class Dispatcher:
     def _deadline_seconds(self, job: _Job) -> float:
         return job.deadline - job.submitted
 
-    def _give_up(self, job: _Job, message: str, cause: str) -> None:
-        if self._on_give_up is not None and job.request is not None and self._on_give_up(job.request, message):
-            self._finish(job, Result(True, "", f"{message}; spooled for a later retry"), "spooled")
-            return
-        logger.warning("event not delivered: %s", message)
-        self._finish(job, Result(True, "", message), cause)
+    async def _give_up_off_loop(self, job: _Job, message: str, cause: str) -> None:
+        if self._outbox is None:
+            self._give_up(job, message, cause)
+        else:  # writing to the outbox fsyncs: keep it off the loop
+            await asyncio.get_running_loop().run_in_executor(None, self._give_up, job, message, cause)
+
+    def _give_up(self, job: _Job, message: str, cause: str, *, counted_active: bool = True) -> None:
+        """Settle an event that was not delivered: into the outbox if there is one, else failed."""
+        if self._outbox is not None and job.request is not None:
+            try:
+                spooled = self._outbox.put(job.request)
+            except OSError as exc:
+                logger.error("could not write to the spool: %s", exc)
+                spooled = False
+            if spooled:
+                self._finish(job, Result(True, "", f"{message}; spooled for a later retry"), "spooled", counted_active=counted_active)
+                self._wake_drainer()
+                return
+        if cause == "closed":  # close() logs one line for all of them
+            logger.debug("event not delivered: %s", message)
+        else:
+            logger.warning("event not delivered: %s", message)
+        self._finish(job, Result(True, "", message), cause, counted_active=counted_active)
+
+    def _wake_drainer(self) -> None:
+        loop, filled = self._loop, self._outbox_filled
+        if loop is not None and filled is not None:
+            try:
+                loop.call_soon_threadsafe(filled.set)
+            except RuntimeError:  # loop closed: the next writer on this spool drains it
+                pass
+
+    async def _drain_outbox(self) -> None:
+        """Send the outbox oldest first, one at a time, backing off while the service is away."""
+        outbox, filled = self._outbox, self._outbox_filled
+        run = asyncio.get_running_loop().run_in_executor
+        failures = 0
+        while True:
+            entry = outbox.oldest()
+            if entry is None:
+                filled.clear()
+                await filled.wait()
+                continue
+            request = await run(None, outbox.load_or_quarantine, entry)
+            if request is None:
+                continue
+            if self.settings.api_key:
+                request = Request(request.url, {**request.headers, "X-API-Key": self.settings.api_key}, request.chunks, request.size)
+            outcome = await self._attempt(request, self.settings.request_timeout)
+            if not outcome.cause:
+                await run(None, outbox.remove, entry)
+                failures = 0
+                with self.stats.lock:
+                    self.stats.drained += 1
+            elif not outcome.retryable:
+                await run(None, outbox.quarantine, entry, f"rejected by the service: {outcome.message}")
+            else:
+                failures += 1
+                await asyncio.sleep(self.retry.backoff(failures, outcome.retry_after))
 
     async def _shutdown_loop(self) -> None:
         with self._lock:
             self._handoff_open = False  # from now on the encoders settle what they hold themselves
         await asyncio.sleep(0)  # run the hand-offs queued before that, so their tasks exist to be cancelled
         tasks = list(self._tasks)
+        if self._drainer is not None:
+            tasks.append(self._drainer)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -524,7 +619,9 @@ class Dispatcher:
             if not result.error_status:
                 self.stats.sent += 1
                 self.stats.latencies.append(latency)
-            elif cause in ("closed", "spooled"):
+            elif cause == "spooled":
+                self.stats.spooled += 1
+            elif cause == "closed" or cause.startswith("queue_full"):
                 self.stats.dropped[cause] += 1
             else:
                 self.stats.failed[cause] += 1
@@ -537,12 +634,29 @@ class Dispatcher:
                     self._idle.notify_all()
 
     def _resolve_dropped(self, dropped: list[tuple[_Job, str, str]]) -> None:
+        """Settle events refused or pushed out of the queue; spilled ones are encoded and spooled here."""
         for job, reason, message in dropped:
+            if reason == "queue_full_spill" and self._spool_unsent(job, "queue full (spill)", reason):
+                continue
             with self.stats.lock:
                 self.stats.dropped[reason] += 1
             job.future.set_result(Result(True, "", message))
-        if dropped and dropped[0][1] != "closed":
+        if dropped and dropped[0][1] not in ("closed", "queue_full_spill"):
             logger.warning("dropped %d event(s): %s", len(dropped), dropped[0][2])
+
+    def _spool_unsent(self, job: _Job, why: str, cause: str) -> bool:
+        """Encode a job that never reached the encoders and put it in the outbox, on this thread."""
+        if self._outbox is None:
+            return False
+        try:
+            chunks = render_body(job.prepared, self.jpeg)
+        except Exception as exc:
+            self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error", counted_active=False)
+            return True
+        job.request = Request.of(job.url, request_headers(job.prepared.idempotency_key, self.settings.api_key), chunks)
+        job.prepared = None
+        self._give_up(job, why, cause, counted_active=False)
+        return True
 
 
 def _frame_bytes(prepared: PreparedEvent) -> int:

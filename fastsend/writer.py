@@ -16,6 +16,7 @@ from .block import API_KEY_ENV, prepare_block_event
 from .config import SETTING_ENV_VARS, Settings
 from .dispatch import Dispatcher, QueueFullError, Result
 from .events import Event, ValidationError
+from .spool import Spool
 from .wire import PreparedEvent, events_url, prepare_event
 
 __all__ = ["AsyncEventWriter", "EventWriter", "EventWriterSink", "QueueFullError", "Result"]
@@ -43,7 +44,8 @@ class EventWriter:
         except ValidationError as exc:  # name where the URL came from, as Settings does for every knob
             source = "url" if url is not None else SETTING_ENV_VARS["url"]
             raise ValidationError(source, self.settings.url, exc.rule) from None
-        self._dispatcher = Dispatcher(self.settings)
+        outbox = Spool(self.settings.spool_dir, self.settings.spool_max_bytes) if self.settings.spool_dir else None
+        self._dispatcher = Dispatcher(self.settings, outbox)
         _open_writers.add(self)
 
     def __enter__(self) -> EventWriter:

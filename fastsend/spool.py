@@ -1,0 +1,214 @@
+"""A durable outbox: finished requests on disk, sent again oldest first.
+
+One file per event, written to a temporary name, fsynced, then renamed into
+place (and the directory fsynced), so a crash mid-write leaves only a temporary
+file, which the next open deletes; a renamed entry is always whole. Files rather
+than SQLite because entries are multi-megabyte bodies written once, read once
+and deleted: the file system is the right index, each write streams the body
+chunks without joining them, and a damaged entry is isolated to its own file.
+
+Entry layout: a magic line, one JSON header line (url, headers, size, crc32), the body.
+An exclusive ``flock`` on ``.lock`` keeps two processes from sending the same entries.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from .wire import Request
+
+__all__ = ["CorruptEntry", "Spool", "SpoolLockedError", "SpoolEntry"]
+
+logger = logging.getLogger("fastsend")
+
+_MAGIC = b"FASTSEND-SPOOL 1\n"
+_SUFFIX = ".event"
+_TEMP_PREFIX = ".tmp-"
+QUARANTINE_DIR = "quarantine"
+
+
+class SpoolLockedError(RuntimeError):
+    """Another process holds the spool directory."""
+
+
+class CorruptEntry(ValueError):
+    """A spool file that cannot be trusted: moved aside, never sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    name: str
+    size: int
+
+
+class Spool:
+    """The outbox in ``directory``, bounded to ``max_bytes``; thread-safe.
+
+    Holds the directory's lock until ``close()``: a second process on the same
+    directory gets ``SpoolLockedError`` instead of sending entries twice.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.directory / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            raise SpoolLockedError(f"spool directory {self.directory} is in use by pid {holder}") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+        self._mutex = threading.Lock()
+        self._sequence = itertools.count()
+        self.evicted = 0
+        self.quarantined = 0
+        self._entries: dict[str, int] = {}
+        self._total = 0
+        self._recover()
+
+    def _recover(self) -> None:
+        for path in self.directory.iterdir():
+            if path.name.startswith(_TEMP_PREFIX):
+                path.unlink(missing_ok=True)  # a write that never completed
+            elif path.suffix == _SUFFIX:
+                self._entries[path.name] = path.stat().st_size
+                self._total += self._entries[path.name]
+        if self._entries:
+            logger.info("spool %s holds %d event(s) from before", self.directory, len(self._entries))
+
+    # ------------------------------------------------------------ writing
+
+    def put(self, request: Request) -> bool:
+        """Store ``request`` durably; False if it can never fit. Evicts the oldest to make room."""
+        body_crc = 0
+        for chunk in request.chunks:
+            body_crc = zlib.crc32(chunk, body_crc)
+        # The API key is not written to disk: the sender that drains the entry adds its own.
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "x-api-key"}
+        header = orjson.dumps({"url": request.url, "headers": headers, "size": request.size, "crc32": body_crc})
+        entry_size = len(_MAGIC) + len(header) + 1 + request.size
+        if entry_size > self.max_bytes:
+            logger.error("event of %d bytes is larger than the whole spool (%d bytes): not spooled", entry_size, self.max_bytes)
+            return False
+        name = f"{time.time_ns():020d}-{next(self._sequence):06d}{_SUFFIX}"
+        temporary = self.directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        with open(temporary, "wb") as file:
+            file.write(_MAGIC)
+            file.write(header + b"\n")
+            file.writelines(request.chunks)
+            file.flush()
+            os.fsync(file.fileno())
+        with self._mutex:
+            self._evict_for(entry_size)
+            os.rename(temporary, self.directory / name)
+            self._entries[name] = entry_size
+            self._total += entry_size
+        self._sync_directory()
+        return True
+
+    def _evict_for(self, incoming: int) -> None:
+        while self._entries and self._total + incoming > self.max_bytes:
+            oldest = min(self._entries)
+            (self.directory / oldest).unlink(missing_ok=True)
+            self._total -= self._entries.pop(oldest)
+            self.evicted += 1
+            logger.warning("spool full (%d bytes): evicted the oldest event %s", self.max_bytes, oldest)
+
+    def _sync_directory(self) -> None:
+        descriptor = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    # ------------------------------------------------------------ draining
+
+    def oldest(self) -> SpoolEntry | None:
+        with self._mutex:
+            if not self._entries:
+                return None
+            name = min(self._entries)
+            return SpoolEntry(name, self._entries[name])
+
+    def load(self, entry: SpoolEntry) -> Request:
+        """The stored request; raises ``CorruptEntry`` if the file is damaged."""
+        try:
+            data = (self.directory / entry.name).read_bytes()
+        except OSError as exc:
+            raise CorruptEntry(f"{entry.name}: unreadable ({exc})") from None
+        if not data.startswith(_MAGIC):
+            raise CorruptEntry(f"{entry.name}: not a spool entry")
+        header_end = data.find(b"\n", len(_MAGIC))
+        try:
+            header = orjson.loads(data[len(_MAGIC) : header_end])
+            url, headers, size, crc = header["url"], header["headers"], header["size"], header["crc32"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise CorruptEntry(f"{entry.name}: damaged header") from None
+        body = data[header_end + 1 :]
+        if len(body) != size or zlib.crc32(body) != crc:
+            raise CorruptEntry(f"{entry.name}: body is {len(body)} bytes, checksum mismatch or truncated (expected {size})")
+        return Request(url, headers, [body], size)
+
+    def load_or_quarantine(self, entry: SpoolEntry) -> Request | None:
+        """The stored request, or None after moving a damaged entry aside."""
+        try:
+            return self.load(entry)
+        except CorruptEntry as exc:
+            self.quarantine(entry, str(exc))
+            return None
+
+    def remove(self, entry: SpoolEntry) -> None:
+        self._forget(entry)
+        (self.directory / entry.name).unlink(missing_ok=True)
+
+    def _forget(self, entry: SpoolEntry) -> None:
+        with self._mutex:
+            self._total -= self._entries.pop(entry.name, 0)
+
+    def quarantine(self, entry: SpoolEntry, reason: str) -> None:
+        """Move a damaged or rejected entry aside so it is never retried."""
+        target = self.directory / QUARANTINE_DIR
+        target.mkdir(exist_ok=True)
+        self._forget(entry)
+        try:
+            os.replace(self.directory / entry.name, target / entry.name)
+        except OSError:
+            pass
+        with self._mutex:
+            self.quarantined += 1
+        logger.error("spool entry quarantined: %s", reason)
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._entries)
+
+    def stats(self) -> dict[str, int]:
+        with self._mutex:
+            return {
+                "spool_pending": len(self._entries),
+                "spool_bytes": self._total,
+                "spool_evicted": self.evicted,
+                "quarantined": self.quarantined,
+            }
+
+    def close(self) -> None:
+        if not self._lock_file.closed:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
