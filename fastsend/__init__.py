@@ -1,5 +1,7 @@
 """fastsend: ship vision events from video pipelines to an Event Ingestion Service (v2)."""
 
+import logging
+
 from .annotations import (
     classifications_to_wire,
     instance_segmentations_to_wire,
@@ -16,6 +18,9 @@ from .wire import PreparedEvent, Request, events_url, prepare_event, render_body
 from .writer import AsyncEventWriter, EventWriter, EventWriterSink
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where the lines go.
+logging.getLogger("fastsend").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncEventWriter",

@@ -58,18 +58,24 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
-def _text(optional: bool = True) -> Callable[[Any], str | None]:
-    def parse(raw: Any) -> str | None:
-        if raw is None or raw == "":
-            if optional:
-                return None
-            raise _Rejected
-        if not isinstance(raw, (str, os.PathLike)):
-            raise _Rejected
-        return os.fspath(raw)
+def _optional_text(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, (str, os.PathLike)):
+        raise _Rejected
+    return os.fspath(raw)
 
-    parse.accepted = "a string"  # type: ignore[attr-defined]
-    return parse
+
+_optional_text.accepted = "a string"  # type: ignore[attr-defined]
+
+
+def _url(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip().lower().startswith(("http://", "https://")):
+        raise _Rejected
+    return raw.strip()
+
+
+_url.accepted = "an http:// or https:// URL"  # type: ignore[attr-defined]
 
 
 def _quality(raw: Any) -> int:
@@ -90,9 +96,9 @@ def _knob(env: str, parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
 class Settings:
     """All of a writer's knobs; build with ``Settings.resolve(**arguments)``."""
 
-    url: str = _knob("FASTSEND_URL", _text(optional=False), "http://localhost:8001", "base URL of the service")
+    url: str = _knob("FASTSEND_URL", _url, "http://localhost:8001", "base URL of the service")
     api_key: str | None = _knob(
-        "EVENT_INGESTION_API_KEY", _text(), None, "sent as X-API-Key when set and non-empty"
+        "EVENT_INGESTION_API_KEY", _optional_text, None, "sent as X-API-Key when set and non-empty"
     )
     max_connections: int = _knob("FASTSEND_MAX_CONNECTIONS", _number(int, low=1), 8, "pooled keep-alive connections")
     max_in_flight: int = _knob(
@@ -130,7 +136,7 @@ class Settings:
     exit_flush_timeout: float = _knob(
         "FASTSEND_EXIT_FLUSH_TIMEOUT", _number(float, low=0), 5.0, "seconds spent flushing at interpreter exit"
     )
-    spool_dir: str | None = _knob("FASTSEND_SPOOL_DIR", _text(), None, "durable outbox directory (off when unset)")
+    spool_dir: str | None = _knob("FASTSEND_SPOOL_DIR", _optional_text, None, "durable outbox directory (off when unset)")
     spool_max_bytes: int = _knob(
         "FASTSEND_SPOOL_MAX_BYTES", _number(int, low=1), 1024 * MiB, "bytes the spool may hold; oldest go first"
     )

@@ -13,7 +13,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Iterable, Mapping
 
 from .block import API_KEY_ENV, prepare_block_event
-from .config import SETTING_ENV_VARS, Settings
+from .config import Settings
 from .dispatch import Dispatcher, QueueFullError, Result
 from .events import Event, ValidationError
 from .spool import Spool
@@ -39,11 +39,7 @@ class EventWriter:
 
     def __init__(self, url: str | None = None, **settings: Any) -> None:
         self.settings = Settings.resolve(url=url, **settings)
-        try:
-            self.url = events_url(self.settings.url)
-        except ValidationError as exc:  # name where the URL came from, as Settings does for every knob
-            source = "url" if url is not None else SETTING_ENV_VARS["url"]
-            raise ValidationError(source, self.settings.url, exc.rule) from None
+        self.url = events_url(self.settings.url)
         outbox = Spool(self.settings.spool_dir, self.settings.spool_max_bytes) if self.settings.spool_dir else None
         self._dispatcher = Dispatcher(self.settings, outbox)
         _open_writers.add(self)
