@@ -35,7 +35,7 @@ import orjson
 from aiohttp import payload as aiohttp_payload
 
 from .config import Settings
-from .jpeg import JpegOptions, RawImage, to_base64
+from .jpeg import JpegOptions, RawImage, release_frame, to_base64
 from .retry import AT_CAPACITY_STATUS, RetryPolicy, parse_retry_after
 from .wire import PreparedEvent, Request, render_body, request_headers, splice
 
@@ -414,7 +414,8 @@ class Dispatcher:
             self.stats.images_encoded += _raw_image_count(prepared)
         headers = request_headers(prepared.idempotency_key, self.settings.api_key)
         job.request = Request.of(job.url, headers, chunks)
-        job.prepared = None  # the frames can go now; retries need only the request
+        _release_frames(prepared)
+        job.prepared = None  # retries need only the request
         with self._lock:  # _shutdown_loop closes the hand-off under this lock: no event slips past it
             handed_off = self._handoff_open
             if handed_off:
@@ -654,6 +655,7 @@ class Dispatcher:
             self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error", counted_active=False)
             return True
         job.request = Request.of(job.url, request_headers(job.prepared.idempotency_key, self.settings.api_key), chunks)
+        _release_frames(job.prepared)
         job.prepared = None
         self._give_up(job, why, cause, counted_active=False)
         return True
@@ -662,6 +664,12 @@ class Dispatcher:
 def _frame_bytes(prepared: PreparedEvent) -> int:
     sources = [prepared.output] if prepared.input in (None, prepared.output) else [prepared.output, prepared.input]
     return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in sources)
+
+
+def _release_frames(prepared: PreparedEvent) -> None:
+    release_frame(prepared.output)
+    if prepared.input is not prepared.output:
+        release_frame(prepared.input)
 
 
 def _encodes_input_separately(prepared: PreparedEvent) -> bool:

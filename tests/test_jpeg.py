@@ -422,3 +422,23 @@ def test_copy_false_hands_the_array_over(make_frame):
     assert np.shares_memory(source.array, frame)
     frame[:] = 0
     assert jpeg_of(source) == encode_jpeg(np.zeros_like(frame))
+
+
+def test_snapshots_reuse_released_buffers_without_mixing_frames(make_frame):
+    first, second = make_frame(48, 64, seed=1), make_frame(48, 64, seed=2)
+    source = prepare_image(first)
+    assert source.recyclable
+    expected_first = jpeg_of(source)
+    jpeg.release_frame(source)
+    reused = prepare_image(second)
+    assert reused.array is source.array  # the warm buffer came back…
+    assert jpeg_of(reused) == encode_jpeg(second)  # …holding the new frame only
+    assert expected_first == encode_jpeg(first)
+
+
+def test_the_callers_own_arrays_are_never_recycled(make_frame):
+    frame = make_frame(48, 64)
+    handed_over = prepare_image(frame, copy=False)
+    assert not handed_over.recyclable
+    jpeg.release_frame(handed_over)
+    assert prepare_image(make_frame(48, 64, seed=3)).array is not frame

@@ -61,6 +61,27 @@ def make_writer():
         writer.close(timeout=1)
 
 
+# ---------------------------------------------------------------- frame ownership
+
+
+def test_reused_caller_buffers_and_recycled_snapshots_never_mix_frames(server, make_writer):
+    server.script = Reply(201)
+    writer = make_writer(server.base_url, encode_threads=1)
+    colours = [(10 + 40 * i, 200 - 30 * i, 60 + 20 * i) for i in range(6)]
+    buffer = frame()
+    for index, colour in enumerate(colours):
+        buffer[:] = colour  # one buffer, rewritten every frame, as a video loop does
+        writer.submit(event(index), buffer, input_image=buffer)
+        if index % 2:
+            assert writer.flush(timeout=10) == 0  # snapshots go back to the pool between events
+    assert writer.flush(timeout=10) == 0
+    by_id = {r.json["event_data"]["externalId"]: r.json["images"][0] for r in server.requests}
+    for index, colour in enumerate(colours):
+        entry = by_id[str(index)]
+        assert np.abs(mean_bgr(entry["base64Image"]) - colour).max() < 6
+        assert entry["inputBase64Image"] == entry["base64Image"]
+
+
 # ---------------------------------------------------------------- synchronous send
 
 
