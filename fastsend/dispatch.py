@@ -216,6 +216,8 @@ class Dispatcher:
         self._loop_error: BaseException | None = None
         self._loop_thread: threading.Thread | None = None
         self._handoff_open = False  # the loop takes encoded events; False once it is shutting down
+        self._encoded: deque[_Job] = deque()  # handed off, waiting for the loop to start sending them
+        self._launch_scheduled = False
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._drainer: asyncio.Task | None = None
@@ -419,7 +421,10 @@ class Dispatcher:
         with self._lock:  # _shutdown_loop closes the hand-off under this lock: no event slips past it
             handed_off = self._handoff_open
             if handed_off:
-                self._loop.call_soon_threadsafe(self._launch, job)
+                self._encoded.append(job)
+                if not self._launch_scheduled:  # one wake-up of the loop carries every event encoded meanwhile
+                    self._launch_scheduled = True
+                    self._loop.call_soon_threadsafe(self._launch_encoded)
         if not handed_off:
             self._give_up(job, "writer closed before the event could be sent", "closed")
 
@@ -451,10 +456,15 @@ class Dispatcher:
         )
         return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
 
-    def _launch(self, job: _Job) -> None:
-        task = self._loop.create_task(self._deliver(job))
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._delivered, job))
+    def _launch_encoded(self) -> None:
+        with self._lock:
+            jobs = list(self._encoded)
+            self._encoded.clear()
+            self._launch_scheduled = False
+        for job in jobs:
+            task = self._loop.create_task(self._deliver(job))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._delivered, job))
 
     def _delivered(self, job: _Job, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -540,7 +550,7 @@ class Dispatcher:
         if self._outbox is None:
             self._give_up(job, message, cause)
         else:  # writing to the outbox fsyncs: keep it off the loop
-            await asyncio.get_running_loop().run_in_executor(None, self._give_up, job, message, cause)
+            await _off_loop(self._give_up, job, message, cause)
 
     def _give_up(self, job: _Job, message: str, cause: str, *, counted_active: bool = True) -> None:
         """Settle an event that was not delivered: into the outbox if there is one, else failed."""
@@ -570,31 +580,40 @@ class Dispatcher:
 
     async def _drain_outbox(self) -> None:
         """Send the outbox oldest first, one at a time, backing off while the service is away."""
-        outbox, filled = self._outbox, self._outbox_filled
-        run = asyncio.get_running_loop().run_in_executor
         failures = 0
         while True:
-            entry = outbox.oldest()
-            if entry is None:
-                filled.clear()
-                await filled.wait()
-                continue
-            request = await run(None, outbox.load_or_quarantine, entry)
-            if request is None:
-                continue
-            if self.settings.api_key:
-                request = Request(request.url, {**request.headers, "X-API-Key": self.settings.api_key}, request.chunks, request.size)
-            outcome = await self._attempt(request, self.settings.request_timeout)
-            if not outcome.cause:
-                await run(None, outbox.remove, entry)
-                failures = 0
-                with self.stats.lock:
-                    self.stats.drained += 1
-            elif not outcome.retryable:
-                await run(None, outbox.quarantine, entry, f"rejected by the service: {outcome.message}")
-            else:
+            try:
+                failures = await self._drain_next(failures)
+            except Exception:  # a disk error must not end the drain for good, and silently
+                logger.exception("spool drainer: unexpected error; trying again")
                 failures += 1
-                await asyncio.sleep(self.retry.backoff(failures, outcome.retry_after))
+                await asyncio.sleep(self.retry.backoff(failures))
+
+    async def _drain_next(self, failures: int) -> int:
+        """Send the oldest entry (or wait for one); returns the count of failures in a row."""
+        outbox, filled = self._outbox, self._outbox_filled
+        entry = outbox.oldest()
+        if entry is None:
+            filled.clear()
+            await filled.wait()
+            return failures
+        request = await _off_loop(outbox.load_or_quarantine, entry)
+        if request is None:
+            return failures
+        if self.settings.api_key:
+            request = Request(request.url, {**request.headers, "X-API-Key": self.settings.api_key}, request.chunks, request.size)
+        outcome = await self._attempt(request, self.settings.request_timeout)
+        if not outcome.cause:
+            await _off_loop(outbox.remove, entry)
+            with self.stats.lock:
+                self.stats.drained += 1
+            return 0
+        if not outcome.retryable:
+            await _off_loop(outbox.quarantine, entry, f"rejected by the service: {outcome.message}")
+            return failures
+        failures += 1
+        await asyncio.sleep(self.retry.backoff(failures, outcome.retry_after))
+        return failures
 
     async def _shutdown_loop(self) -> None:
         with self._lock:
@@ -661,6 +680,15 @@ class Dispatcher:
         return True
 
 
+async def _off_loop(function: Any, *args: Any) -> Any:
+    """Run blocking outbox I/O on the loop's executor, or right here once the interpreter is exiting."""
+    try:
+        pending = asyncio.get_running_loop().run_in_executor(None, function, *args)
+    except RuntimeError:  # at exit executors refuse new work, yet the exit flush must still spool
+        return function(*args)
+    return await pending
+
+
 def _frame_bytes(prepared: PreparedEvent) -> int:
     sources = [prepared.output] if prepared.input in (None, prepared.output) else [prepared.output, prepared.input]
     return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in sources)
@@ -684,6 +712,11 @@ def _reinit_after_fork() -> None:
     # The parent's threads, loop and sockets do not exist in the child: start over on first use.
     for dispatcher in list(_live_dispatchers):
         dispatcher._reset()
+        if dispatcher._outbox is not None:
+            # The spool and its lock stay the parent's: a child draining it would send entries twice,
+            # and closing it would unlock the directory under the running parent.
+            dispatcher._outbox = None
+            logger.warning("forked process: this writer sends without the spool, which stays with the parent")
 
 
 if hasattr(os, "register_at_fork"):

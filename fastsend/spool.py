@@ -8,19 +8,23 @@ and deleted: the file system is the right index, each write streams the body
 chunks without joining them, and a damaged entry is isolated to its own file.
 
 Entry layout: a magic line, one JSON header line (url, headers, size, crc32), the body.
+The CRC covers the url, headers and size as well as the body: a flipped bit in the
+header would otherwise send a damaged key or URL as if it were whole. Names are
+nanosecond stamps kept strictly increasing, so the oldest entry sorts first even
+when the wall clock steps back.
 An exclusive ``flock`` on ``.lock`` keeps two processes from sending the same entries.
 """
 
 from __future__ import annotations
 
 import fcntl
-import itertools
 import logging
 import os
 import threading
 import time
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,7 @@ __all__ = ["CorruptEntry", "Spool", "SpoolLockedError", "SpoolEntry"]
 
 logger = logging.getLogger("fastsend")
 
-_MAGIC = b"FASTSEND-SPOOL 1\n"
+_MAGIC = b"FASTSEND-SPOOL 2\n"
 _SUFFIX = ".event"
 _TEMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = "quarantine"
@@ -76,7 +80,7 @@ class Spool:
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
         self._mutex = threading.Lock()
-        self._sequence = itertools.count()
+        self._stamp = 0  # of the newest entry: a new name is never older than it
         self.evicted = 0
         self.quarantined = 0
         self._entries: dict[str, int] = {}
@@ -90,6 +94,8 @@ class Spool:
             elif path.suffix == _SUFFIX:
                 self._entries[path.name] = path.stat().st_size
                 self._total += self._entries[path.name]
+                if path.name[:20].isdigit():
+                    self._stamp = max(self._stamp, int(path.name[:20]))
         if self._entries:
             logger.info("spool %s holds %d event(s) from before", self.directory, len(self._entries))
 
@@ -97,26 +103,29 @@ class Spool:
 
     def put(self, request: Request) -> bool:
         """Store ``request`` durably; False if it can never fit. Evicts the oldest to make room."""
-        body_crc = 0
-        for chunk in request.chunks:
-            body_crc = zlib.crc32(chunk, body_crc)
         # The API key is not written to disk: the sender that drains the entry adds its own.
         headers = {k: v for k, v in request.headers.items() if k.lower() != "x-api-key"}
-        header = orjson.dumps({"url": request.url, "headers": headers, "size": request.size, "crc32": body_crc})
+        crc = _checksum(request.url, headers, request.size, request.chunks)
+        header = orjson.dumps({"url": request.url, "headers": headers, "size": request.size, "crc32": crc})
         entry_size = len(_MAGIC) + len(header) + 1 + request.size
         if entry_size > self.max_bytes:
             logger.error("event of %d bytes is larger than the whole spool (%d bytes): not spooled", entry_size, self.max_bytes)
             return False
-        name = f"{time.time_ns():020d}-{next(self._sequence):06d}{_SUFFIX}"
         temporary = self.directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
-        with open(temporary, "wb") as file:
-            file.write(_MAGIC)
-            file.write(header + b"\n")
-            file.writelines(request.chunks)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with open(temporary, "wb") as file:
+                file.write(_MAGIC)
+                file.write(header + b"\n")
+                file.writelines(request.chunks)
+                file.flush()
+                os.fsync(file.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # a full disk must not also leak the half-written file
+            raise
         with self._mutex:
             self._evict_for(entry_size)
+            self._stamp = max(time.time_ns(), self._stamp + 1)
+            name = f"{self._stamp:020d}{_SUFFIX}"
             os.rename(temporary, self.directory / name)
             self._entries[name] = entry_size
             self._total += entry_size
@@ -162,7 +171,7 @@ class Spool:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise CorruptEntry(f"{entry.name}: damaged header") from None
         body = data[header_end + 1 :]
-        if len(body) != size or zlib.crc32(body) != crc:
+        if len(body) != size or _checksum(url, headers, size, [body]) != crc:
             raise CorruptEntry(f"{entry.name}: body is {len(body)} bytes, checksum mismatch or truncated (expected {size})")
         return Request(url, headers, [body], size)
 
@@ -186,13 +195,15 @@ class Spool:
         """Move a damaged or rejected entry aside so it is never retried."""
         target = self.directory / QUARANTINE_DIR
         target.mkdir(exist_ok=True)
-        self._forget(entry)
+        with self._mutex:
+            if entry.name not in self._entries:
+                return  # evicted while it was read or sent: gone, and counted as evicted
+            self._total -= self._entries.pop(entry.name)
+            self.quarantined += 1
         try:
             os.replace(self.directory / entry.name, target / entry.name)
         except OSError:
             pass
-        with self._mutex:
-            self.quarantined += 1
         logger.error("spool entry quarantined: %s", reason)
 
     def __len__(self) -> int:
@@ -212,3 +223,10 @@ class Spool:
         if not self._lock_file.closed:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
+
+
+def _checksum(url: str, headers: dict[str, str], size: int, chunks: Iterable[bytes]) -> int:
+    crc = zlib.crc32(orjson.dumps([url, headers, size]))
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    return crc

@@ -10,11 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import select
 import signal
 import sqlite3
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -24,29 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 import simplejpeg
+from service_process import TIMEOUT, start_service
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL and select() on pipes")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 20.0
-
-
-def start_service(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fastsend.server", "--port", "0", "--data-dir", str(data_dir), "--log-level", "WARNING"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert process.stdout is not None
-    readable, _, _ = select.select([process.stdout], [], [], TIMEOUT)
-    line = process.stdout.readline() if readable else ""
-    if not line.startswith("listening on "):
-        process.kill()
-        process.wait(TIMEOUT)
-        pytest.fail(f"service did not start: {line!r}")
-    return process, line.removeprefix("listening on ").strip()
 
 
 def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

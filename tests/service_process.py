@@ -1,0 +1,57 @@
+"""Helpers for tests that run the reference service or a sender in another process.
+
+- ``start_service(data_dir)``: ``python -m fastsend.server --port 0`` (or a given
+  port) as a subprocess, returned once it prints its URL, so a test can SIGKILL it.
+- ``python_env()``: the environment a child Python needs to import this checkout.
+- ``wait_until(predicate, timeout)``: poll, bounded in time and in count.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+__all__ = ["REPO_ROOT", "TIMEOUT", "python_env", "start_service", "wait_until"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 20.0
+
+
+def python_env() -> dict[str, str]:
+    """``os.environ`` with this checkout first on ``PYTHONPATH``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def start_service(data_dir: Path, port: int = 0, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """The reference service in a subprocess on ``port`` (0: a free one); returns it and its base URL."""
+    command = [sys.executable, "-m", "fastsend.server", "--port", str(port), "--data-dir", str(data_dir)]
+    process = subprocess.Popen(
+        [*command, "--log-level", "WARNING", *extra], stdout=subprocess.PIPE, text=True, env=python_env()
+    )
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+    line = process.stdout.readline() if readable else ""
+    if not line.startswith("listening on "):
+        process.kill()
+        process.wait(TIMEOUT)
+        pytest.fail(f"service did not start: {line!r}")
+    return process, line.removeprefix("listening on ").strip()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass; returns its last verdict."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 2):  # bounded in count as well as in time
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    return bool(predicate())
