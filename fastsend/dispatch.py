@@ -44,16 +44,23 @@ __all__ = ["Dispatcher", "QueueFullError", "Result"]
 logger = logging.getLogger("fastsend")
 
 _LATENCY_WINDOW = 10_000
+# An attempt with less time than this left could only time out, and might still be applied.
+_MIN_ATTEMPT_SECONDS = 0.05
 _DETAIL_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """An event's fate, in the Event Writer block's shape."""
+    """An event's fate, in the Event Writer block's shape.
+
+    ``spooled`` is True when the event was not delivered yet but is safe in the
+    spool and will be sent later: do not send it again yourself.
+    """
 
     error_status: bool
     event_id: str
     message: str
+    spooled: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"error_status": self.error_status, "event_id": self.event_id, "message": self.message}
@@ -488,7 +495,7 @@ class Dispatcher:
         while True:
             attempt += 1
             remaining = job.deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining < _MIN_ATTEMPT_SECONDS:
                 passed = f"deadline of {self._deadline_seconds(job):g}s passed before attempt {attempt}"
                 if outcome is None:
                     await self._give_up_off_loop(job, passed, "deadline")
@@ -561,7 +568,8 @@ class Dispatcher:
                 logger.error("could not write to the spool: %s", exc)
                 spooled = False
             if spooled:
-                self._finish(job, Result(True, "", f"{message}; spooled for a later retry"), "spooled", counted_active=counted_active)
+                result = Result(True, "", f"{message}; spooled for a later retry", spooled=True)
+                self._finish(job, result, "spooled", counted_active=counted_active)
                 self._wake_drainer()
                 return
         if cause == "closed":  # close() logs one line for all of them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import logging
 import os
 import threading
@@ -13,7 +14,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Iterable, Mapping
 
 from .block import API_KEY_ENV, prepare_block_event
-from .config import Settings
+from .config import SETTING_ENV_VARS, Settings
 from .dispatch import Dispatcher, QueueFullError, Result
 from .events import Event, ValidationError
 from .spool import Spool
@@ -41,7 +42,12 @@ class EventWriter:
         self.settings = Settings.resolve(url=url, **settings)
         self.url = events_url(self.settings.url)
         outbox = Spool(self.settings.spool_dir, self.settings.spool_max_bytes) if self.settings.spool_dir else None
-        self._dispatcher = Dispatcher(self.settings, outbox)
+        try:
+            self._dispatcher = Dispatcher(self.settings, outbox)
+        except BaseException:
+            if outbox is not None:
+                outbox.close()
+            raise
         _open_writers.add(self)
 
     def __enter__(self) -> EventWriter:
@@ -211,6 +217,9 @@ class EventWriterSink:
             writer = self._writers.get(key)
             if writer is None:
                 settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
+                spool_dir = settings.get("spool_dir") or os.environ.get(SETTING_ENV_VARS["spool_dir"])
+                if spool_dir:  # one spool directory per writer: a directory has one owner at a time
+                    settings["spool_dir"] = os.path.join(spool_dir, _writer_spool_name(base, api_key, request_timeout))
                 writer = self._writers[key] = EventWriter(base, **settings)
             return writer
 
@@ -218,6 +227,11 @@ class EventWriterSink:
         with self._lock:
             writers, self._writers = list(self._writers.values()), {}
         return sum(writer.close(timeout) for writer in writers)
+
+
+def _writer_spool_name(url: str | None, api_key: str | None, request_timeout: float) -> str:
+    # Stable across processes, so a restarted pipeline finds what its predecessor spooled; the key stays hashed.
+    return hashlib.sha256(f"{url or ''}|{api_key or ''}|{request_timeout:g}".encode()).hexdigest()[:16]
 
 
 def _refuse_inside_event_loop(method: str) -> None:

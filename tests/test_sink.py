@@ -202,3 +202,18 @@ def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
     assert writer._dispatcher._session is session
     assert len(server.requests) == 6
     assert len({r.peer for r in server.requests}) == 1  # every request on the same kept-alive connection
+
+
+def test_each_configuration_gets_its_own_spool_directory(server, tmp_path):
+    server.script = Reply(201)
+    sink = EventWriterSink(**FAST, spool_dir=str(tmp_path / "spool"))
+    try:
+        first = run(sink, server, fire_and_forget=False)
+        second = run(sink, server, fire_and_forget=False, request_timeout=2.5)
+        assert not first["error_status"] and not second["error_status"]
+        assert len(sink._writers) == 2
+        directories = {writer.settings.spool_dir for writer in sink._writers.values()}
+        assert len(directories) == 2
+        assert all(directory.startswith(str(tmp_path / "spool")) for directory in directories)
+    finally:
+        sink.close(timeout=1)
