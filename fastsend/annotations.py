@@ -46,10 +46,17 @@ def _predictions_list(obj: Any, field: str) -> list[Mapping[str, Any]]:
     )
 
 
+def _length(values: Any, field: str, rule: str) -> int:
+    try:
+        return len(values)
+    except TypeError:  # a scalar, None, a 0-d array
+        raise ValidationError(field, values, rule) from None
+
+
 def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=dtype).reshape(count, -1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         raise ValidationError(field, values, "must be numbers") from None
     if not np.isfinite(array).all():
         raise ValidationError(field, values, "must be finite numbers (no NaN or infinity)")
@@ -61,7 +68,7 @@ def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64)
 
 def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list[float]], list[float]]:
     """Class names, ``[x, y, width, height]`` rows (centre-based) and confidences."""
-    count = len(detections.xyxy)
+    count = _length(detections.xyxy, f"{field}.xyxy", "must be N×4")
     if count == 0:
         return [], [], []
     # Float boxes keep their dtype so float32 arithmetic gives the reference's numbers.
@@ -126,7 +133,10 @@ def _largest_contour(mask: np.ndarray) -> list[list[float]]:
 
 
 def _polygon(points: Any, field: str) -> list[list[float]]:
-    array = np.asarray(points, dtype=np.float64)
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise ValidationError(field, points, "must be a list of [x, y] points") from None
     if array.size == 0:
         return []
     if array.ndim != 2 or array.shape[1] != 2:
@@ -144,7 +154,8 @@ def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segm
     if _is_detections(predictions):
         entries = _boxes_to_wire(*_detections_boxes(predictions, field))
         polygons = (predictions.data or {}).get("polygon")
-        if polygons is not None and len(polygons) >= len(entries):
+        count = None if polygons is None else _length(polygons, f"{field}.polygon", "must be one polygon per detection")
+        if count is not None and count >= len(entries):
             points = [_polygon(polygons[i], f"{field}.polygon[{i}]") for i in range(len(entries))]
         elif getattr(predictions, "mask", None) is not None:
             points = [_largest_contour(mask) for mask in predictions.mask]
@@ -153,11 +164,16 @@ def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segm
     else:
         listed = _predictions_list(predictions, field)
         entries = _boxes_to_wire(*_prediction_boxes(listed, field))
-        points = [
-            _polygon([(pt["x"], pt["y"]) for pt in p.get("points") or ()], f"{field}[{i}].points")
-            for i, p in enumerate(listed)
-        ]
+        points = [_prediction_polygon(p.get("points"), f"{field}[{i}].points") for i, p in enumerate(listed)]
     return [dict(entry, points=polygon) for entry, polygon in zip(entries, points) if len(polygon) >= 3]
+
+
+def _prediction_polygon(points: Any, field: str) -> list[list[float]]:
+    try:
+        pairs = [(pt["x"], pt["y"]) for pt in (() if points is None else points)]
+    except (KeyError, TypeError, IndexError):
+        raise ValidationError(field, points, "must be a list of {x, y} dicts") from None
+    return _polygon(pairs, field)
 
 
 # ---------------------------------------------------------------- keypoints
@@ -178,30 +194,35 @@ def keypoints_to_wire(predictions: Any, field: str = "keypoint_detections") -> W
         xy = data.get("keypoints_xy")
         if xy is None or not entries:
             return []
-        xy = _finite_column(xy, f"{field}.keypoints_xy", len(entries)).reshape(len(entries), -1, 2)
+        xy = _finite_column(xy, f"{field}.keypoints_xy", len(entries))
+        if xy.shape[1] % 2:
+            raise ValidationError(f"{field}.keypoints_xy", data.get("keypoints_xy"), "must be N×K×2")
+        xy = xy.reshape(len(entries), -1, 2)
         names = data.get("keypoints_class_name")
+        # A detection past the end of the name rows keeps all its slots.
+        names = [] if names is None else list(names)
+        slots = [_real_keypoint_count(names[i] if i < len(names) else None, xy.shape[1]) for i in range(len(entries))]
         keypoint_lists: Iterable[list[dict[str, Any]]] = (
-            [
-                {"id": j, "x": x, "y": y}
-                for j, (x, y) in enumerate(xy[i, : _real_keypoint_count(None if names is None else names[i], xy.shape[1])].tolist())
-            ]
-            for i in range(len(entries))
+            [{"id": j, "x": x, "y": y} for j, (x, y) in enumerate(xy[i, : slots[i]].tolist())] for i in range(len(entries))
         )
     else:
         listed = _predictions_list(predictions, field)
         entries = _boxes_to_wire(*_prediction_boxes(listed, field))
-        keypoint_lists = (_prediction_keypoints(p.get("keypoints") or (), f"{field}[{i}].keypoints") for i, p in enumerate(listed))
+        keypoint_lists = (_prediction_keypoints(p.get("keypoints"), f"{field}[{i}].keypoints") for i, p in enumerate(listed))
     return [dict(entry, keypoints=points) for entry, points in zip(entries, keypoint_lists) if points]
 
 
-def _prediction_keypoints(keypoints: Iterable[Mapping[str, Any]], field: str) -> list[dict[str, Any]]:
-    keypoints = list(keypoints)
+def _prediction_keypoints(keypoints: Iterable[Mapping[str, Any]] | None, field: str) -> list[dict[str, Any]]:
     try:
+        keypoints = list(keypoints if keypoints is not None else ())
         rows = [(kp["x"], kp["y"]) for kp in keypoints]
-    except (KeyError, TypeError):
+        ids = [int(kp.get("class_id", j)) for j, kp in enumerate(keypoints)]
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError, OverflowError):
         raise ValidationError(field, keypoints, "must be a list of {x, y, class_id?} dicts") from None
+    if any(keypoint_id < 0 for keypoint_id in ids):
+        raise ValidationError(f"{field}.class_id", ids, "must be integers ≥ 0")
     xy = _finite_column(rows, field, len(rows)).tolist() if rows else []
-    return [{"id": int(kp.get("class_id", j)), "x": x, "y": y} for j, (kp, (x, y)) in enumerate(zip(keypoints, xy))]
+    return [{"id": keypoint_id, "x": x, "y": y} for keypoint_id, (x, y) in zip(ids, xy)]
 
 
 # ---------------------------------------------------------------- classification
@@ -237,7 +258,10 @@ def _classification_pairs(predictions: Any, field: str) -> tuple[list[Any], list
 
 def classifications_to_wire(predictions: Any, field: str = "classifications") -> Wire:
     """``[{class, confidence}]`` from a class-name dict, inference classification output or Detections."""
-    names, confidences = _classification_pairs(predictions, field)
+    try:
+        names, confidences = _classification_pairs(predictions, field)
+    except (TypeError, AttributeError):  # a shape that looked right but is not: a scalar class_name, a non-dict entry
+        raise ValidationError(field, predictions, "has the wrong shape for classification predictions") from None
     # Like the reference: a class without a confidence gets 0.0.
     confidences = list(confidences[: len(names)]) + [0.0] * (len(names) - len(confidences))
     values = _finite_column(confidences, f"{field}.confidence", len(names))[:, 0].tolist() if names else []

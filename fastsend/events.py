@@ -142,7 +142,8 @@ def validate_event_data(schema: Any, data: Any) -> dict[str, Any]:
         rule = rules.get(key)
         if rule is None:
             raise ValidationError(f"event_data.{key}", value, f"is not a field of {schema} (allowed: {', '.join(rules)})")
-        clean[key] = rule.check(f"event_data.{key}", value)
+        # str(): a str subclass key (numpy's str_) is one orjson refuses to serialize.
+        clean[str(key)] = rule.check(f"event_data.{key}", value)
     return clean
 
 
@@ -160,7 +161,7 @@ def validate_custom_metadata(metadata: Any) -> dict[str, str | int | float | boo
             raise ValidationError("custom_metadata key", key, f"must be at most {METADATA_KEY_MAX_CHARS} characters")
         if not _METADATA_KEY.fullmatch(key):
             raise ValidationError("custom_metadata key", key, "must match [A-Za-z0-9_ -]+")
-        clean[key] = _metadata_value(f"custom_metadata[{key!r}]", value)
+        clean[str(key)] = _metadata_value(f"custom_metadata[{key!r}]", value)  # str(): as in validate_event_data
     return clean
 
 
@@ -193,7 +194,7 @@ def _timestamp(value: datetime | str | None) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValidationError("inference_timestamp", value, "must be timezone-aware")
-        return value.astimezone(timezone.utc).isoformat()
+        return _utc_isoformat(value)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -201,8 +202,16 @@ def _timestamp(value: datetime | str | None) -> str:
             raise ValidationError("inference_timestamp", value, "must be an ISO-8601 timestamp") from None
         if parsed.tzinfo is None:
             raise ValidationError("inference_timestamp", value, "must carry a UTC offset")
-        return parsed.astimezone(timezone.utc).isoformat()
+        return _utc_isoformat(parsed, value)
     raise ValidationError("inference_timestamp", value, "must be a datetime or an ISO-8601 string")
+
+
+def _utc_isoformat(moment: datetime, given: Any = None) -> str:
+    try:
+        return moment.astimezone(timezone.utc).isoformat()
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is in year 0 in UTC
+        shown = moment if given is None else given
+        raise ValidationError("inference_timestamp", shown, "must fall within years 1 to 9999 in UTC") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,12 @@ logger = logging.getLogger("fastsend")
 
 SUBSAMPLINGS = ("444", "422", "420", "440", "411")
 _CHANNELS_TO_FORMAT = {"bgr": {1: "GRAY", 3: "BGR", 4: "BGRA"}, "rgb": {1: "GRAY", 3: "RGB", 4: "RGBA"}}
-_JPEG_MAGIC = b"\xff\xd8"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# libjpeg-turbo refuses a larger side ("Maximum supported image dimension is 65500 pixels").
+JPEG_MAX_SIDE = 65500
 _DATA_URL_SEPARATOR = ";base64,"
 
 
@@ -147,8 +151,10 @@ def jpeg_backend() -> str:
 
 
 def _rows_contiguous(array: np.ndarray) -> bool:
-    first_row = array[0]
-    return first_row.flags.c_contiguous and array.strides[0] >= first_row.nbytes
+    # Strides, not flags: NumPy calls an axis of length 1 contiguous whatever its stride.
+    pixel = array.itemsize * (array.shape[2] if array.ndim == 3 else 1)
+    packed = (pixel, array.itemsize)[: array.ndim - 1]
+    return array.strides[1:] == packed and array.strides[0] >= array.shape[1] * pixel
 
 
 def encode_jpeg(array: np.ndarray, pixel_format: str = "BGR", quality: int = 95, subsampling: str = "420") -> bytes:
@@ -158,11 +164,12 @@ def encode_jpeg(array: np.ndarray, pixel_format: str = "BGR", quality: int = 95,
     backend that takes a row pitch; any other layout is copied once.
     """
     encode = _active_backend()[1]
-    if array.flags.c_contiguous:
-        return encode(array, pixel_format, quality, subsampling)
     if _rows_contiguous(array):
+        if array.strides[0] == array[0].nbytes:  # C order
+            return encode(array, pixel_format, quality, subsampling)
         return _simplejpeg_encode(array, pixel_format, quality, subsampling)
-    return encode(np.ascontiguousarray(array), pixel_format, quality, subsampling)
+    # np.array, not np.ascontiguousarray: that returns a one-row view with a negative stride unchanged.
+    return encode(np.array(array, order="C"), pixel_format, quality, subsampling)
 
 
 def _downscale(array: np.ndarray, max_side: int) -> np.ndarray:
@@ -232,6 +239,8 @@ def _prepare_array(array: np.ndarray, field: str, color: str, copy: bool) -> Raw
         raise ValidationError(f"{field}.shape", array.shape, "must have 1, 3 or 4 channels")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValidationError(f"{field}.shape", array.shape, "must not be empty")
+    if max(array.shape[:2]) > JPEG_MAX_SIDE:
+        raise ValidationError(f"{field}.shape", array.shape, f"must be at most {JPEG_MAX_SIDE} pixels per side (JPEG)")
     if array.ndim == 3 and channels == 1:
         array = array[:, :, 0]
     if copy:
@@ -288,7 +297,23 @@ def release_frame(source: ImageSource | None) -> None:
 def _prepare_bytes(data: bytes, field: str) -> EncodedImage:
     if not (data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC)):
         raise ValidationError(field, data[:16], "bytes must be a JPEG or PNG file")
+    _check_complete(data, field, data[:16])
     return EncodedImage(pybase64.b64encode(data))
+
+
+def _check_complete(data: bytes, field: str, shown: Any) -> None:
+    """The service's checks on a JPEG or PNG file, so a cut-off file fails here rather than as a 422."""
+    if data.startswith(_PNG_MAGIC):
+        if data[12:16] != b"IHDR" or not data.endswith(_PNG_IEND):
+            raise ValidationError(field, shown, "must be a complete PNG (IHDR first, IEND last; truncated?)")
+        return
+    try:
+        simplejpeg.decode_jpeg_header(data)
+    except ValueError as exc:
+        raise ValidationError(field, shown, f"must be a readable JPEG ({exc})") from None
+    # Some encoders pad the file with NULs after the end-of-image marker.
+    if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        raise ValidationError(field, shown, "must be a complete JPEG (no end-of-image marker; truncated?)")
 
 
 def _prepare_base64_text(text: str, field: str) -> EncodedImage:
@@ -301,4 +326,5 @@ def _prepare_base64_text(text: str, field: str) -> EncodedImage:
         decoded = b""
     if not (decoded.startswith(_JPEG_MAGIC) or decoded.startswith(_PNG_MAGIC)):
         raise ValidationError(field, text, "must be standard padded base64 of a JPEG or PNG file")
+    _check_complete(decoded, field, text)
     return EncodedImage(encoded)

@@ -21,7 +21,14 @@ from typing import Any
 import pybase64
 import simplejpeg
 
-from fastsend.events import ValidationError, validate_custom_metadata, validate_event_data, validate_text
+from fastsend.events import (
+    INT64_MIN,
+    UINT64_MAX,
+    ValidationError,
+    validate_custom_metadata,
+    validate_event_data,
+    validate_text,
+)
 
 __all__ = ["EventBody", "Image", "validate_body"]
 
@@ -206,6 +213,9 @@ def _annotations(field: str, value: Any, keys: tuple[str, ...]) -> None:
 def _number(field: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError(field, value, f"must be a number, not {type(value).__name__}")
+    # An int has no NaN, but one beyond 64 bits cannot be stored as JSON (nor checked by math.isfinite).
+    if isinstance(value, int) and not INT64_MIN <= value <= UINT64_MAX:
+        raise ValidationError(field, value, "must fit in 64 bits")
     if not math.isfinite(value):
         raise ValidationError(field, value, "must be a finite number")
 
@@ -227,8 +237,8 @@ def _keypoint_list(field: str, value: Any) -> None:
         keypoint_field = f"{field}[{index}]"
         _check_keys(keypoint_field, keypoint, ("id", "x", "y"))
         keypoint_id = keypoint["id"]
-        if isinstance(keypoint_id, bool) or not isinstance(keypoint_id, int) or keypoint_id < 0:
-            raise ValidationError(f"{keypoint_field}.id", keypoint_id, "must be an integer >= 0")
+        if isinstance(keypoint_id, bool) or not isinstance(keypoint_id, int) or not 0 <= keypoint_id <= UINT64_MAX:
+            raise ValidationError(f"{keypoint_field}.id", keypoint_id, f"must be an integer from 0 to {UINT64_MAX}")
         _number(f"{keypoint_field}.x", keypoint["x"])
         _number(f"{keypoint_field}.y", keypoint["y"])
 
