@@ -326,10 +326,6 @@ class Dispatcher:
             self._idle.wait_for(lambda: not self._queue and self._active == 0, timeout=timeout)
             return len(self._queue) + self._active
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._queue) + self._active
-
     def snapshot(self) -> dict[str, Any]:
         stats = self.stats.snapshot()
         if self._outbox is not None:
