@@ -5,11 +5,13 @@ RSS is its own): submits ``--events`` 1080p events (output + input frame, defaul
 snapshot) as fast as it can, then reports one JSON line with the peak RSS and the
 bound it must stay within::
 
-    baseline + queue_bytes + max_in_flight × (raw frame bytes of one event) + overhead
+    baseline + queue_bytes + max_in_flight × (raw frame bytes of one event)
+             + the frame pool's idle buffers + overhead
 
 The queue holds at most ``queue_bytes`` of frames; events past it hold their frames
-until encoded, then only their body. ``OVERHEAD_MB`` covers allocator slack,
-thread stacks and the connection pool.
+until encoded, then only their body; encoded snapshots go back to a bounded pool
+of warm buffers. ``OVERHEAD_MB`` covers allocator slack, thread stacks and the
+connection pool.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 import time
 
 import fastsend
+from fastsend.jpeg import FRAME_POOL_IDLE_BYTES
 from benchmarks.frames import SIZES, event_inputs
 from benchmarks.sink import running_sink
 
@@ -51,7 +54,8 @@ def main() -> None:
         writer.close(timeout=0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     settings = writer.settings
-    bound = baseline + settings.queue_bytes / MiB + settings.max_in_flight * event_frame_mb + OVERHEAD_MB
+    pool_mb = FRAME_POOL_IDLE_BYTES / MiB
+    bound = baseline + settings.queue_bytes / MiB + settings.max_in_flight * event_frame_mb + pool_mb + OVERHEAD_MB
     report = {
         "events": args.events,
         "submit_seconds": round(seconds, 2),
@@ -61,6 +65,8 @@ def main() -> None:
         "queue_bytes_mb": settings.queue_bytes / MiB,
         "max_in_flight": settings.max_in_flight,
         "event_frames_mb": round(event_frame_mb, 2),
+        "frame_pool_idle_mb": pool_mb,
+        "overhead_mb": OVERHEAD_MB,
         "dropped": stats["dropped"],
         "failed": stats["failed"],
         "retried": stats["retried"],

@@ -230,6 +230,8 @@ class Dispatcher:
         self._drainer: asyncio.Task | None = None
         self._outbox_filled: asyncio.Event | None = None
         self.stats = _Stats()
+        self._drops_unlogged = 0
+        self._drops_logged_at = float("-inf")
 
     # ------------------------------------------------------------ caller side
 
@@ -255,7 +257,7 @@ class Dispatcher:
             else:
                 self._admit(job, dropped)
         self._resolve_dropped(dropped)
-        if job.input_b64 is not None:
+        if job.input_b64 is not None and not job.future.done():
             self._encode_input_on_caller(job.input_b64, prepared.input)
         return job.future
 
@@ -662,11 +664,24 @@ class Dispatcher:
         for job, reason, message in dropped:
             if reason == "queue_full_spill" and self._spool_unsent(job, "queue full (spill)", reason):
                 continue
+            if job.prepared is not None:
+                _release_frames(job.prepared)
+                job.prepared = None
             with self.stats.lock:
                 self.stats.dropped[reason] += 1
             job.future.set_result(Result(True, "", message))
         if dropped and dropped[0][1] not in ("closed", "queue_full_spill"):
-            logger.warning("dropped %d event(s): %s", len(dropped), dropped[0][2])
+            self._log_drops(len(dropped), dropped[0][2])
+
+    def _log_drops(self, count: int, message: str) -> None:
+        # At most one line a second: a camera outrunning the service drops on every frame.
+        now = time.monotonic()
+        with self.stats.lock:
+            self._drops_unlogged += count
+            if now - self._drops_logged_at < 1.0:
+                return
+            count, self._drops_unlogged, self._drops_logged_at = self._drops_unlogged, 0, now
+        logger.warning("dropped %d event(s) since the last report: %s", count, message)
 
     def _spool_unsent(self, job: _Job, why: str, cause: str) -> bool:
         """Encode a job that never reached the encoders and put it in the outbox, on this thread."""

@@ -248,6 +248,10 @@ def _prepare_array(array: np.ndarray, field: str, color: str, copy: bool) -> Raw
     return RawImage(array, pixel_format)
 
 
+# Idle snapshot buffers kept warm: a few 1080p frames' worth.
+FRAME_POOL_IDLE_BYTES = 64 * 1024 * 1024
+
+
 class _FramePool:
     """Warm buffers for frame snapshots, keyed by shape.
 
@@ -256,7 +260,7 @@ class _FramePool:
     1080p, ~0.5 ms instead of ~1 ms per frame. Idle buffers are bounded.
     """
 
-    def __init__(self, max_idle_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, max_idle_bytes: int = FRAME_POOL_IDLE_BYTES) -> None:
         self.max_idle_bytes = max_idle_bytes
         self._reset()
 

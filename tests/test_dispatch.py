@@ -315,6 +315,20 @@ def test_drop_newest_drops_the_incoming_events(server, make_writer):
     assert external_ids(server) == ["0", "1", "2", "3"]
 
 
+def test_a_burst_of_drops_is_logged_once_with_its_count(server, make_writer, caplog):
+    writer, _ = held_writer(make_writer, server, overflow="drop_newest")
+    for i in range(1, 4):
+        writer.submit(event(i), frame())
+    with caplog.at_level("WARNING", logger="fastsend"):
+        for i in range(4, 14):
+            writer.submit(event(i), frame())
+    drop_lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drop_lines) == 1  # within a second: one line, not ten
+    assert writer.stats()["dropped_by_reason"] == {"queue_full_drop_newest": 10}
+    server.release()
+    assert writer.flush(10) == 0
+
+
 def test_raise_refuses_with_queue_full_error(server, make_writer):
     writer, first = held_writer(make_writer, server, overflow="raise")
     futures = [first] + [writer.submit(event(i), frame()) for i in range(1, 4)]
