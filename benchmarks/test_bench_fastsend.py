@@ -41,6 +41,7 @@ from benchmarks.harness import (
 from benchmarks.reference_sender import ReferenceSender
 
 FASTSEND_FIRE_AND_FORGET = "fastsend-fire-and-forget"
+FASTSEND_OWNED = "fastsend-fire-and-forget-owned"  # copy=False: the frames are handed over, no snapshot
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,6 +99,7 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
         TRANSFER_ONLY: poster.post,
         REFERENCE_FIRE_AND_FORGET: reference_ff,
         FASTSEND_FIRE_AND_FORGET: _fastsend_batch(writer, inputs),
+        FASTSEND_OWNED: _fastsend_batch(writer, inputs, copy=False),
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
 
@@ -122,6 +124,7 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
         encode_transfer_bound=round(bound, 1),
         fastsend_vs_bound=round(ours / bound, 3),
         fastsend_vs_reference_ff=round(ours / rates[REFERENCE_FIRE_AND_FORGET], 3),
+        fastsend_owned_vs_bound=round(rates[FASTSEND_OWNED] / bound, 3),
     )
 
 
