@@ -24,6 +24,7 @@ __all__ = [
     "EncodedImage",
     "ImageSource",
     "JpegOptions",
+    "check_image_file",
     "RawImage",
     "encode_jpeg",
     "jpeg_backend",
@@ -301,16 +302,23 @@ def release_frame(source: ImageSource | None) -> None:
 def _prepare_bytes(data: bytes, field: str) -> EncodedImage:
     if not (data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC)):
         raise ValidationError(field, data[:16], "bytes must be a JPEG or PNG file")
-    _check_complete(data, field, data[:16])
+    check_image_file(data, field, data[:16])
     return EncodedImage(pybase64.b64encode(data))
 
 
-def _check_complete(data: bytes, field: str, shown: Any) -> None:
-    """The service's checks on a JPEG or PNG file, so a cut-off file fails here rather than as a 422."""
+def check_image_file(data: bytes, field: str, shown: Any) -> str:
+    """The content type of a complete JPEG or PNG file, else ``ValidationError``.
+
+    The service's rule, checked by the client too so a cut-off file fails on the
+    caller's thread rather than as a 422 later. No full decode: the JPEG header
+    must parse and the end-of-image marker must be there.
+    """
     if data.startswith(_PNG_MAGIC):
         if data[12:16] != b"IHDR" or not data.endswith(_PNG_IEND):
             raise ValidationError(field, shown, "must be a complete PNG (IHDR first, IEND last; truncated?)")
-        return
+        return "image/png"
+    if not data.startswith(_JPEG_MAGIC):
+        raise ValidationError(field, shown, f"must decode to a JPEG or PNG image (starts with {data[:8].hex() or 'nothing'})")
     try:
         simplejpeg.decode_jpeg_header(data)
     except ValueError as exc:
@@ -318,6 +326,7 @@ def _check_complete(data: bytes, field: str, shown: Any) -> None:
     # Some encoders pad the file with NULs after the end-of-image marker.
     if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
         raise ValidationError(field, shown, "must be a complete JPEG (no end-of-image marker; truncated?)")
+    return "image/jpeg"
 
 
 def _prepare_base64_text(text: str, field: str) -> EncodedImage:
@@ -330,5 +339,5 @@ def _prepare_base64_text(text: str, field: str) -> EncodedImage:
         decoded = b""
     if not (decoded.startswith(_JPEG_MAGIC) or decoded.startswith(_PNG_MAGIC)):
         raise ValidationError(field, text, "must be standard padded base64 of a JPEG or PNG file")
-    _check_complete(decoded, field, text)
+    check_image_file(decoded, field, text)
     return EncodedImage(encoded)

@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 import pybase64
-import simplejpeg
 
 from fastsend.events import (
     INT64_MIN,
@@ -29,6 +28,7 @@ from fastsend.events import (
     validate_event_data,
     validate_text,
 )
+from fastsend.jpeg import check_image_file
 
 __all__ = ["EventBody", "Image", "validate_body"]
 
@@ -45,11 +45,6 @@ _ANNOTATION_KEYS = {
     "keypoints": (*_BOX_KEYS, "keypoints"),
 }
 _IMAGE_OPTIONAL_KEYS = ("inputBase64Image", "label", *_ANNOTATION_KEYS)
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_JPEG_SOI = b"\xff\xd8\xff"
-_JPEG_EOI = b"\xff\xd9"
 
 
 class _Missing:
@@ -174,28 +169,7 @@ def _image(field: str, value: Any) -> Image:
         raise ValidationError(
             field, value, "must be standard base64 (RFC 4648 §4: A-Z a-z 0-9 + /, '=' padding, no line breaks)"
         ) from None
-    if data.startswith(_JPEG_SOI):
-        _check_jpeg(field, value, data)
-        return Image(data, "image/jpeg")
-    if data.startswith(_PNG_SIGNATURE):
-        if data[12:16] != b"IHDR" or not data.endswith(_PNG_IEND):
-            raise ValidationError(field, value, "must be a complete PNG (IHDR first, IEND last; truncated?)")
-        return Image(data, "image/png")
-    raise ValidationError(
-        field, value, f"must decode to a JPEG or PNG image (starts with {data[:8].hex() or 'nothing'})"
-    )
-
-
-def _check_jpeg(field: str, value: str, data: bytes) -> None:
-    try:
-        simplejpeg.decode_jpeg_header(data)
-    except ValueError as exc:
-        raise ValidationError(field, value, f"must be a readable JPEG ({exc})") from None
-    # The header sits at the front, so it parses even when the image data was
-    # cut off; the end-of-image marker catches that without a full decode.
-    # Some encoders pad the file with NULs after the marker.
-    if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
-        raise ValidationError(field, value, "must be a complete JPEG (no end-of-image marker; truncated?)")
+    return Image(data, check_image_file(data, field, value))
 
 
 def _annotations(field: str, value: Any, keys: tuple[str, ...]) -> None:
