@@ -6,6 +6,9 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from scripted_server import ScriptedServer
+
+from fastsend.config import SETTING_ENV_VARS
 
 FrameBuilder = Callable[..., np.ndarray]
 
@@ -30,3 +33,17 @@ def make_frame() -> FrameBuilder:
 def frame() -> np.ndarray:
     """A small 48×64 BGR frame."""
     return build_frame()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No FASTSEND_* or EVENT_INGESTION_API_KEY from the shell leaks into a test."""
+    for variable in SETTING_ENV_VARS.values():
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def server():
+    """A scripted loopback server (``tests/scripted_server.py``), stopped after the test."""
+    with ScriptedServer() as running:
+        yield running

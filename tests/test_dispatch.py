@@ -21,7 +21,6 @@ import supervision as sv
 from scripted_server import Reply, ScriptedServer, unused_port
 
 from fastsend import Event, EventWriter, QueueFullError, RetryPolicy
-from fastsend.config import SETTING_ENV_VARS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,18 +38,6 @@ def event(external_id: object = "e") -> Event:
 
 def external_ids(server: ScriptedServer) -> list[str]:
     return [r.json["event_data"]["externalId"] for r in server.requests]
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in SETTING_ENV_VARS.values():
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def server():
-    with ScriptedServer() as running:
-        yield running
 
 
 @pytest.fixture

@@ -40,7 +40,6 @@ from scripted_server import unused_port
 from service_process import TIMEOUT, python_env, start_service, wait_until
 
 from fastsend import Event, EventWriter, Result
-from fastsend.config import SETTING_ENV_VARS
 from fastsend.server import Faults, ReferenceService
 from fastsend.spool import Spool, SpoolLockedError
 
@@ -62,12 +61,6 @@ SPOOLED = "spooled for a later retry"
 API_KEY = "fault-suite-api-key-never-on-disk"
 FRAME = np.random.default_rng(7).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
 DRAIN_SECONDS = 10.0
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in SETTING_ENV_VARS.values():
-        monkeypatch.delenv(variable, raising=False)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import supervision as sv
 from scripted_server import Reply, ScriptedServer
 
 from fastsend import EventWriterSink
-from fastsend.config import SETTING_ENV_VARS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -17,18 +16,6 @@ FAST = {"backoff_base": 0.01, "backoff_max": 0.02, "connect_timeout": 1.0, "dead
 
 def frame(height: int = 32, width: int = 32) -> np.ndarray:
     return np.full((height, width, 3), (40, 90, 200), np.uint8)
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in SETTING_ENV_VARS.values():
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def server():
-    with ScriptedServer() as running:
-        yield running
 
 
 @pytest.fixture

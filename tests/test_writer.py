@@ -11,7 +11,7 @@ import numpy as np
 import pybase64
 import pytest
 import simplejpeg
-from scripted_server import Reply, ScriptedServer
+from scripted_server import Reply
 
 from fastsend import AsyncEventWriter, Event, EventWriter, Settings, ValidationError
 from fastsend.config import SETTING_ENV_VARS
@@ -33,18 +33,6 @@ def event(external_id: object = "e") -> Event:
 def mean_bgr(b64: str) -> np.ndarray:
     pixels = simplejpeg.decode_jpeg(pybase64.b64decode(b64, validate=True), colorspace="BGR")
     return pixels.astype(float).mean(axis=(0, 1))
-
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in SETTING_ENV_VARS.values():
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def server():
-    with ScriptedServer() as running:
-        yield running
 
 
 @pytest.fixture
