@@ -11,7 +11,7 @@ import threading
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .block import API_KEY_ENV, prepare_block_event
 from .config import SETTING_ENV_VARS, Settings
@@ -118,13 +118,7 @@ class EventWriter:
         …). An invalid item gets an error Result naming the problem; the others go.
         """
         _refuse_inside_event_loop("send_batch")
-        futures: list[Future[Result] | Result] = []
-        for index, item in enumerate(items):
-            try:
-                futures.append(self.submit(**item))
-            except (ValidationError, TypeError) as exc:
-                futures.append(Result(True, "", f"invalid event at index {index}: {exc}"))
-        return [f if isinstance(f, Result) else f.result() for f in futures]
+        return [f if isinstance(f, Result) else f.result() for f in _submit_each(self.submit, items)]
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every submitted event has its Result; returns how many are still pending."""
@@ -162,13 +156,7 @@ class AsyncEventWriter:
         return await self.submit(event, image, **options)
 
     async def send_batch(self, items: Iterable[Mapping[str, Any]]) -> list[Result]:
-        pending: list[asyncio.Future[Result] | Result] = []
-        for index, item in enumerate(items):
-            try:
-                pending.append(self.submit(**item))
-            except (ValidationError, TypeError) as exc:
-                pending.append(Result(True, "", f"invalid event at index {index}: {exc}"))
-        return [p if isinstance(p, Result) else await p for p in pending]
+        return [p if isinstance(p, Result) else await p for p in _submit_each(self.submit, items)]
 
     async def flush(self, timeout: float | None = None) -> int:
         return await asyncio.to_thread(self._writer.flush, timeout)
@@ -227,6 +215,17 @@ class EventWriterSink:
         with self._lock:
             writers, self._writers = list(self._writers.values()), {}
         return sum(writer.close(timeout) for writer in writers)
+
+
+def _submit_each(submit: Callable[..., Any], items: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """``submit(**item)`` for every item; an invalid item gets an error Result in its place."""
+    submitted: list[Any] = []
+    for index, item in enumerate(items):
+        try:
+            submitted.append(submit(**item))
+        except (ValidationError, TypeError) as exc:
+            submitted.append(Result(True, "", f"invalid event at index {index}: {exc}"))
+    return submitted
 
 
 def _writer_spool_name(url: str | None, api_key: str | None, request_timeout: float) -> str:
