@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import hashlib
-import logging
 import os
 import threading
 import weakref
@@ -21,8 +20,6 @@ from .spool import Spool
 from .wire import PreparedEvent, events_url, prepare_event
 
 __all__ = ["AsyncEventWriter", "EventWriter", "EventWriterSink", "QueueFullError", "Result"]
-
-logger = logging.getLogger("fastsend")
 
 # A synchronous send waits this much past its deadline before reporting the wait itself as failed.
 _SYNC_GRACE_SECONDS = 5.0
@@ -245,7 +242,6 @@ def _refuse_inside_event_loop(method: str) -> None:
 
 @atexit.register
 def _flush_at_exit() -> None:
+    # Bounded by exit_flush_timeout; close() logs how many were left unsent (or spooled).
     for writer in list(_open_writers):
-        left = writer.close(writer.settings.exit_flush_timeout)
-        if left:
-            logger.warning("%d event(s) were not sent before exit (flush timeout %gs)", left, writer.settings.exit_flush_timeout)
+        writer.close(writer.settings.exit_flush_timeout)
