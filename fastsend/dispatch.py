@@ -404,25 +404,8 @@ class Dispatcher:
         if self._closed and self._outbox is None:
             self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
             return
-        prepared = job.prepared
-        started = time.perf_counter()
-        try:
-            if job.input_b64 is not None:
-                chunks = splice(prepared.envelope, to_base64(prepared.output, self.jpeg), job.input_b64.result())
-            else:
-                chunks = render_body(prepared, self.jpeg)
-        except Exception as exc:
-            logger.warning("encoding failed: %s", exc)
-            self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error")
+        if not self._build_request(job, counted_active=True):
             return
-        elapsed = time.perf_counter() - started
-        with self.stats.lock:
-            self.stats.encode_seconds += elapsed
-            self.stats.images_encoded += _raw_image_count(prepared)
-        headers = request_headers(prepared.idempotency_key, self.settings.api_key)
-        job.request = Request.of(job.url, headers, chunks)
-        _release_frames(prepared)
-        job.prepared = None  # retries need only the request
         with self._lock:  # _shutdown_loop closes the hand-off under this lock: no event slips past it
             handed_off = self._handoff_open
             if handed_off:
@@ -687,15 +670,31 @@ class Dispatcher:
         """Encode a job that never reached the encoders and put it in the outbox, on this thread."""
         if self._outbox is None:
             return False
+        if self._build_request(job, counted_active=False):
+            self._give_up(job, why, cause, counted_active=False)
+        return True
+
+    def _build_request(self, job: _Job, *, counted_active: bool) -> bool:
+        """Encode the job's images into its finished request; if that fails, settle the job and say so."""
+        prepared = job.prepared
+        started = time.perf_counter()
         try:
-            chunks = render_body(job.prepared, self.jpeg)
+            # A synchronous caller encodes the input image itself, unless its job never got past the queue.
+            if job.input_b64 is not None and counted_active:
+                chunks = splice(prepared.envelope, to_base64(prepared.output, self.jpeg), job.input_b64.result())
+            else:
+                chunks = render_body(prepared, self.jpeg)
         except Exception as exc:
-            self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error", counted_active=False)
-            return True
-        job.request = Request.of(job.url, request_headers(job.prepared.idempotency_key, self.settings.api_key), chunks)
-        _release_frames(job.prepared)
-        job.prepared = None
-        self._give_up(job, why, cause, counted_active=False)
+            logger.warning("encoding failed: %s", exc)
+            self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error", counted_active=counted_active)
+            return False
+        elapsed = time.perf_counter() - started
+        with self.stats.lock:
+            self.stats.encode_seconds += elapsed
+            self.stats.images_encoded += _raw_image_count(prepared)
+        job.request = Request.of(job.url, request_headers(prepared.idempotency_key, self.settings.api_key), chunks)
+        _release_frames(prepared)
+        job.prepared = None  # retries need only the request
         return True
 
 
