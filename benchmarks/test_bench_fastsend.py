@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pytest
 
 import fastsend
@@ -159,7 +160,7 @@ def _warm_p50(call: Callable[[], object], n: int = 200) -> float:
     return sorted(samples)[n // 2]
 
 
-@pytest.mark.parametrize("contender", ["fastsend-snapshot", "fastsend-owned", "reference", "control"])
+@pytest.mark.parametrize("contender", ["fastsend-snapshot", "fastsend-owned", "reference", "bare-copy", "control"])
 def test_caller_cost(benchmark, contender, sink_url):
     """One call per 1/30 s (the pace of a video loop); also its cost back to back, caches warm.
 
@@ -175,6 +176,13 @@ def test_caller_cost(benchmark, contender, sink_url):
     reference = ReferenceSender(sink_url) if contender == "reference" else None
     if contender == "control":
         call = _control_work
+    elif contender == "bare-copy":  # the floor of any snapshot: the two frames copied into warm buffers
+        copies = np.empty_like(out), np.empty_like(inp)
+
+        def call() -> None:
+            np.copyto(copies[0], out)
+            np.copyto(copies[1], inp)
+
     elif reference is not None:
 
         def call() -> None:
