@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .demo import run_demo
 from .events import Event, ValidationError
 from .jpeg import jpeg_backend
+from .server import ReferenceService, run
+from .server.options import add_service_arguments, config_from_arguments
 from .writer import EventWriter
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -36,16 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="{serve,send,demo}")
 
     serve = commands.add_parser("serve", help="run the reference Event Ingestion Service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8001)
-    serve.add_argument("--data-dir", default="fastsend-data", help="SQLite database and image files")
-    serve.add_argument("--api-key", help="require this X-API-Key")
-    serve.add_argument("--capacity", type=int, help="writes in progress before answering 529")
-    serve.add_argument("--latency", type=float, default=0.0, help="fault: seconds added to every write")
-    serve.add_argument("--error-rate", type=float, default=0.0, help="fault: share of requests answered with --error-status")
-    serve.add_argument("--error-status", type=int, default=503)
-    serve.add_argument("--drop-rate", type=float, default=0.0, help="fault: share of connections dropped mid-request")
-    serve.add_argument("--seed", type=int, help="fault: random seed")
+    add_service_arguments(serve, default_data_dir="fastsend-data")
     serve.set_defaults(command=_serve)
 
     send = commands.add_parser("send", help="send one event and print its event_id")
@@ -81,20 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import Faults, run
-
-    faults = Faults(
-        latency=args.latency, error_rate=args.error_rate, error_status=args.error_status, drop_rate=args.drop_rate, seed=args.seed
-    )
-    run(
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir,
-        api_key=args.api_key,
-        capacity=args.capacity,
-        faults=faults,
-        on_started=lambda url: print(f"fastsend reference service on {url} (data in {args.data_dir}); Ctrl-C stops", flush=True),
-    )
+    config = config_from_arguments(args)
+    run(config, on_started=lambda url: print(f"fastsend reference service on {url} (data in {config.data_dir}); Ctrl-C stops", flush=True))
     return EXIT_OK
 
 
@@ -164,16 +146,12 @@ def _send(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     if args.url:
         return _run_demo(args, args.url, verify=None)
-    from .server import ReferenceService
-
     with tempfile.TemporaryDirectory(prefix="fastsend-demo-") as data_dir, ReferenceService(data_dir) as service:
         print(f"embedded reference service on {service.url} (data in {data_dir})")
         return _run_demo(args, service.url, verify=service.get_event)
 
 
 def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
-    from .demo import run_demo
-
     print(f"streaming {args.frames} frames of {args.width}×{args.height} (output + input image, JPEG via {jpeg_backend()})")
     # block: the demo shows throughput with every frame delivered; a live camera would rather drop_oldest.
     with EventWriter(url, overflow="block") as writer:

@@ -131,3 +131,10 @@ def test_demo_against_a_running_service(service) -> None:
     assert service.stored_count() == 12
     schemas = {event["event_schema"] for event in service.list_events()}
     assert schemas == {"quality_check", "inventory_count", "safety_alert", "custom"}
+
+
+@pytest.mark.parametrize("option, value", [("--error-rate", "2"), ("--capacity", "-1"), ("--drop-rate", "-0.5")])
+def test_serve_refuses_a_bad_option_naming_it(tmp_path: Path, option: str, value: str) -> None:
+    done = fastsend_cli("serve", "--port", "0", "--data-dir", str(tmp_path / "data"), option, value)
+    assert done.returncode == 2
+    assert option in done.stderr and value.lstrip("-") in done.stderr

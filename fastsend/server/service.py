@@ -96,27 +96,8 @@ async def serve(config: ServiceConfig, *, on_started: Callable[[str], None] | No
         await asyncio.Event().wait()
 
 
-def run(
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    data_dir: str | os.PathLike[str] = "fastsend-data",
-    api_key: str | None = None,
-    capacity: int | None = None,
-    faults: Faults | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    *,
-    on_started: Callable[[str], None] | None = None,
-) -> None:
-    """Serve in the foreground until Ctrl-C or SIGTERM; the URL is logged at INFO."""
-    config = ServiceConfig(
-        data_dir=data_dir,
-        host=host,
-        port=port,
-        api_key=api_key,
-        capacity=capacity,
-        max_body_bytes=max_body_bytes,
-        faults=faults or Faults(),
-    )
+def run(config: ServiceConfig, *, on_started: Callable[[str], None] | None = None) -> None:
+    """Serve ``config`` in the foreground until Ctrl-C or SIGTERM; the URL is logged at INFO."""
 
     async def main() -> None:
         task = asyncio.current_task()

@@ -1,0 +1,60 @@
+"""The service's command-line options, shared by ``fastsend serve`` and ``python -m fastsend.server``."""
+
+from __future__ import annotations
+
+import argparse
+
+from fastsend.events import ValidationError
+from fastsend.server.app import DEFAULT_MAX_BODY_BYTES
+from fastsend.server.faults import Faults
+from fastsend.server.service import DEFAULT_PORT, ServiceConfig
+
+__all__ = ["add_service_arguments", "config_from_arguments"]
+
+
+def add_service_arguments(parser: argparse.ArgumentParser, *, default_data_dir: str | None = None) -> None:
+    """Add host, port, storage, auth, capacity and fault-injection options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument(
+        "--data-dir",
+        default=default_data_dir,
+        required=default_data_dir is None,
+        help="directory for the SQLite database and image files",
+    )
+    parser.add_argument("--api-key", help="require this X-API-Key on /v2 routes")
+    parser.add_argument("--capacity", type=int, help="writes in progress before answering 529")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies get 413")
+    faults = parser.add_argument_group("fault injection")
+    faults.add_argument("--latency", type=float, default=0.0, help="seconds added to each write")
+    faults.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered with --error-status")
+    faults.add_argument("--error-status", type=int, default=503, help="status of injected errors (default 503)")
+    faults.add_argument("--error-detail", default="injected fault", help="detail of injected errors")
+    faults.add_argument("--drop-rate", type=float, default=0.0, help="share of connections dropped mid-request")
+    faults.add_argument("--seed", type=int, help="seed for the fault draws")
+
+
+def config_from_arguments(args: argparse.Namespace) -> ServiceConfig:
+    """The ServiceConfig the options describe; a bad value raises ``ValidationError`` naming the option."""
+    try:
+        faults = Faults(
+            latency=args.latency,
+            error_rate=args.error_rate,
+            error_status=args.error_status,
+            error_detail=args.error_detail,
+            drop_rate=args.drop_rate,
+            seed=args.seed,
+        )
+        return ServiceConfig(
+            data_dir=args.data_dir,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            capacity=args.capacity,
+            max_body_bytes=args.max_body_bytes,
+            faults=faults,
+        )
+    except ValueError as exc:
+        # Faults and ServiceConfig say "<name> must …": name the option it came from.
+        name, _, rule = str(exc).partition(" ")
+        raise ValidationError(f"--{name.replace('_', '-')}", getattr(args, name, None), rule) from None
