@@ -44,6 +44,8 @@ __all__ = ["Dispatcher", "QueueFullError", "Result"]
 logger = logging.getLogger("fastsend")
 
 _LATENCY_WINDOW = 10_000
+# Answers that blame the sender's configuration (key, URL), not the entry: a drain keeps the entry.
+_SENDER_MISCONFIGURED = frozenset({"http_401", "http_403", "http_404", "http_405", "http_407"})
 # An attempt with less time than this left could only time out, and might still be applied.
 _MIN_ATTEMPT_SECONDS = 0.05
 _DETAIL_CHARS = 300
@@ -597,8 +599,12 @@ class Dispatcher:
             with self.stats.lock:
                 self.stats.drained += 1
             return 0
-        if not outcome.retryable:
+        if not outcome.retryable and outcome.cause not in _SENDER_MISCONFIGURED:
             await _off_loop(outbox.quarantine, entry, f"rejected by the service: {outcome.message}")
+            return failures
+        if not outcome.retryable:  # the entry is fine: this sender's key or URL is not; keep it for one that works
+            logger.error("spool drain paused: %s", outcome.message)
+            await asyncio.sleep(self.settings.backoff_max)
             return failures
         failures += 1
         await asyncio.sleep(self.retry.backoff(failures, outcome.retry_after))

@@ -397,3 +397,29 @@ def test_a_spooled_result_says_so_and_is_not_an_ordinary_failure(tmp_path):
         assert result.error_status and result.spooled
         assert "spooled" in result.message
         assert writer.stats()["spool_pending"] == 1
+
+
+def test_a_drain_refused_for_its_key_keeps_the_entries_for_a_writer_with_the_right_one(open_spool, spool_dir, tmp_path):
+    with ReferenceService(tmp_path / "service", api_key="right") as service:
+        url = f"{service.url}/v2/events"
+        spool = open_spool()
+        for key in ("kept-1", "kept-2"):
+            spool.put(Request.of(url, {"Content-Type": "application/json", "Idempotency-Key": key}, [real_body()]))
+        spool.close()
+
+        settings = {"spool_dir": str(spool_dir), "backoff_base": 0.02, "backoff_max": 0.1}
+        wrong = EventWriter(service.url, api_key="wrong", **settings)
+        try:
+            time.sleep(0.5)  # several drain attempts, each answered 401
+            stats = wrong.stats()
+        finally:
+            wrong.close(timeout=2)
+        assert (stats["spool_pending"], stats["quarantined"], stats["drained"]) == (2, 0, 0)
+        assert service.stored_count() == 0
+
+        right = EventWriter(service.url, api_key="right", **settings)
+        try:
+            assert wait_until(lambda: right.stats()["drained"] == 2, 10), right.stats()
+        finally:
+            right.close(timeout=2)
+        assert sorted(e["idempotency_key"] for e in service.list_events()) == ["kept-1", "kept-2"]
