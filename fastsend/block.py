@@ -9,13 +9,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .config import SETTING_ENV_VARS
 from .events import Event, ValidationError
 from .jpeg import JpegOptions
 from .wire import PreparedEvent, Request, events_url, prepare_event, render_body, request_headers
 
 __all__ = ["BlockEvent", "API_KEY_ENV", "BLOCK_SCHEMAS", "build_block_request", "prepare_block_event"]
 
-API_KEY_ENV = "EVENT_INGESTION_API_KEY"
+API_KEY_ENV = SETTING_ENV_VARS["api_key"]  # EVENT_INGESTION_API_KEY, named once in config
 BLOCK_SCHEMAS = ("quality_check", "inventory_count", "safety_alert", "custom")
 _SCHEMA_FIELDS = frozenset(
     {"qc_result", "external_id", "location", "item_count", "item_type", "alert_type", "severity", "alert_description", "custom_value"}
