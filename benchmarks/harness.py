@@ -13,9 +13,8 @@ import asyncio
 import time
 from typing import Any, Callable
 
-import aiohttp
-
 import fastsend
+from fastsend.http import ConnectionPool
 from benchmarks.frames import EventInputs
 
 __all__ = [
@@ -122,30 +121,35 @@ def real_body(inputs: EventInputs) -> bytes:
 
 
 class Poster:
-    """An aiohttp session on its own (uv)loop, posting one body ``n`` times, ``concurrency`` at a time."""
+    """Posts one prebuilt body ``n`` times, ``concurrency`` at a time, with nothing else running.
+
+    It uses fastsend's own HTTP/1.1 client (the leanest poster here: ~0.07 ms of CPU
+    per request against ~0.27 ms for an aiohttp session), so the transfer-only rate,
+    and with it the encode+transfer bound, is what the machine can do, not what a
+    heavier client allows.
+    """
 
     def __init__(self, url: str, body: bytes, concurrency: int) -> None:
         self.url = f"{url}/v2/events"
         self.body = body
         self.concurrency = concurrency
         self.loop = new_loop()
-        self.session = self.loop.run_until_complete(self._open())
+        self.pool = self.loop.run_until_complete(self._open())
 
-    async def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self.concurrency)
-        return aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"})
+    async def _open(self) -> ConnectionPool:
+        return ConnectionPool(self.concurrency, connect_timeout=5.0)
 
     async def _post_all(self, n: int) -> None:
         remaining = n
+        headers = {"Content-Type": "application/json"}
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                async with self.session.post(self.url, data=self.body) as response:
-                    await response.read()
-                    if response.status != 201:
-                        raise RuntimeError(f"sink answered {response.status}")
+                response = await self.pool.post(self.url, headers, (self.body,), len(self.body), timeout=30.0)
+                if response.status != 201:
+                    raise RuntimeError(f"sink answered {response.status}")
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
 
@@ -153,5 +157,5 @@ class Poster:
         self.loop.run_until_complete(self._post_all(n))
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.session.close())
+        self.pool.close()
         self.loop.close()

@@ -3,7 +3,7 @@
 - encode-only: the event's two JPEG encodes (q95, 4:2:0, fastsend's backend) on
   ``os.cpu_count()`` threads, nothing else;
 - transfer-only: real-size bodies, built in advance, POSTed to the sink with
-  aiohttp over a pooled connector, ``TRANSFER_CONCURRENCY`` requests in flight;
+  fastsend's HTTP/1.1 client and nothing else, ``TRANSFER_CONCURRENCY`` requests in flight;
 - encode+transfer bound = 1 / (1/encode-only + 1/transfer-only), in the summary;
 - the reference sender, synchronous and fire-and-forget through its pool.
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from .events import ValidationError
+from .http import parse_url
 
 __all__ = ["Settings", "OVERFLOW_POLICIES", "SETTING_ENV_VARS"]
 
@@ -69,13 +70,28 @@ def _optional_text(raw: Any) -> str | None:
 _optional_text.accepted = "a string"  # type: ignore[attr-defined]
 
 
+def _header_text(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or not all(" " <= character <= "~" for character in raw):
+        raise _Rejected  # a line break would end the header and start another
+    return raw
+
+
+_header_text.accepted = "printable ASCII text (it is sent as an HTTP header)"  # type: ignore[attr-defined]
+
+
 def _url(raw: Any) -> str:
-    if not isinstance(raw, str) or not raw.strip().lower().startswith(("http://", "https://")):
+    if not isinstance(raw, str):
         raise _Rejected
+    try:
+        parse_url(raw.strip())
+    except ValueError:
+        raise _Rejected from None
     return raw.strip()
 
 
-_url.accepted = "an http:// or https:// URL"  # type: ignore[attr-defined]
+_url.accepted = "an http:// or https:// URL with a host, a valid port and no credentials"  # type: ignore[attr-defined]
 
 
 def _quality(raw: Any) -> int:
@@ -88,8 +104,18 @@ def _quality(raw: Any) -> int:
 _quality.accepted = "an integer from 1 to 100"  # type: ignore[attr-defined]
 
 
-def _knob(env: str, parse: Callable[[Any], Any], default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+def _knob(env: str, parse: Callable[[Any], Any], default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc, "secret": secret})
+
+
+class _Hidden:
+    """Stands for a secret in an error message: its length, never its text."""
+
+    def __init__(self, raw: Any) -> None:
+        self.length = len(raw) if isinstance(raw, str) else None
+
+    def __repr__(self) -> str:
+        return f"<hidden, {self.length} characters>" if self.length is not None else "<hidden>"
 
 
 @dataclass(frozen=True)
@@ -98,7 +124,7 @@ class Settings:
 
     url: str = _knob("FASTSEND_URL", _url, "http://localhost:8001", "base URL of the service")
     api_key: str | None = _knob(
-        "EVENT_INGESTION_API_KEY", _optional_text, None, "sent as X-API-Key when set and non-empty"
+        "EVENT_INGESTION_API_KEY", _header_text, None, "sent as X-API-Key when set and non-empty", secret=True
     )
     max_connections: int = _knob("FASTSEND_MAX_CONNECTIONS", _number(int, low=1), 8, "pooled keep-alive connections")
     max_in_flight: int = _knob(
@@ -161,7 +187,8 @@ class Settings:
             try:
                 values[spec.name] = parse(raw)
             except _Rejected:
-                raise ValidationError(source, raw, f"must be {parse.accepted}") from None
+                shown = _Hidden(raw) if spec.metadata["secret"] else raw
+                raise ValidationError(source, shown, f"must be {parse.accepted}") from None
         settings = cls(**values)
         if settings.overflow == "spill" and settings.spool_dir is None:
             raise ValidationError("overflow", "spill", "needs a spool: set spool_dir or FASTSEND_SPOOL_DIR")

@@ -1,4 +1,4 @@
-"""The sending side: bounded queue → encoder threads → one uvloop thread with pooled aiohttp.
+"""The sending side: bounded queue → encoder threads → one uvloop thread with pooled connections.
 
 Each event's life, and who owns it:
 
@@ -30,11 +30,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
-from aiohttp import payload as aiohttp_payload
 
 from .config import Settings
+from .http import ConnectionPool, HttpError
 from .jpeg import JpegOptions, RawImage, release_frame, to_base64
 from .retry import AT_CAPACITY_STATUS, RetryPolicy, parse_retry_after
 from .wire import PreparedEvent, Request, render_body, request_headers, splice
@@ -140,24 +139,6 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class _ChunksPayload(aiohttp_payload.Payload):
-    """The body chunks written one after another: never joined into one buffer."""
-
-    def __init__(self, chunks: list[bytes], size: int) -> None:
-        super().__init__(chunks, content_type="application/json")
-        self._size = size
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return b"".join(self._value).decode(encoding, errors)
-
-    async def write(self, writer: Any) -> None:
-        for chunk in self._value:
-            await writer.write(chunk)
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        await self.write(writer)
-
-
 def _new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     if kind in ("auto", "uvloop"):
         try:
@@ -197,7 +178,7 @@ _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 
 class Dispatcher:
-    """Owns the queue, the encoder threads, the loop thread and its aiohttp session."""
+    """Owns the queue, the encoder threads, the loop thread and its connection pool."""
 
     def __init__(self, settings: Settings, outbox: Outbox | None = None) -> None:
         self.settings = settings
@@ -227,7 +208,7 @@ class Dispatcher:
         self._handoff_open = False  # the loop takes encoded events; False once it is shutting down
         self._encoded: deque[_Job] = deque()  # handed off, waiting for the loop to start sending them
         self._launch_scheduled = False
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
         self._tasks: set[asyncio.Task] = set()
         self._drainer: asyncio.Task | None = None
         self._outbox_filled: asyncio.Event | None = None
@@ -424,7 +405,7 @@ class Dispatcher:
         try:
             loop = _new_event_loop(self.settings.loop)
             asyncio.set_event_loop(loop)
-            self._session = loop.run_until_complete(self._open_session())
+            self._pool = ConnectionPool(self.settings.max_connections, self.settings.connect_timeout)
             if self._outbox is not None:
                 self._outbox_filled = asyncio.Event()
                 self._drainer = loop.create_task(self._drain_outbox())
@@ -439,12 +420,6 @@ class Dispatcher:
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
-
-    async def _open_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_connections, limit_per_host=self.settings.max_connections, keepalive_timeout=30
-        )
-        return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
 
     def _launch_encoded(self) -> None:
         with self._lock:
@@ -507,18 +482,14 @@ class Dispatcher:
 
     async def _attempt(self, request: Request, timeout: float) -> _Outcome:
         """One POST, classified."""
-        limits = aiohttp.ClientTimeout(total=timeout, connect=min(self.settings.connect_timeout, timeout))
         try:
-            async with self._session.post(
-                request.url, data=_ChunksPayload(request.chunks, request.size), headers=request.headers, timeout=limits
-            ) as response:
-                status = response.status
-                body = await response.read()
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            response = await self._pool.post(request.url, request.headers, request.chunks, request.size, timeout)
         except asyncio.TimeoutError:
             return _Outcome("timeout", f"timed out after {timeout:g}s (the service may have applied it)", retryable=True)
-        except aiohttp.ClientError as exc:
+        except (HttpError, OSError) as exc:
             return _Outcome("connection", f"connection error: {exc or type(exc).__name__}", retryable=True)
+        status, body = response.status, response.body
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
         with self.stats.lock:
             self.stats.bytes_sent += request.size
         if status == 201:
@@ -620,7 +591,7 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._session.close()
+        self._pool.close()
         asyncio.get_running_loop().stop()
 
     # ------------------------------------------------------------ outcomes

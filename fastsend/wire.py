@@ -21,6 +21,7 @@ from .annotations import (
     object_detections_to_wire,
 )
 from .events import Event, ValidationError, validate_text
+from .http import parse_url
 from .jpeg import ImageSource, JpegOptions, prepare_image, to_base64
 
 __all__ = [
@@ -43,9 +44,12 @@ ANNOTATION_KEYS = ("objectDetections", "classifications", "instanceSegmentations
 def events_url(base_url: str | None) -> str:
     """``{base_url}/v2/events`` with trailing slashes on ``base_url`` stripped."""
     base = (base_url or DEFAULT_BASE_URL).rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise ValidationError("url", base_url, "must start with http:// or https://")
-    return f"{base}/v2/events"
+    url = f"{base}/v2/events"
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValidationError("url", base_url, str(exc)) from None
+    return url
 
 
 def request_headers(idempotency_key: str, api_key: str | None = None) -> dict[str, str]:

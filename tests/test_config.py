@@ -126,6 +126,9 @@ def test_integral_floats_are_integers_but_fractions_are_not():
 
 
 BAD_VALUES = [
+    ("url", "localhost:8001"),
+    ("url", "http://user:secret@events.local"),
+    ("url", "http://events.local:99999"),
     ("max_connections", "x"),
     ("max_connections", "-1"),
     ("max_connections", "0"),
@@ -189,6 +192,16 @@ def test_a_bad_variable_is_ignored_when_the_argument_wins():
 @pytest.mark.parametrize("name, raw", [("retries", "0"), ("block_timeout", "0"), ("jpeg_quality", "1"), ("jpeg_quality", "100")])
 def test_boundary_values_are_accepted(name, raw):
     assert getattr(Settings.resolve(environ={SETTING_ENV_VARS[name]: raw}), name) == float(raw)
+
+
+@pytest.mark.parametrize("raw", ["key\r\nX-Admin: yes", "clé", "tab\tkey"])
+def test_a_bad_api_key_is_refused_without_showing_it(raw):
+    for environ, arguments, field in (({"EVENT_INGESTION_API_KEY": raw}, {}, "EVENT_INGESTION_API_KEY"), ({}, {"api_key": raw}, "api_key")):
+        with pytest.raises(ValidationError) as info:
+            Settings.resolve(environ=environ, **arguments)
+        assert info.value.field == field
+        assert raw not in str(info.value) and repr(raw) not in str(info.value)
+        assert f"<hidden, {len(raw)} characters> must be printable ASCII" in str(info.value)
 
 
 def test_an_empty_api_key_means_none():

@@ -178,7 +178,7 @@ def test_images_label_and_predictions_reach_the_body(server, sink):
 def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
     assert run(sink, server, fire_and_forget=False)["error_status"] is False
     (writer,) = sink._writers.values()
-    session = writer._dispatcher._session
+    session = writer._dispatcher._pool
     for index in range(5):
         fire_and_forget = index % 2 == 0
         result = run(sink, server, fire_and_forget=fire_and_forget, event_ingestion_url=server.base_url + "/")
@@ -186,7 +186,7 @@ def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
         if fire_and_forget:
             assert writer.flush(5) == 0  # one at a time, so the keep-alive connection is free again
     assert list(sink._writers.values()) == [writer]
-    assert writer._dispatcher._session is session
+    assert writer._dispatcher._pool is session
     assert len(server.requests) == 6
     assert len({r.peer for r in server.requests}) == 1  # every request on the same kept-alive connection
 
