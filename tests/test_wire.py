@@ -282,7 +282,8 @@ def test_a_class_name_json_cannot_carry_is_refused_at_prepare_time(jpeg_bytes):
 def test_every_event_gets_its_own_idempotency_key(jpeg_bytes):
     keys = {prepare_event(Event.custom(), jpeg_bytes).idempotency_key for _ in range(20)}
     assert len(keys) == 20
-    assert all(str(uuid.UUID(key)) == key for key in keys)
+    assert all(str(uuid.UUID(key)) == key and uuid.UUID(key).version == 4 for key in keys)
+    assert all(uuid.UUID(key).variant == uuid.RFC_4122 for key in keys)
 
 
 # ---------------------------------------------------------------- URL, headers, Request
