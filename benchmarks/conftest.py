@@ -37,6 +37,7 @@ import pytest
 from benchmarks.frames import SIZES, EventInputs, event_inputs
 from benchmarks.harness import (
     ENCODE_ONLY,
+    NOTES,
     REFERENCE_FIRE_AND_FORGET,
     RESULTS,
     TRANSFER_ONLY,
@@ -100,3 +101,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             terminalreporter.write_line(f"  {name:<34}{rate:>10.1f}   {', '.join(notes)}".rstrip())
         if bound is not None:
             terminalreporter.write_line(f"  {'encode+transfer bound':<34}{bound:>10.1f}")
+        for note in NOTES.get(scenario, []):
+            terminalreporter.write_line(f"  {note}")

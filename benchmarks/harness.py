@@ -26,6 +26,7 @@ __all__ = [
     "ENCODE_ONLY",
     "REFERENCE_FIRE_AND_FORGET",
     "REFERENCE_SYNC",
+    "NOTES",
     "RESULTS",
     "SMOKE_BATCH",
     "TRANSFER_ONLY",
@@ -50,6 +51,8 @@ TRANSFER_CONCURRENCY = 4
 
 #: scenario → contender → events/s (median round) measured in this session.
 RESULTS: dict[str, dict[str, float]] = {}
+#: scenario → lines printed under its rates in the session summary.
+NOTES: dict[str, list[str]] = {}
 
 
 def batch_size(benchmark: Any, scenario: str) -> int:

@@ -110,11 +110,14 @@ class _Stats:
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.encode_seconds = 0.0
         self.images_encoded = 0
+        self.snapshot_seconds = 0.0
+        self.images_snapshotted = 0
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             ordered = sorted(self.latencies)
             encode = self.encode_seconds / self.images_encoded if self.images_encoded else 0.0
+            snapshot = self.snapshot_seconds / self.images_snapshotted if self.images_snapshotted else 0.0
             return {
                 "submitted": self.submitted,
                 "sent": self.sent,
@@ -130,6 +133,7 @@ class _Stats:
                 "latency_p95_ms": _percentile(ordered, 0.95) * 1e3,
                 "latency_p99_ms": _percentile(ordered, 0.99) * 1e3,
                 "encode_ms_per_image": encode * 1e3,
+                "snapshot_ms_per_image": snapshot * 1e3,
             }
 
 
@@ -232,9 +236,12 @@ class Dispatcher:
         if encode_input_here and _encodes_input_separately(prepared):
             job.input_b64 = Future()
         dropped: list[tuple[_Job, str, str]] = []
+        snapshots = _snapshots(prepared)
         with self._lock:
             with self.stats.lock:
                 self.stats.submitted += 1
+                self.stats.images_snapshotted += len(snapshots)
+                self.stats.snapshot_seconds += sum(image.snapshot_seconds for image in snapshots)
             if self._closed:
                 dropped.append((job, "closed", "writer is closed"))
             else:
@@ -300,10 +307,13 @@ class Dispatcher:
 
     def _encode_input_on_caller(self, into: Future, source: RawImage) -> None:
         # A synchronous caller would only wait: it encodes the input image while an encoder does the output.
+        started = time.thread_time()
         try:
             into.set_result(to_base64(source, self.jpeg))
         except BaseException as exc:
             into.set_exception(exc)
+        with self.stats.lock:
+            self.stats.encode_seconds += time.thread_time() - started
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every submitted event has its Result; returns how many are still pending."""
@@ -654,7 +664,7 @@ class Dispatcher:
     def _build_request(self, job: _Job, *, counted_active: bool) -> bool:
         """Encode the job's images into its finished request; if that fails, settle the job and say so."""
         prepared = job.prepared
-        started = time.perf_counter()
+        started = time.thread_time()
         try:
             # A synchronous caller encodes the input image itself, unless its job never got past the queue.
             if job.input_b64 is not None and counted_active:
@@ -665,7 +675,7 @@ class Dispatcher:
             logger.warning("encoding failed: %s", exc)
             self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error", counted_active=counted_active)
             return False
-        elapsed = time.perf_counter() - started
+        elapsed = time.thread_time() - started
         with self.stats.lock:
             self.stats.encode_seconds += elapsed
             self.stats.images_encoded += _raw_image_count(prepared)
@@ -682,6 +692,11 @@ async def _off_loop(function: Any, *args: Any) -> Any:
     except RuntimeError:  # at exit executors refuse new work, yet the exit flush must still spool
         return function(*args)
     return await pending
+
+
+def _snapshots(prepared: PreparedEvent) -> list[RawImage]:
+    sources = (prepared.output,) if prepared.input is prepared.output else (prepared.output, prepared.input)
+    return [s for s in sources if isinstance(s, RawImage) and s.recyclable]
 
 
 def _frame_bytes(prepared: PreparedEvent) -> int:

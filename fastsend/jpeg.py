@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -73,11 +74,13 @@ class RawImage:
 
     ``recyclable`` marks a snapshot in a buffer of the frame pool, returned to it
     once encoded (``release_frame``); the caller's own arrays are never recycled.
+    ``snapshot_seconds`` is the CPU time the caller's thread spent copying it.
     """
 
     array: np.ndarray
     pixel_format: str
     recyclable: bool = False
+    snapshot_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -245,7 +248,9 @@ def _prepare_array(array: np.ndarray, field: str, color: str, copy: bool) -> Raw
     if array.ndim == 3 and channels == 1:
         array = array[:, :, 0]
     if copy:
-        return RawImage(_frame_pool.snapshot(array), pixel_format, recyclable=True)
+        started = time.thread_time()
+        snapshot = _frame_pool.snapshot(array)
+        return RawImage(snapshot, pixel_format, recyclable=True, snapshot_seconds=time.thread_time() - started)
     return RawImage(array, pixel_format)
 
 

@@ -494,6 +494,19 @@ def test_stats_count_what_happened(server, make_writer):
     assert stats["queued"] == 0 and stats["in_flight"] == 0
 
 
+def test_stats_report_the_cpu_spent_snapshotting_and_encoding_per_image(server, make_writer):
+    writer = make_writer(server.base_url)
+    big = frame(720, 1280)
+    writer.submit(event(), big, input_image=big, copy=False).result(10)  # handed over: nothing copied
+    assert writer.stats()["snapshot_ms_per_image"] == 0 and writer.stats()["encode_ms_per_image"] > 0
+    writer.submit(event(), big, input_image=frame(720, 1280)).result(10)  # two snapshots
+    writer.submit(event(), simplejpeg.encode_jpeg(frame(), colorspace="BGR")).result(10)  # encoded: none
+    stats = writer.stats()
+    assert stats["snapshot_ms_per_image"] > 0
+    assert writer._dispatcher.stats.images_snapshotted == 2
+    assert writer._dispatcher.stats.images_encoded == 3  # the shared image once, then two
+
+
 # ---------------------------------------------------------------- the loop thread
 
 
