@@ -118,6 +118,8 @@ class _Connection(asyncio.Protocol):
         self._eof = True
         if self._answer is not None:
             self._parse()
+        else:
+            self.closed = True  # an idle connection the service closed: never hand it out again
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -169,8 +171,14 @@ class _Connection(asyncio.Protocol):
             return
         if parsed is not None:
             response, consumed, keep_alive = parsed
-            # Bytes past the answer were never asked for: do not reuse the connection.
-            reusable = keep_alive and consumed == len(self._buffer) and not self._eof
+            # Not reusable with bytes past the answer (never asked for), or with part of the request
+            # still unsent (the service answered early, say 413): the next request would follow it.
+            reusable = (
+                keep_alive
+                and consumed == len(self._buffer)
+                and not self._eof
+                and self.transport.get_write_buffer_size() == 0
+            )
             self._answer.set_result((response, reusable))
 
 
@@ -328,7 +336,8 @@ class ConnectionPool:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < self.keepalive:
+            usable = not connection.closed and not connection.transport.is_closing()
+            if usable and now - connection.idle_since < self.keepalive:
                 connection.reused = True
                 return connection
             connection.close()

@@ -266,6 +266,35 @@ def test_https_verifies_the_service_against_the_system_trust_store(tmp_path, mon
     assert (response.status, response.body) == (201, b'{"id":"e-1"}')
 
 
+def test_an_answer_before_the_whole_body_was_sent_does_not_leave_the_connection_for_reuse():
+    body = b"x" * (32 * 1024 * 1024)  # more than the socket buffers hold: most is still unsent at the answer
+
+    async def handler(server, reader, writer, number):
+        if number == 1:  # refuse on the headers alone, never read the body, keep the connection open
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b'HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\n\r\n{}')
+            await writer.drain()
+            await asyncio.sleep(5)
+            return
+        await server.read_request(reader)
+        writer.write(CREATED)
+        await writer.drain()
+        await reader.read()
+
+    async def main():
+        server = await serve(handler)
+        pool = ConnectionPool(1, 1.0)
+        try:
+            first = await pool.post(server.url, {}, [body], len(body), 5.0)
+            second = await post(pool, server)
+        finally:
+            pool.close()
+            await server.__aexit__()
+        return first.status, second.status, server.connections
+
+    assert run(main()) == (413, 201, 2)
+
+
 # ---------------------------------------------------------------- failures
 
 
