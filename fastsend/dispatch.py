@@ -18,6 +18,7 @@ instead of failed, and a drainer on the loop sends the outbox oldest first.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -26,7 +27,8 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from concurrent.futures import Future
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,9 +36,9 @@ import orjson
 
 from .config import Settings
 from .http import ConnectionPool, HttpError
-from .jpeg import JpegOptions, RawImage, release_frame, to_base64
+from .jpeg import EncodedImage, ImageSource, JpegOptions, RawImage, release_frame, to_base64
 from .retry import AT_CAPACITY_STATUS, RetryPolicy, parse_retry_after
-from .wire import PreparedEvent, Request, render_body, request_headers, splice
+from .wire import PreparedEvent, Request, render_body, request_headers
 
 __all__ = ["Dispatcher", "QueueFullError", "Result"]
 
@@ -90,7 +92,6 @@ class _Job:
     submitted: float
     deadline: float
     nbytes: int
-    input_b64: Future | None = None  # the caller's thread encodes the input image of a synchronous send
     request: Request | None = None
 
 
@@ -206,6 +207,7 @@ class Dispatcher:
         self._closed = False
         self._encode_jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
+        self._sync_pool: ThreadPoolExecutor | None = None  # encodes a synchronous send's output image
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_error: BaseException | None = None
         self._loop_thread: threading.Thread | None = None
@@ -222,8 +224,18 @@ class Dispatcher:
 
     # ------------------------------------------------------------ caller side
 
-    def submit(self, prepared: PreparedEvent, url: str, *, deadline: float | None = None, encode_input_here: bool = False) -> Future:
-        """Queue a prepared event; returns at once with the Future of its ``Result``."""
+    def submit(self, prepared: PreparedEvent, url: str, *, deadline: float | None = None, encode_first: bool = False) -> Future:
+        """Queue a prepared event; returns with the Future of its ``Result``.
+
+        ``encode_first`` (synchronous sends) encodes the images before queueing, the
+        output on a helper thread while this thread does the input: the caller's
+        arrays are not read once this returns, so they need no snapshot.
+        """
+        if encode_first:
+            try:
+                prepared = self._encode_now(prepared)
+            except Exception as exc:
+                return self._refuse_unencodable(exc)
         now = time.monotonic()
         job = _Job(
             prepared,
@@ -233,8 +245,6 @@ class Dispatcher:
             deadline=now + (self.settings.deadline if deadline is None else deadline),
             nbytes=_frame_bytes(prepared),
         )
-        if encode_input_here and _encodes_input_separately(prepared):
-            job.input_b64 = Future()
         dropped: list[tuple[_Job, str, str]] = []
         snapshots = _snapshots(prepared)
         with self._lock:
@@ -247,8 +257,6 @@ class Dispatcher:
             else:
                 self._admit(job, dropped)
         self._resolve_dropped(dropped)
-        if job.input_b64 is not None and not job.future.done():
-            self._encode_input_on_caller(job.input_b64, prepared.input)
         return job.future
 
     def _admit(self, job: _Job, dropped: list[tuple[_Job, str, str]]) -> None:
@@ -305,15 +313,53 @@ class Dispatcher:
         if moved:
             self._room.notify_all()
 
-    def _encode_input_on_caller(self, into: Future, source: RawImage) -> None:
-        # A synchronous caller would only wait: it encodes the input image while an encoder does the output.
-        started = time.thread_time()
+    def _encode_now(self, prepared: PreparedEvent) -> PreparedEvent:
+        """``prepared`` with its raw images encoded: the output on a helper thread, the input on this one."""
+        output, source = prepared.output, prepared.input
+        separate_input = isinstance(source, RawImage) and source is not output
+        helper = self._sync_encoder() if separate_input and isinstance(output, RawImage) else None
         try:
-            into.set_result(to_base64(source, self.jpeg))
-        except BaseException as exc:
-            into.set_exception(exc)
+            pending = helper.submit(self._encode_counted, output) if helper is not None else None
+        except RuntimeError:  # shut down by a close() meanwhile: encode both here
+            pending = None
+        try:
+            encoded_input = self._encode_counted(source) if separate_input else source
+        except BaseException:
+            if pending is not None:
+                futures.wait([pending])  # the helper must be done with the caller's frame before this returns
+            raise
+        encoded_output = pending.result() if pending is not None else self._encode_counted(output)
+        if source is output:
+            encoded_input = encoded_output
+        _release_frames(prepared)
+        return dataclasses.replace(prepared, output=encoded_output, input=encoded_input)
+
+    def _encode_counted(self, image: ImageSource) -> ImageSource:
+        if not isinstance(image, RawImage):
+            return image
+        started = time.thread_time()
+        encoded = EncodedImage(to_base64(image, self.jpeg))
         with self.stats.lock:
             self.stats.encode_seconds += time.thread_time() - started
+            self.stats.images_encoded += 1
+        return encoded
+
+    def _sync_encoder(self) -> ThreadPoolExecutor | None:
+        with self._lock:
+            if self._closed:
+                return None  # the event is refused as closed right after
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(self.settings.encode_threads, thread_name_prefix="fastsend-sync-encode")
+            return self._sync_pool
+
+    def _refuse_unencodable(self, exc: Exception) -> Future:
+        logger.warning("encoding failed: %s", exc)
+        future: Future = Future()
+        with self.stats.lock:
+            self.stats.submitted += 1
+            self.stats.failed["encode_error"] += 1
+        future.set_result(Result(True, "", f"encoding failed: {exc}"))
+        return future
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every submitted event has its Result; returns how many are still pending."""
@@ -357,6 +403,10 @@ class Dispatcher:
         for worker in self._workers:  # they settle the events they still hold
             if worker is not threading.current_thread():  # close() from a Future's callback on an encoder
                 worker.join(timeout=5)
+        with self._lock:
+            sync_pool, self._sync_pool = self._sync_pool, None
+        if sync_pool is not None:
+            sync_pool.shutdown(wait=False)
         if self._outbox is not None:
             self._outbox.close()
         unsent = self._unsent_at_close() - unsent_before
@@ -666,11 +716,7 @@ class Dispatcher:
         prepared = job.prepared
         started = time.thread_time()
         try:
-            # A synchronous caller encodes the input image itself, unless its job never got past the queue.
-            if job.input_b64 is not None and counted_active:
-                chunks = splice(prepared.envelope, to_base64(prepared.output, self.jpeg), job.input_b64.result())
-            else:
-                chunks = render_body(prepared, self.jpeg)
+            chunks = render_body(prepared, self.jpeg)
         except Exception as exc:
             logger.warning("encoding failed: %s", exc)
             self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error", counted_active=counted_active)
@@ -710,12 +756,9 @@ def _release_frames(prepared: PreparedEvent) -> None:
         release_frame(prepared.input)
 
 
-def _encodes_input_separately(prepared: PreparedEvent) -> bool:
-    return isinstance(prepared.input, RawImage) and prepared.input is not prepared.output
-
-
 def _raw_image_count(prepared: PreparedEvent) -> int:
-    return int(isinstance(prepared.output, RawImage)) + int(_encodes_input_separately(prepared))
+    separate_input = isinstance(prepared.input, RawImage) and prepared.input is not prepared.output
+    return int(isinstance(prepared.output, RawImage)) + int(separate_input)
 
 
 def _reinit_after_fork() -> None:

@@ -93,16 +93,18 @@ class EventWriter:
         """Send and wait: the ``Result`` carries the ``event_id`` from the service's 201.
 
         Returns within ``deadline`` seconds (default ``Settings.deadline``) plus the time
-        to encode the images; the two images are encoded in parallel.
+        to encode the images; the two images are encoded in parallel, before ``send``
+        queues the event, so your arrays are not copied (``copy`` defaults to False here).
         """
         _refuse_inside_event_loop("send")
         deadline = options.pop("deadline", None)
+        options.setdefault("copy", False)
         prepared = prepare_event(event, image, **options)
         return self._send_prepared(prepared, deadline)
 
     def _send_prepared(self, prepared: PreparedEvent, deadline: float | None = None) -> Result:
         deadline = self.settings.deadline if deadline is None else deadline
-        future = self._dispatcher.submit(prepared, self.url, deadline=deadline, encode_input_here=True)
+        future = self._dispatcher.submit(prepared, self.url, deadline=deadline, encode_first=True)
         try:
             return future.result(timeout=deadline + _SYNC_GRACE_SECONDS)
         except FutureTimeout:
@@ -189,7 +191,8 @@ class EventWriterSink:
         if disable_sink:
             return Result(False, "", "Sink was disabled by the disable_sink parameter").as_dict()
         writer = self._writer_for(event_ingestion_url, os.environ.get(API_KEY_ENV) or None, request_timeout)
-        block_event = prepare_block_event(event_ingestion_url=writer.settings.url, **params)
+        # A synchronous call encodes before it returns: the images need no snapshot.
+        block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
         if fire_and_forget:
             writer._dispatcher.submit(block_event.prepared, writer.url)
             return Result(False, "", "Event sent in the background").as_dict()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
+import time
 
 import numpy as np
 import pybase64
@@ -13,6 +15,7 @@ import pytest
 import simplejpeg
 from scripted_server import Reply
 
+import fastsend.dispatch
 from fastsend import AsyncEventWriter, Event, EventWriter, Settings, ValidationError
 from fastsend.config import SETTING_ENV_VARS
 
@@ -83,6 +86,43 @@ def test_send_encodes_distinct_output_and_input_images(server, make_writer):
     entry = received.json["images"][0]
     assert np.abs(mean_bgr(entry["base64Image"]) - BLUE).max() < 6
     assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
+
+
+def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(server, make_writer, monkeypatch):
+    calls: list[tuple[str, float, float]] = []
+    real = fastsend.dispatch.to_base64
+
+    def slow_to_base64(source, options):
+        started = time.monotonic()
+        time.sleep(0.2)  # long enough that two sequential encodes could not overlap
+        encoded = real(source, options)
+        calls.append((threading.current_thread().name, started, time.monotonic()))
+        return encoded
+
+    monkeypatch.setattr(fastsend.dispatch, "to_base64", slow_to_base64)
+    writer = make_writer(server.base_url)
+    output, original = frame(32, 32, BLUE), frame(24, 40, RED)
+    assert writer.send(event(), output, input_image=original).error_status is False
+    (first, second) = sorted(calls, key=lambda call: call[1])
+    assert first[0] != second[0] and "fastsend-sync-encode" in first[0] + second[0]
+    assert second[1] < first[2]  # overlapping in time
+    stats = writer.stats()
+    assert stats["snapshot_ms_per_image"] == 0 and writer._dispatcher.stats.images_encoded == 2  # no copies
+    entry = server.requests[0].json["images"][0]
+    assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
+
+
+def test_send_whose_image_fails_to_encode_is_counted_failed(server, make_writer, monkeypatch):
+    def broken(source, options):
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(fastsend.dispatch, "to_base64", broken)
+    writer = make_writer(server.base_url)
+    result = writer.send(event(), frame(), input_image=frame(24, 40, RED))
+    assert result.error_status is True and "encoding failed: encoder exploded" in result.message
+    stats = writer.stats()
+    assert (stats["submitted"], stats["failed_by_cause"]) == (1, {"encode_error": 1})
+    assert server.requests == []
 
 
 def test_send_with_one_image_as_both_sends_it_twice_identical(server, make_writer):
