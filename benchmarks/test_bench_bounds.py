@@ -5,6 +5,7 @@
 - transfer-only: real-size bodies, built in advance, POSTed to the sink with
   fastsend's HTTP/1.1 client and nothing else, ``TRANSFER_CONCURRENCY`` requests in flight;
 - encode+transfer bound = 1 / (1/encode-only + 1/transfer-only), in the summary;
+- the HTTP client's CPU per request, fastsend's against an aiohttp session (same job);
 - the reference sender, synchronous and fire-and-forget through its pool.
 
 Every contender sends ``harness.BATCH[scenario]`` events per round to the same sink.
@@ -13,6 +14,8 @@ Every contender sends ``harness.BATCH[scenario]`` events per round to the same s
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -25,7 +28,9 @@ from benchmarks.harness import (
     REFERENCE_FIRE_AND_FORGET,
     REFERENCE_SYNC,
     TRANSFER_CONCURRENCY,
+    SMOKE_BATCH,
     TRANSFER_ONLY,
+    AiohttpPoster,
     Poster,
     measure_throughput,
     real_body,
@@ -52,6 +57,33 @@ def poster(sink_url: str, inputs: EventInputs) -> Iterator[Poster]:
     poster = Poster(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
     yield poster
     poster.close()
+
+
+@pytest.mark.parametrize("client", ["fastsend", "aiohttp"])
+def test_http_client_cpu(benchmark, scenario, inputs, sink_url, client):
+    """CPU per POST of a real-size body (this process only; the sink runs in its own)."""
+    kind = Poster if client == "fastsend" else AiohttpPoster
+    poster = kind(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
+    n = SMOKE_BATCH if benchmark.disabled else {"1080p": 100, "480p": 400}[scenario]
+    poster.post(n)  # connections open, caches warm
+    cpu: list[float] = []
+
+    def run() -> None:
+        started = time.process_time()
+        poster.post(n)
+        cpu.append(time.process_time() - started)
+
+    benchmark.group = f"http-client-{scenario}"
+    try:
+        benchmark.pedantic(run, rounds=1 if benchmark.disabled else 7, iterations=1)
+    finally:
+        poster.close()
+    benchmark.extra_info.update(
+        requests_per_round=n,
+        body_bytes=len(poster.body),
+        cpu_ms_per_request=round(statistics.median(cpu) / n * 1e3, 4),
+        requests_per_s=round(n / benchmark.stats.stats.median, 1) if not benchmark.disabled else None,
+    )
 
 
 def test_transfer_only(benchmark, scenario, poster, sink_url):
