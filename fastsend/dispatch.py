@@ -3,7 +3,9 @@
 Each event's life, and who owns it:
 
     caller   prepared event → admitted to the queue (or dropped by the overflow policy)
-    encoder  JPEG + base64 + splice → a finished Request (frame memory released)
+    encoder  JPEG + base64 + splice → a finished Request (frame memory released); an
+             event's output and input images go to two encoders at once, and the
+             one that finishes last splices
     loop     POST, retry with backoff until 201, a permanent error, or the deadline
     any      exactly one Result resolves the event's Future, and one counter moves
 
@@ -38,13 +40,15 @@ from .config import Settings
 from .http import ConnectionPool, HttpError
 from .jpeg import EncodedImage, ImageSource, JpegOptions, RawImage, release_frame, to_base64
 from .retry import AT_CAPACITY_STATUS, RetryPolicy, parse_retry_after
-from .wire import PreparedEvent, Request, render_body, request_headers
+from .wire import PreparedEvent, Request, render_body, request_headers, splice
 
 __all__ = ["Dispatcher", "QueueFullError", "Result"]
 
 logger = logging.getLogger("fastsend")
 
 _LATENCY_WINDOW = 10_000
+# What an encoder task does: the whole event, or one of its two raw images.
+_WHOLE, _OUTPUT, _INPUT = "whole", "output", "input"
 # Answers that blame the sender's configuration (key, URL), not the entry: a drain keeps the entry.
 _SENDER_MISCONFIGURED = frozenset({"http_401", "http_403", "http_404", "http_405", "http_407"})
 # An attempt with less time than this left could only time out, and might still be applied.
@@ -93,6 +97,10 @@ class _Job:
     deadline: float
     nbytes: int
     request: Request | None = None
+    # Two raw images are encoded as two tasks, on two encoders at once; the last to finish builds the request.
+    images_left: int = 0
+    output_b64: bytes | None = None
+    input_b64: bytes | None = None
 
 
 class _Stats:
@@ -205,7 +213,7 @@ class Dispatcher:
         self._queued_bytes = 0
         self._active = 0
         self._closed = False
-        self._encode_jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._encode_jobs: queue.SimpleQueue[tuple[_Job, str] | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._sync_pool: ThreadPoolExecutor | None = None  # encodes a synchronous send's output image
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -308,7 +316,12 @@ class Dispatcher:
             job = self._queue.popleft()
             self._queued_bytes -= job.nbytes
             self._active += 1
-            self._encode_jobs.put(job)
+            if _encodes_input_separately(job.prepared) and isinstance(job.prepared.output, RawImage):
+                job.images_left = 2
+                self._encode_jobs.put((job, _OUTPUT))
+                self._encode_jobs.put((job, _INPUT))
+            else:
+                self._encode_jobs.put((job, _WHOLE))
             moved = True
         if moved:
             self._room.notify_all()
@@ -440,15 +453,48 @@ class Dispatcher:
             self._handoff_open = True
 
     def _encode_forever(self) -> None:
-        while (job := self._encode_jobs.get()) is not None:
-            self._encode(job)
+        while (task := self._encode_jobs.get()) is not None:
+            job, part = task
+            if self._closed and self._outbox is None:
+                self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
+            elif part == _WHOLE:
+                if self._build_request(job, counted_active=True):
+                    self._hand_off(job)
+            elif self._encode_part(job, part):
+                self._hand_off(job)
 
-    def _encode(self, job: _Job) -> None:
-        if self._closed and self._outbox is None:
-            self._finish(job, Result(True, "", "writer closed before the event could be sent"), "closed")
-            return
-        if not self._build_request(job, counted_active=True):
-            return
+    def _encode_part(self, job: _Job, part: str) -> bool:
+        """Encode one of the job's two images; True for the thread that finished the last one."""
+        prepared = job.prepared
+        source = prepared.output if part == _OUTPUT else prepared.input
+        encoded = None
+        if not job.future.done():  # else the other image failed: nothing will be sent
+            started = time.thread_time()
+            try:
+                encoded = to_base64(source, self.jpeg)
+            except Exception as exc:
+                logger.warning("encoding failed: %s", exc)
+                self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error")
+            with self.stats.lock:
+                self.stats.encode_seconds += time.thread_time() - started
+                self.stats.images_encoded += 1
+        release_frame(source)
+        with self._lock:
+            if part == _OUTPUT:
+                job.output_b64 = encoded
+            else:
+                job.input_b64 = encoded
+            job.images_left -= 1
+            last = job.images_left == 0
+        if not last or job.future.done():  # the other image is still encoding, or one of them failed
+            return False
+        chunks = splice(prepared.envelope, job.output_b64, job.input_b64)
+        job.request = Request.of(job.url, request_headers(prepared.idempotency_key, self.settings.api_key), chunks)
+        job.prepared = job.output_b64 = job.input_b64 = None
+        return True
+
+    def _hand_off(self, job: _Job) -> None:
+        """Pass a finished request to the loop thread, or settle it if the loop is shutting down."""
         with self._lock:  # _shutdown_loop closes the hand-off under this lock: no event slips past it
             handed_off = self._handoff_open
             if handed_off:
@@ -756,9 +802,12 @@ def _release_frames(prepared: PreparedEvent) -> None:
         release_frame(prepared.input)
 
 
+def _encodes_input_separately(prepared: PreparedEvent) -> bool:
+    return isinstance(prepared.input, RawImage) and prepared.input is not prepared.output
+
+
 def _raw_image_count(prepared: PreparedEvent) -> int:
-    separate_input = isinstance(prepared.input, RawImage) and prepared.input is not prepared.output
-    return int(isinstance(prepared.output, RawImage)) + int(separate_input)
+    return int(isinstance(prepared.output, RawImage)) + int(_encodes_input_separately(prepared))
 
 
 def _reinit_after_fork() -> None:

@@ -112,6 +112,51 @@ def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(se
     assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
 
 
+def test_fire_and_forget_encodes_its_two_images_on_two_encoders_at_once(server, make_writer, monkeypatch):
+    calls: list[tuple[str, float, float]] = []
+    real = fastsend.dispatch.to_base64
+
+    def slow_to_base64(source, options):
+        started = time.monotonic()
+        time.sleep(0.2)
+        encoded = real(source, options)
+        calls.append((threading.current_thread().name, started, time.monotonic()))
+        return encoded
+
+    monkeypatch.setattr(fastsend.dispatch, "to_base64", slow_to_base64)
+    writer = make_writer(server.base_url, encode_threads=2)
+    result = writer.submit(event(), frame(32, 32, BLUE), input_image=frame(24, 40, RED)).result(10)
+    assert result.error_status is False
+    (first, second) = sorted(calls, key=lambda call: call[1])
+    assert first[0] != second[0] and second[1] < first[2]  # two encoder threads, overlapping
+    entry = server.requests[0].json["images"][0]
+    assert np.abs(mean_bgr(entry["base64Image"]) - BLUE).max() < 6
+    assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
+
+
+@pytest.mark.parametrize("failing", ["output", "input"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_image_that_fails_to_encode_fails_its_event_once(server, make_writer, monkeypatch, failing, threads):
+    colour = BLUE if failing == "output" else RED
+    real = fastsend.dispatch.to_base64
+
+    def fail_one(source, options):
+        if np.abs(source.array.astype(float).mean(axis=(0, 1)) - colour).max() < 1:
+            raise RuntimeError(f"{failing} exploded")
+        return real(source, options)
+
+    monkeypatch.setattr(fastsend.dispatch, "to_base64", fail_one)
+    writer = make_writer(server.base_url, encode_threads=threads)
+    futures = [writer.submit(event(n), frame(32, 32, BLUE), input_image=frame(24, 40, RED)) for n in range(3)]
+    ok = writer.submit(event("ok"), frame(16, 16, (90, 90, 90)), input_image=frame(16, 16, (60, 60, 60)))
+    assert writer.flush(10) == 0
+    assert all(f.result().error_status and f"encoding failed: {failing} exploded" in f.result().message for f in futures)
+    assert ok.result().error_status is False
+    stats = writer.stats()
+    assert (stats["submitted"], stats["sent"], stats["failed_by_cause"]) == (4, 1, {"encode_error": 3})
+    assert stats["in_flight"] == 0 and len(server.requests) == 1
+
+
 def test_send_whose_image_fails_to_encode_is_counted_failed(server, make_writer, monkeypatch):
     def broken(source, options):
         raise RuntimeError("encoder exploded")
