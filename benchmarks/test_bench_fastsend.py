@@ -9,6 +9,7 @@
   over (``copy=False``), and the reference path (encoding on the caller's thread);
 - ``test_sync_latency``: synchronous ``send()`` against the reference synchronous send,
   interleaved;
+- ``test_fire_and_forget_latency``: submit to 201 of one 1080p event at a time;
 - ``test_memory_bounded``: peak RSS while 1080p events go to a service answering 529.
 """
 
@@ -258,6 +259,28 @@ def test_sync_latency(benchmark, sink_url, writer):
         benchmark.extra_info["reference_p50_ms"] = round(reference_p50 * 1e3, 3)
         benchmark.extra_info["reference_p99_ms"] = round(reference_times[int(len(reference_times) * 0.99)] * 1e3, 3)
         benchmark.extra_info["fastsend_vs_reference_p50"] = round(benchmark.stats.stats.median / reference_p50, 3)
+
+
+# ---------------------------------------------------------------- fire-and-forget latency
+
+
+def test_fire_and_forget_latency(benchmark, sink_url, writer):
+    """Submit to 201 for one 1080p event at a time (every 100 ms): how soon the service knows."""
+    from benchmarks.frames import SIZES, event_inputs
+
+    inputs = event_inputs(*SIZES["1080p"])
+    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
+
+    def deliver_one() -> None:
+        result = writer.submit(_event(), out, input_image=inp, object_detections=dets).result(timeout=30)
+        assert not result.error_status, result.message
+
+    benchmark.group = "fire-and-forget-latency-1080p"
+    rounds = 1 if benchmark.disabled else 40
+    warmup = 0 if benchmark.disabled else 2  # the first event starts the writer's threads and connection
+    benchmark.pedantic(deliver_one, setup=lambda: time.sleep(0.1), rounds=rounds, iterations=1, warmup_rounds=warmup)
+    if not benchmark.disabled:
+        _percentiles(benchmark)
 
 
 # ---------------------------------------------------------------- memory
