@@ -239,6 +239,7 @@ class Dispatcher:
         output on a helper thread while this thread does the input: the caller's
         arrays are not read once this returns, so they need no snapshot.
         """
+        snapshots = _snapshots(prepared)
         if encode_first:
             try:
                 prepared = self._encode_now(prepared)
@@ -254,7 +255,6 @@ class Dispatcher:
             nbytes=_frame_bytes(prepared),
         )
         dropped: list[tuple[_Job, str, str]] = []
-        snapshots = _snapshots(prepared)
         with self._lock:
             with self.stats.lock:
                 self.stats.submitted += 1

@@ -108,6 +108,8 @@ def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(se
     assert second[1] < first[2]  # overlapping in time
     stats = writer.stats()
     assert stats["snapshot_ms_per_image"] == 0 and writer._dispatcher.stats.images_encoded == 2  # no copies
+    assert writer.send(event(), output, input_image=original, copy=True).error_status is False
+    assert writer._dispatcher.stats.images_snapshotted == 2  # copies only when asked for, and counted
     entry = server.requests[0].json["images"][0]
     assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
 
