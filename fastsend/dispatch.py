@@ -329,7 +329,7 @@ class Dispatcher:
     def _encode_now(self, prepared: PreparedEvent) -> PreparedEvent:
         """``prepared`` with its raw images encoded: the output on a helper thread, the input on this one."""
         output, source = prepared.output, prepared.input
-        separate_input = isinstance(source, RawImage) and source is not output
+        separate_input = _encodes_input_separately(prepared)
         helper = self._sync_encoder() if separate_input and isinstance(output, RawImage) else None
         try:
             pending = helper.submit(self._encode_counted, output) if helper is not None else None
@@ -348,10 +348,12 @@ class Dispatcher:
         return dataclasses.replace(prepared, output=encoded_output, input=encoded_input)
 
     def _encode_counted(self, image: ImageSource) -> ImageSource:
-        if not isinstance(image, RawImage):
-            return image
+        return EncodedImage(self._encode_image(image)) if isinstance(image, RawImage) else image
+
+    def _encode_image(self, source: RawImage) -> bytes:
+        """One image's base64 JPEG, with the encoding thread's CPU time counted."""
         started = time.thread_time()
-        encoded = EncodedImage(to_base64(image, self.jpeg))
+        encoded = to_base64(source, self.jpeg)
         with self.stats.lock:
             self.stats.encode_seconds += time.thread_time() - started
             self.stats.images_encoded += 1
@@ -469,15 +471,11 @@ class Dispatcher:
         source = prepared.output if part == _OUTPUT else prepared.input
         encoded = None
         if not job.future.done():  # else the other image failed: nothing will be sent
-            started = time.thread_time()
             try:
-                encoded = to_base64(source, self.jpeg)
+                encoded = self._encode_image(source)
             except Exception as exc:
                 logger.warning("encoding failed: %s", exc)
                 self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error")
-            with self.stats.lock:
-                self.stats.encode_seconds += time.thread_time() - started
-                self.stats.images_encoded += 1
         release_frame(source)
         with self._lock:
             if part == _OUTPUT:
@@ -786,20 +784,24 @@ async def _off_loop(function: Any, *args: Any) -> Any:
     return await pending
 
 
+def _images(prepared: PreparedEvent) -> tuple[ImageSource, ...]:
+    """The event's images, each once: no input when there is none or it is the output itself."""
+    if prepared.input is None or prepared.input is prepared.output:
+        return (prepared.output,)
+    return (prepared.output, prepared.input)
+
+
 def _snapshots(prepared: PreparedEvent) -> list[RawImage]:
-    sources = (prepared.output,) if prepared.input is prepared.output else (prepared.output, prepared.input)
-    return [s for s in sources if isinstance(s, RawImage) and s.recyclable]
+    return [s for s in _images(prepared) if isinstance(s, RawImage) and s.recyclable]
 
 
 def _frame_bytes(prepared: PreparedEvent) -> int:
-    sources = [prepared.output] if prepared.input in (None, prepared.output) else [prepared.output, prepared.input]
-    return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in sources)
+    return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in _images(prepared))
 
 
 def _release_frames(prepared: PreparedEvent) -> None:
-    release_frame(prepared.output)
-    if prepared.input is not prepared.output:
-        release_frame(prepared.input)
+    for source in _images(prepared):
+        release_frame(source)
 
 
 def _encodes_input_separately(prepared: PreparedEvent) -> bool:
@@ -807,7 +809,7 @@ def _encodes_input_separately(prepared: PreparedEvent) -> bool:
 
 
 def _raw_image_count(prepared: PreparedEvent) -> int:
-    return int(isinstance(prepared.output, RawImage)) + int(_encodes_input_separately(prepared))
+    return sum(isinstance(source, RawImage) for source in _images(prepared))
 
 
 def _reinit_after_fork() -> None:
