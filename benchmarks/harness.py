@@ -145,17 +145,22 @@ class Poster:
     async def _open(self) -> ConnectionPool:
         return ConnectionPool(self.concurrency, connect_timeout=5.0)
 
+    async def _post_one(self) -> int:
+        """POST the body once; the answer's status."""
+        headers = {"Content-Type": "application/json"}
+        response = await self.pool.post(self.url, headers, (self.body,), len(self.body), timeout=30.0)
+        return response.status
+
     async def _post_all(self, n: int) -> None:
         remaining = n
-        headers = {"Content-Type": "application/json"}
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                response = await self.pool.post(self.url, headers, (self.body,), len(self.body), timeout=30.0)
-                if response.status != 201:
-                    raise RuntimeError(f"sink answered {response.status}")
+                status = await self._post_one()
+                if status != 201:
+                    raise RuntimeError(f"sink answered {status}")
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
 
@@ -174,19 +179,10 @@ class AiohttpPoster(Poster):
         connector = aiohttp.TCPConnector(limit=self.concurrency)
         return aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"})
 
-    async def _post_all(self, n: int) -> None:
-        remaining = n
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                async with self.pool.post(self.url, data=self.body) as response:
-                    await response.read()
-                    if response.status != 201:
-                        raise RuntimeError(f"sink answered {response.status}")
-
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
+    async def _post_one(self) -> int:
+        async with self.pool.post(self.url, data=self.body) as response:
+            await response.read()
+            return response.status
 
     def close(self) -> None:
         self.loop.run_until_complete(self.pool.close())

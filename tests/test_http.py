@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trustme
@@ -74,8 +75,17 @@ def answering(*answers: bytes, then_close: bool = False) -> Handler:
     return handler
 
 
-async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> RawServer:
-    return await RawServer(handler, tls).__aenter__()
+@contextlib.asynccontextmanager
+async def serving(
+    handler: Handler, tls: ssl.SSLContext | None = None, limit: int = 1
+) -> AsyncIterator[tuple[RawServer, ConnectionPool]]:
+    """A started server and a client pool (``limit`` connections), both closed on the way out."""
+    async with RawServer(handler, tls) as server:
+        pool = ConnectionPool(limit, 1.0)
+        try:
+            yield server, pool
+        finally:
+            pool.close()
 
 
 def run(coroutine: Awaitable[object]) -> object:
@@ -92,15 +102,10 @@ async def post(pool: ConnectionPool, server: RawServer, body: bytes = b'{"a":1}'
 
 def test_request_carries_the_chunks_as_one_body_with_its_length_and_headers():
     async def main():
-        server = await serve(answering(CREATED))
-        pool = ConnectionPool(2, 1.0)
-        try:
+        async with serving(answering(CREATED), limit=2) as (server, pool):
             response = await pool.post(
                 server.url + "?tenant=7", {"Idempotency-Key": "k-1", "X-API-Key": "s3cret"}, [b'{"a":', b"1}"], 7, 5.0
             )
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server, response
 
     server, response = run(main())
@@ -116,13 +121,8 @@ def test_request_carries_the_chunks_as_one_body_with_its_length_and_headers():
 
 def test_keep_alive_connection_is_reused():
     async def main():
-        server = await serve(answering(CREATED, CREATED, CREATED))
-        pool = ConnectionPool(4, 1.0)
-        try:
+        async with serving(answering(CREATED, CREATED, CREATED), limit=4) as (server, pool):
             statuses = [(await post(pool, server)).status for _ in range(3)]
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server, statuses
 
     server, statuses = run(main())
@@ -135,13 +135,8 @@ def test_connection_close_or_http_1_0_means_a_fresh_connection_next_time():
     old = b'HTTP/1.0 201 Created\r\nContent-Length: 12\r\n\r\n{"id":"e-1"}'
 
     async def main(answer):
-        server = await serve(answering(answer))
-        pool = ConnectionPool(4, 1.0)
-        try:
+        async with serving(answering(answer), limit=4) as (server, pool):
             statuses = [(await post(pool, server)).status for _ in range(2)]
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server.connections, statuses
 
     assert run(main(closing)) == (2, [201, 201])
@@ -162,14 +157,9 @@ def test_chunked_answer_arriving_byte_by_byte_is_reassembled():
         await reader.read()
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(handler) as (server, pool):
             first = await post(pool, server)
             second_connection = server.connections
-        finally:
-            pool.close()
-            await server.__aexit__()
         return first, second_connection
 
     response, connections = run(main())
@@ -186,13 +176,8 @@ def test_body_without_length_runs_to_the_close_and_the_connection_is_not_kept():
         writer.close()
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(handler) as (server, pool):
             responses = [await post(pool, server) for _ in range(2)]
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server.connections, responses
 
     connections, responses = run(main())
@@ -204,13 +189,8 @@ def test_informational_answers_before_the_real_one_are_skipped():
     answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + CREATED
 
     async def main():
-        server = await serve(answering(answer))
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(answering(answer)) as (server, pool):
             return await post(pool, server)
-        finally:
-            pool.close()
-            await server.__aexit__()
 
     response = run(main())
     assert response.status == 201 and response.body == b'{"id":"e-1"}'
@@ -218,13 +198,8 @@ def test_informational_answers_before_the_real_one_are_skipped():
 
 def test_no_body_for_204():
     async def main():
-        server = await serve(answering(b"HTTP/1.1 204 No Content\r\n\r\n", CREATED))
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(answering(b"HTTP/1.1 204 No Content\r\n\r\n", CREATED)) as (server, pool):
             return [await post(pool, server) for _ in range(2)], server.connections
-        finally:
-            pool.close()
-            await server.__aexit__()
 
     (empty, created), connections = run(main())
     assert (empty.status, empty.body, created.status, connections) == (204, b"", 201, 1)
@@ -232,13 +207,8 @@ def test_no_body_for_204():
 
 def test_bytes_after_the_answer_make_the_connection_unusable():
     async def main():
-        server = await serve(answering(CREATED + b"HTTP/1.1 200 OK\r\n\r\n", CREATED))
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(answering(CREATED + b"HTTP/1.1 200 OK\r\n\r\n", CREATED)) as (server, pool):
             statuses = [(await post(pool, server)).status for _ in range(2)]
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server.connections, statuses
 
     assert run(main()) == (2, [201, 201])
@@ -251,13 +221,8 @@ def test_https_verifies_the_service_against_the_system_trust_store(tmp_path, mon
     authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
 
     async def main():
-        server = await serve(answering(CREATED), tls=server_tls)
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(answering(CREATED), tls=server_tls) as (server, pool):
             return await post(pool, server)
-        finally:
-            pool.close()
-            await server.__aexit__()
 
     with pytest.raises(HttpError, match="certificate verify failed"):
         run(main())  # the test authority is not trusted yet
@@ -282,14 +247,9 @@ def test_an_answer_before_the_whole_body_was_sent_does_not_leave_the_connection_
         await reader.read()
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(handler) as (server, pool):
             first = await pool.post(server.url, {}, [body], len(body), 5.0)
             second = await post(pool, server)
-        finally:
-            pool.close()
-            await server.__aexit__()
         return first.status, second.status, server.connections
 
     assert run(main()) == (413, 201, 2)
@@ -314,14 +274,9 @@ def test_an_answer_before_the_whole_body_was_sent_does_not_leave_the_connection_
 )
 def test_malformed_or_cut_answers_raise_http_error(answer, says):
     async def main():
-        server = await serve(answering(answer, then_close=True))
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(answering(answer, then_close=True)) as (server, pool):
             with pytest.raises(HttpError) as info:
                 await post(pool, server)
-        finally:
-            pool.close()
-            await server.__aexit__()
         return info.value
 
     assert says in str(run(main()))
@@ -333,14 +288,9 @@ def test_a_fresh_connection_closed_without_an_answer_is_an_error_not_a_loop():
         writer.close()
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(handler) as (server, pool):
             with pytest.raises(HttpError, match="closed before any answer"):
                 await post(pool, server)
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server.connections
 
     assert run(main()) == 1
@@ -359,13 +309,8 @@ def test_a_pooled_connection_the_service_dropped_is_replaced_once_transparently(
         await reader.read()
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(handler) as (server, pool):
             statuses = [(await post(pool, server, body=f'{{"n":{n}}}'.encode())).status for n in range(2)]
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server, statuses
 
     server, statuses = run(main())
@@ -384,17 +329,12 @@ def test_timeout_raises_in_time_and_the_connection_is_not_reused():
         await reader.read()
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(1, 1.0)
-        try:
+        async with serving(handler) as (server, pool):
             started = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
                 await post(pool, server, timeout=0.3)
             elapsed = time.monotonic() - started
             second = await post(pool, server)
-        finally:
-            pool.close()
-            await server.__aexit__()
         return elapsed, second.status, server.connections
 
     elapsed, status, connections = run(main())
@@ -444,21 +384,18 @@ def test_cancelling_a_post_waiting_for_its_answer_closes_the_connection():
         await reader.read()  # until the client goes away
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(1, 1.0)
-        task = asyncio.ensure_future(post(pool, server))
-        while not server.requests:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        for _ in range(100):  # the server sees the close within a second
-            if server.open_now == 0:
-                break
-            await asyncio.sleep(0.01)
-        pool.close()
-        await server.__aexit__()
-        return server.open_now
+        async with serving(handler) as (server, pool):
+            task = asyncio.ensure_future(post(pool, server))
+            while not server.requests:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):  # the server sees the close within a second
+                if server.open_now == 0:
+                    break
+                await asyncio.sleep(0.01)
+            return server.open_now
 
     assert run(main()) == 0
 
@@ -472,13 +409,8 @@ def test_at_most_limit_connections_are_open_at_once():
             await writer.drain()
 
     async def main():
-        server = await serve(handler)
-        pool = ConnectionPool(2, 1.0)
-        try:
+        async with serving(handler, limit=2) as (server, pool):
             responses = await asyncio.gather(*(post(pool, server) for _ in range(6)))
-        finally:
-            pool.close()
-            await server.__aexit__()
         return server, responses
 
     server, responses = run(main())

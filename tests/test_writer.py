@@ -88,7 +88,9 @@ def test_send_encodes_distinct_output_and_input_images(server, make_writer):
     assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
 
 
-def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(server, make_writer, monkeypatch):
+@pytest.fixture
+def slow_encodes(monkeypatch) -> list[tuple[str, float, float]]:
+    """Each image encode takes 0.2 s more and is recorded as (thread name, start, end)."""
     calls: list[tuple[str, float, float]] = []
     real = fastsend.dispatch.to_base64
 
@@ -100,10 +102,14 @@ def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(se
         return encoded
 
     monkeypatch.setattr(fastsend.dispatch, "to_base64", slow_to_base64)
+    return calls
+
+
+def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(server, make_writer, slow_encodes):
     writer = make_writer(server.base_url)
     output, original = frame(32, 32, BLUE), frame(24, 40, RED)
     assert writer.send(event(), output, input_image=original).error_status is False
-    (first, second) = sorted(calls, key=lambda call: call[1])
+    (first, second) = sorted(slow_encodes, key=lambda call: call[1])
     assert first[0] != second[0] and "fastsend-sync-encode" in first[0] + second[0]
     assert second[1] < first[2]  # overlapping in time
     stats = writer.stats()
@@ -114,22 +120,11 @@ def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(se
     assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
 
 
-def test_fire_and_forget_encodes_its_two_images_on_two_encoders_at_once(server, make_writer, monkeypatch):
-    calls: list[tuple[str, float, float]] = []
-    real = fastsend.dispatch.to_base64
-
-    def slow_to_base64(source, options):
-        started = time.monotonic()
-        time.sleep(0.2)
-        encoded = real(source, options)
-        calls.append((threading.current_thread().name, started, time.monotonic()))
-        return encoded
-
-    monkeypatch.setattr(fastsend.dispatch, "to_base64", slow_to_base64)
+def test_fire_and_forget_encodes_its_two_images_on_two_encoders_at_once(server, make_writer, slow_encodes):
     writer = make_writer(server.base_url, encode_threads=2)
     result = writer.submit(event(), frame(32, 32, BLUE), input_image=frame(24, 40, RED)).result(10)
     assert result.error_status is False
-    (first, second) = sorted(calls, key=lambda call: call[1])
+    (first, second) = sorted(slow_encodes, key=lambda call: call[1])
     assert first[0] != second[0] and second[1] < first[2]  # two encoder threads, overlapping
     entry = server.requests[0].json["images"][0]
     assert np.abs(mean_bgr(entry["base64Image"]) - BLUE).max() < 6
