@@ -7,12 +7,16 @@ Accepted without importing supervision or inference:
   confidence, class, points?, keypoints?}, …]}``, or that list alone;
 - the classification shapes in ``classifications_to_wire``.
 
-Boxes are converted column-wise with numpy; ``tolist()`` hands Python floats
-to the dict comprehension, so no per-detection ``float()`` calls.
+Boxes of the usual float32/float64 arrays are converted in plain Python from one
+``tolist()``: a dozen small numpy calls cost little in a tight loop but several
+times more in a video loop, where each call starts with cold caches.
 """
 
 from __future__ import annotations
 
+import math
+from array import array
+from operator import add, sub
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -53,14 +57,38 @@ def _length(values: Any, field: str, rule: str) -> int:
         raise ValidationError(field, values, rule) from None
 
 
-def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
+def _numbers(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
     try:
-        array = np.asarray(values, dtype=dtype).reshape(count, -1)
+        return np.asarray(values, dtype=dtype).reshape(count, -1)
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         raise ValidationError(field, values, "must be numbers") from None
+
+
+def _not_finite(values: Any, field: str) -> ValidationError:
+    return ValidationError(field, values, "must be finite numbers (no NaN or infinity)")
+
+
+def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
+    array = _numbers(values, field, count, dtype)
     if not np.isfinite(array).all():
-        raise ValidationError(field, values, "must be finite numbers (no NaN or infinity)")
+        raise _not_finite(values, field)
     return array
+
+
+def _finite_list(numbers: list[float], values: Any, field: str) -> list[float]:
+    # NaN and infinities survive a sum; a sum that overflowed is checked term by term.
+    if not math.isfinite(sum(numbers)) and not all(map(math.isfinite, numbers)):
+        raise _not_finite(values, field)
+    return numbers
+
+
+def _float32(numbers: list[float]) -> list[float]:
+    """Each value rounded to float32: what numpy's float32 arithmetic gives for the same operation.
+
+    The sum or difference of two float32 values, taken in float64 and rounded once to
+    float32, is exactly the float32 result (float64 has more than twice the digits).
+    """
+    return array("f", numbers).tolist()
 
 
 # ---------------------------------------------------------------- boxes
@@ -71,24 +99,47 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list
     count = _length(detections.xyxy, f"{field}.xyxy", "must be N×4")
     if count == 0:
         return [], [], []
-    # Float boxes keep their dtype so float32 arithmetic gives the reference's numbers.
+    # Float boxes keep their dtype: the reference computes in it (float32, usually).
     dtype = getattr(detections.xyxy, "dtype", None)
     dtype = dtype if dtype is not None and dtype.kind == "f" else np.float64
-    xyxy = _finite_column(detections.xyxy, f"{field}.xyxy", count, dtype)
+    xyxy = _numbers(detections.xyxy, f"{field}.xyxy", count, dtype)
     if xyxy.shape[1] != 4:
         raise ValidationError(f"{field}.xyxy", detections.xyxy, "must be N×4")
-    top_left, bottom_right = xyxy[:, :2], xyxy[:, 2:]
-    boxes = np.concatenate(((top_left + bottom_right) / 2, bottom_right - top_left), axis=1)
+    if dtype == np.float32 or dtype == np.float64:
+        boxes = _centre_boxes(_finite_list(xyxy.ravel().tolist(), detections.xyxy, f"{field}.xyxy"), dtype == np.float32)
+    else:  # float16, longdouble: numpy does the arithmetic in that precision
+        if not np.isfinite(xyxy).all():
+            raise _not_finite(detections.xyxy, f"{field}.xyxy")
+        top_left, bottom_right = xyxy[:, :2], xyxy[:, 2:]
+        boxes = np.concatenate(((top_left + bottom_right) / 2, bottom_right - top_left), axis=1).tolist()
     confidence = getattr(detections, "confidence", None)
-    if confidence is None:
-        confidences = [0.0] * count
-    else:
-        confidences = _finite_column(confidence, f"{field}.confidence", count)[:, 0].tolist()
+    confidences = [0.0] * count if confidence is None else _confidences(confidence, f"{field}.confidence", count)
     names = (detections.data or {}).get("class_name")
     listed = [] if names is None else (names.tolist() if isinstance(names, np.ndarray) else list(names))[:count]
     # Like the reference: a detection past the end of the name list is "unknown".
     classes = [name if type(name) is str else str(name) for name in listed] + [UNKNOWN_CLASS] * (count - len(listed))
-    return classes, boxes.tolist(), confidences
+    return classes, boxes, confidences
+
+
+def _confidences(confidence: Any, field: str, count: int) -> list[float]:
+    numbers = _numbers(confidence, field, count).ravel().tolist()
+    if len(numbers) != count:
+        raise ValidationError(field, confidence, f"must be one number per box ({count})")
+    return _finite_list(numbers, confidence, field)
+
+
+def _centre_boxes(flat: list[float], in_float32: bool) -> list[tuple[float, float, float, float]]:
+    """``[x1, y1, x2, y2, …]`` → ``(centre x, centre y, width, height)`` rows."""
+    x1, y1, x2, y2 = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
+    count = len(x1)
+    sums_then_sizes = [*map(add, x1, x2), *map(add, y1, y2), *map(sub, x2, x1), *map(sub, y2, y1)]
+    if in_float32:
+        sums_then_sizes = _float32(sums_then_sizes)
+    centres = [value / 2 for value in sums_then_sizes[: 2 * count]]
+    if in_float32:
+        centres = _float32(centres)  # halving rounds only below float32's normal range
+    sizes = sums_then_sizes[2 * count :]
+    return list(zip(centres[:count], centres[count:], sizes[:count], sizes[count:]))
 
 
 def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple[list[str], list[list[float]], list[float]]:

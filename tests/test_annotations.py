@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import supervision as sv
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -147,6 +147,24 @@ def test_property_boxes_equal_the_reference(xyxy, with_confidence, named, seed):
     confidence = rng.random(count).astype(np.float32) if with_confidence else None
     det = sv.Detections(xyxy=xyxy, confidence=confidence)
     det.data["class_name"] = np.array([f"c{i}" for i in range(min(named, count))], dtype=str)
+    assert object_detections_to_wire(det) == reference_boxes(det)
+
+
+def boxes_over_the_whole_range(dtype: Any) -> st.SearchStrategy[np.ndarray]:
+    """Any finite value of ``dtype``: subnormals, and sums that overflow to infinity as in numpy."""
+    width = np.dtype(dtype).itemsize * 8
+    values = st.floats(width=width, allow_nan=False, allow_infinity=False)
+    return st.integers(min_value=1, max_value=6).flatmap(lambda n: hnp.arrays(dtype, (n, 4), elements=values))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the reference's own float32 overflow
+@settings(max_examples=150, deadline=None)
+@given(xyxy=st.sampled_from([np.float16, np.float32, np.float64]).flatmap(boxes_over_the_whole_range))
+@example(xyxy=np.array([[np.finfo(np.float32).smallest_subnormal, 0, 0, 0]], np.float32))  # half of it rounds to 0
+@example(xyxy=np.array([[3e38, 3e38, 3e38, -3e38]], np.float32))  # float32 sums overflow to inf
+def test_property_boxes_equal_the_reference_in_the_boxes_own_precision(xyxy):
+    det = sv.Detections(xyxy=xyxy, confidence=np.full(len(xyxy), 0.5, np.float32))
+    det.xyxy = xyxy  # supervision may have validated a copy; keep the exact array under test
     assert object_detections_to_wire(det) == reference_boxes(det)
 
 
