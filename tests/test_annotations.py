@@ -22,6 +22,7 @@ from fastsend import (
     keypoints_to_wire,
     object_detections_to_wire,
 )
+from fastsend.annotations import PYTHON_BOXES_UP_TO
 
 CONVERTERS = [object_detections_to_wire, instance_segmentations_to_wire, keypoints_to_wire, classifications_to_wire]
 
@@ -154,7 +155,8 @@ def boxes_over_the_whole_range(dtype: Any) -> st.SearchStrategy[np.ndarray]:
     """Any finite value of ``dtype``: subnormals, and sums that overflow to infinity as in numpy."""
     width = np.dtype(dtype).itemsize * 8
     values = st.floats(width=width, allow_nan=False, allow_infinity=False)
-    return st.integers(min_value=1, max_value=6).flatmap(lambda n: hnp.arrays(dtype, (n, 4), elements=values))
+    counts = st.sampled_from([1, 2, PYTHON_BOXES_UP_TO, PYTHON_BOXES_UP_TO + 1, 3 * PYTHON_BOXES_UP_TO])  # both paths
+    return counts.flatmap(lambda n: hnp.arrays(dtype, (n, 4), elements=values))
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the reference's own float32 overflow
