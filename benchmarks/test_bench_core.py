@@ -45,7 +45,7 @@ def test_jpeg_encode(benchmark, size, backend):
 
 
 @pytest.mark.parametrize("implementation", ["fastsend", "reference-loop"])
-@pytest.mark.parametrize("count", [100, 1000])
+@pytest.mark.parametrize("count", [10, 100, 1000])  # 10: a typical frame, on the plain-Python path
 def test_annotations(benchmark, count, implementation):
     detections = make_detections(count)
     convert = fastsend.object_detections_to_wire if implementation == "fastsend" else reference_detections_to_wire

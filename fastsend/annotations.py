@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from array import array
-from operator import add, sub
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -133,16 +132,14 @@ def _confidences(confidence: Any, field: str, count: int) -> list[float]:
 
 def _centre_boxes(flat: list[float], in_float32: bool) -> list[tuple[float, float, float, float]]:
     """``[x1, y1, x2, y2, …]`` → ``(centre x, centre y, width, height)`` rows."""
-    x1, y1, x2, y2 = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
-    count = len(x1)
-    sums_then_sizes = [*map(add, x1, x2), *map(add, y1, y2), *map(sub, x2, x1), *map(sub, y2, y1)]
-    if in_float32:
-        sums_then_sizes = _float32(sums_then_sizes)
-    centres = [value / 2 for value in sums_then_sizes[: 2 * count]]
-    if in_float32:
-        centres = _float32(centres)  # halving rounds only below float32's normal range
-    sizes = sums_then_sizes[2 * count :]
-    return list(zip(centres[:count], centres[count:], sizes[:count], sizes[count:]))
+    coordinates = iter(flat)
+    quads = list(zip(coordinates, coordinates, coordinates, coordinates))
+    if not in_float32:
+        return [((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1) for x1, y1, x2, y2 in quads]
+    sums = _float32([value for x1, y1, x2, y2 in quads for value in (x1 + x2, y1 + y2)])
+    centres = iter(_float32([value / 2 for value in sums]))  # halving rounds only below float32's normal range
+    sizes = iter(_float32([value for x1, y1, x2, y2 in quads for value in (x2 - x1, y2 - y1)]))
+    return list(zip(centres, centres, sizes, sizes))
 
 
 def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple[list[str], list[list[float]], list[float]]:
