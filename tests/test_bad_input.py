@@ -741,6 +741,7 @@ def send_annotations(name: str, predictions: Any) -> None:
     validate_body(orjson.loads(rendered(prepared)))
 
 
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # a strategy holding long texts: its repr is tens of kB
 @examples(200)
 @given(name=st.sampled_from(list(CONVERTERS)), predictions=PREDICTIONS)
 @example(name="object_detections", predictions=[{"x": math.nan, "y": 1, "width": 1, "height": 1}])
