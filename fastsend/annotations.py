@@ -16,7 +16,7 @@ go through numpy, which is cheaper per box.
 from __future__ import annotations
 
 import math
-from array import array
+from array import array as typed_array
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -36,6 +36,7 @@ PYTHON_BOXES_UP_TO = 16
 _MASKS_EXTRA_HINT = "tracing instance masks needs OpenCV: pip install 'fastsend[masks]'"
 
 Wire = list[dict[str, Any]]
+Boxes = Sequence[Sequence[float]]  # (centre x, centre y, width, height) rows
 
 
 def _is_detections(obj: Any) -> bool:
@@ -59,9 +60,9 @@ def _length(values: Any, field: str, rule: str) -> int:
         raise ValidationError(field, values, rule) from None
 
 
-def _numbers(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
+def _numbers(values: Any, field: str, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
     try:
-        return np.asarray(values, dtype=dtype).reshape(count, -1)
+        return np.asarray(values, dtype=dtype).reshape(shape)
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         raise ValidationError(field, values, "must be numbers") from None
 
@@ -71,10 +72,10 @@ def _not_finite(values: Any, field: str) -> ValidationError:
 
 
 def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
-    array = _numbers(values, field, count, dtype)
-    if not np.isfinite(array).all():
+    column = _numbers(values, field, (count, -1), dtype)
+    if not np.isfinite(column).all():
         raise _not_finite(values, field)
-    return array
+    return column
 
 
 def _finite_list(numbers: list[float], values: Any, field: str) -> list[float]:
@@ -90,13 +91,13 @@ def _float32(numbers: list[float]) -> list[float]:
     The sum or difference of two float32 values, taken in float64 and rounded once to
     float32, is exactly the float32 result (float64 has more than twice the digits).
     """
-    return array("f", numbers).tolist()
+    return typed_array("f", numbers).tolist()
 
 
 # ---------------------------------------------------------------- boxes
 
 
-def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list[float]], list[float]]:
+def _detections_boxes(detections: Any, field: str) -> tuple[list[str], Boxes, list[float]]:
     """Class names, ``[x, y, width, height]`` rows (centre-based) and confidences."""
     count = _length(detections.xyxy, f"{field}.xyxy", "must be N×4")
     if count == 0:
@@ -104,7 +105,7 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list
     # Float boxes keep their dtype: the reference computes in it (float32, usually).
     dtype = getattr(detections.xyxy, "dtype", None)
     dtype = dtype if dtype is not None and dtype.kind == "f" else np.float64
-    xyxy = _numbers(detections.xyxy, f"{field}.xyxy", count, dtype)
+    xyxy = _numbers(detections.xyxy, f"{field}.xyxy", (count, -1), dtype)
     if xyxy.shape[1] != 4:
         raise ValidationError(f"{field}.xyxy", detections.xyxy, "must be N×4")
     if count <= PYTHON_BOXES_UP_TO and (dtype == np.float32 or dtype == np.float64):
@@ -124,13 +125,13 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], list[list
 
 
 def _confidences(confidence: Any, field: str, count: int) -> list[float]:
-    numbers = _numbers(confidence, field, count).ravel().tolist()
+    numbers = _numbers(confidence, field, (-1,)).tolist()
     if len(numbers) != count:
         raise ValidationError(field, confidence, f"must be one number per box ({count})")
     return _finite_list(numbers, confidence, field)
 
 
-def _centre_boxes(flat: list[float], in_float32: bool) -> list[tuple[float, float, float, float]]:
+def _centre_boxes(flat: list[float], in_float32: bool) -> Boxes:
     """``[x1, y1, x2, y2, …]`` → ``(centre x, centre y, width, height)`` rows."""
     coordinates = iter(flat)
     quads = list(zip(coordinates, coordinates, coordinates, coordinates))
@@ -142,7 +143,7 @@ def _centre_boxes(flat: list[float], in_float32: bool) -> list[tuple[float, floa
     return list(zip(centres, centres, sizes, sizes))
 
 
-def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple[list[str], list[list[float]], list[float]]:
+def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple[list[str], Boxes, list[float]]:
     if not predictions:
         return [], [], []
     try:
@@ -154,7 +155,7 @@ def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple
     return classes, numbers[:, :4].tolist(), numbers[:, 4].tolist()
 
 
-def _boxes_to_wire(classes: list[str], boxes: list[list[float]], confidences: list[float]) -> Wire:
+def _boxes_to_wire(classes: list[str], boxes: Boxes, confidences: list[float]) -> Wire:
     return [
         {"class": name, "x": x, "y": y, "width": w, "height": h, "confidence": conf}
         for name, (x, y, w, h), conf in zip(classes, boxes, confidences)

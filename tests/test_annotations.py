@@ -123,6 +123,15 @@ def test_non_finite_confidence_is_rejected():
     assert info.value.field == "object_detections.confidence"
 
 
+@pytest.mark.parametrize("count", [2, 4])
+def test_a_confidence_per_box_is_required(count):
+    det = detections(BOXES, confidence=[0.5, 0.5, 0.5])
+    det.confidence = np.full(count, 0.5, np.float32)  # after construction: supervision checks the length itself
+    with pytest.raises(ValidationError, match="one number per box") as info:
+        object_detections_to_wire(det)
+    assert info.value.field == "object_detections.confidence"
+
+
 def test_the_field_name_is_the_callers():
     det = detections(BOXES)
     det.xyxy[0, 0] = np.nan
