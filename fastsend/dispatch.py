@@ -328,26 +328,31 @@ class Dispatcher:
 
     def _encode_now(self, prepared: PreparedEvent) -> PreparedEvent:
         """``prepared`` with its raw images encoded: the output on a helper thread, the input on this one."""
-        output, source = prepared.output, prepared.input
-        separate_input = _encodes_input_separately(prepared)
-        helper = self._sync_encoder() if separate_input and isinstance(output, RawImage) else None
+        two_raw = _encodes_input_separately(prepared) and isinstance(prepared.output, RawImage)
+        helper = self._sync_encoder() if two_raw else None
         try:
-            pending = helper.submit(self._encode_counted, output) if helper is not None else None
+            pending = helper.submit(self._encode_counted, prepared.output) if helper is not None else None
         except RuntimeError:  # shut down by a close() meanwhile: encode both here
             pending = None
-        try:
-            encoded_input = self._encode_counted(source) if separate_input else source
-        except BaseException:
-            if pending is not None:
+        if pending is None:
+            encoded = self._encode_here(prepared)
+        else:
+            try:
+                encoded_input = self._encode_counted(prepared.input)
+            except BaseException:
                 futures.wait([pending])  # the helper must be done with the caller's frame before this returns
-            raise
-        encoded_output = pending.result() if pending is not None else self._encode_counted(output)
-        if source is output:
-            encoded_input = encoded_output
+                raise
+            encoded = dataclasses.replace(prepared, output=pending.result(), input=encoded_input)
         _release_frames(prepared)
-        return dataclasses.replace(prepared, output=encoded_output, input=encoded_input)
+        return encoded
 
-    def _encode_counted(self, image: ImageSource) -> ImageSource:
+    def _encode_here(self, prepared: PreparedEvent) -> PreparedEvent:
+        """``prepared`` with its raw images encoded on this thread, each once."""
+        output = self._encode_counted(prepared.output)
+        source = output if prepared.input is prepared.output else self._encode_counted(prepared.input)
+        return dataclasses.replace(prepared, output=output, input=source)
+
+    def _encode_counted(self, image: ImageSource | None) -> ImageSource | None:
         return EncodedImage(self._encode_image(image)) if isinstance(image, RawImage) else image
 
     def _encode_image(self, source: RawImage) -> bytes:
@@ -486,10 +491,13 @@ class Dispatcher:
             last = job.images_left == 0
         if not last or job.future.done():  # the other image is still encoding, or one of them failed
             return False
-        chunks = splice(prepared.envelope, job.output_b64, job.input_b64)
-        job.request = Request.of(job.url, request_headers(prepared.idempotency_key, self.settings.api_key), chunks)
-        job.prepared = job.output_b64 = job.input_b64 = None
+        self._set_request(job, splice(prepared.envelope, job.output_b64, job.input_b64))
+        job.output_b64 = job.input_b64 = None
         return True
+
+    def _set_request(self, job: _Job, chunks: list[bytes]) -> None:
+        job.request = Request.of(job.url, request_headers(job.prepared.idempotency_key, self.settings.api_key), chunks)
+        job.prepared = None  # retries need only the request
 
     def _hand_off(self, job: _Job) -> None:
         """Pass a finished request to the loop thread, or settle it if the loop is shutting down."""
@@ -758,20 +766,14 @@ class Dispatcher:
     def _build_request(self, job: _Job, *, counted_active: bool) -> bool:
         """Encode the job's images into its finished request; if that fails, settle the job and say so."""
         prepared = job.prepared
-        started = time.thread_time()
         try:
-            chunks = render_body(prepared, self.jpeg)
+            encoded = self._encode_here(prepared)
         except Exception as exc:
             logger.warning("encoding failed: %s", exc)
             self._finish(job, Result(True, "", f"encoding failed: {exc}"), "encode_error", counted_active=counted_active)
             return False
-        elapsed = time.thread_time() - started
-        with self.stats.lock:
-            self.stats.encode_seconds += elapsed
-            self.stats.images_encoded += _raw_image_count(prepared)
-        job.request = Request.of(job.url, request_headers(prepared.idempotency_key, self.settings.api_key), chunks)
+        self._set_request(job, render_body(encoded, self.jpeg))  # splices: the images are encoded
         _release_frames(prepared)
-        job.prepared = None  # retries need only the request
         return True
 
 
@@ -806,10 +808,6 @@ def _release_frames(prepared: PreparedEvent) -> None:
 
 def _encodes_input_separately(prepared: PreparedEvent) -> bool:
     return isinstance(prepared.input, RawImage) and prepared.input is not prepared.output
-
-
-def _raw_image_count(prepared: PreparedEvent) -> int:
-    return sum(isinstance(source, RawImage) for source in _images(prepared))
 
 
 def _reinit_after_fork() -> None:
