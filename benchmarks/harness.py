@@ -3,7 +3,7 @@
 Every contender of a scenario sends the same number of events per round
 (``BATCH``), so the per-round times in pytest-benchmark's table compare
 directly; ``measure_throughput`` also stores events/s (batch / median round
-time) in ``benchmark.extra_info`` and in ``RESULTS``, from which the session
+time) in ``benchmark.extra_info`` and in ``RESULTS``, from which pytest's terminal
 summary derives the encode+transfer bound and the ratios.
 """
 
@@ -52,9 +52,9 @@ REFERENCE_FIRE_AND_FORGET = "reference-fire-and-forget"
 #: Requests in flight for the transfer-only contender.
 TRANSFER_CONCURRENCY = 4
 
-#: scenario → contender → events/s (median round) measured in this session.
+#: scenario → contender → events/s (median round) measured in this pytest run.
 RESULTS: dict[str, dict[str, float]] = {}
-#: scenario → lines printed under its rates in the session summary.
+#: scenario → lines printed under its rates in the terminal summary.
 NOTES: dict[str, list[str]] = {}
 
 

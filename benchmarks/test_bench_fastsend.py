@@ -124,7 +124,7 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
         reference.close()
     rates = {name: n / statistics.median(samples) for name, samples in times.items()}
     if not benchmark.disabled:
-        RESULTS[f"{scenario}, interleaved (quote these)"] = rates  # the session summary prints them with their ratios
+        RESULTS[f"{scenario}, interleaved (quote these)"] = rates  # the terminal summary prints them with their ratios
     bound = 1 / (1 / rates[ENCODE_ONLY] + 1 / rates[TRANSFER_ONLY])
     ours = rates[FASTSEND_FIRE_AND_FORGET]
     stats = writer.stats()  # CPU per image: snapshots (copy runs) on the caller's thread, encodes on the encoders

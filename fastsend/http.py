@@ -5,8 +5,8 @@ Why not aiohttp's client here: its general machinery (request and response objec
 header multidicts, stream readers, payload writers) more than doubles the CPU of each
 request: 0.32 against 0.13 ms for a 640×480 event's body, kernel time included, both
 on uvloop over loopback (``benchmarks/test_bench_bounds.py::test_http_client_cpu``).
-At hundreds of events a second that is GIL time the JPEG encoders wait for. Left out on purpose: redirects (a 3xx is reported
-as such), proxies, compression, cookies.
+At hundreds of events a second that is GIL time the JPEG encoders wait for. Left out on
+purpose: redirects (a 3xx is reported as such), proxies, compression, cookies.
 
 Connections are kept alive and pooled per origin, at most ``limit`` in use at once. A
 request that meets a pooled connection the service had already closed — nothing
