@@ -87,6 +87,10 @@ class EventWriter:
             color=color,
             copy=copy,
         )
+        return self.submit_prepared(prepared, deadline=deadline)
+
+    def submit_prepared(self, prepared: PreparedEvent, *, deadline: float | None = None) -> Future[Result]:
+        """Queue an event already validated by ``fastsend.prepare_event`` (or a block); its Future."""
         return self._dispatcher.submit(prepared, self.url, deadline=deadline)
 
     def send(self, event: Event, image: Any, **options: Any) -> Result:
@@ -100,9 +104,10 @@ class EventWriter:
         deadline = options.pop("deadline", None)
         options.setdefault("copy", False)
         prepared = prepare_event(event, image, **options)
-        return self._send_prepared(prepared, deadline)
+        return self.send_prepared(prepared, deadline=deadline)
 
-    def _send_prepared(self, prepared: PreparedEvent, deadline: float | None = None) -> Result:
+    def send_prepared(self, prepared: PreparedEvent, *, deadline: float | None = None) -> Result:
+        """Send an already prepared event and wait for its ``Result`` (images encoded before queueing)."""
         deadline = self.settings.deadline if deadline is None else deadline
         future = self._dispatcher.submit(prepared, self.url, deadline=deadline, encode_first=True)
         try:
@@ -194,9 +199,9 @@ class EventWriterSink:
         # A synchronous call encodes before it returns: the images need no snapshot.
         block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
         if fire_and_forget:
-            writer._dispatcher.submit(block_event.prepared, writer.url)
+            writer.submit_prepared(block_event.prepared)
             return Result(False, "", "Event sent in the background").as_dict()
-        return writer._send_prepared(block_event.prepared).as_dict()
+        return writer.send_prepared(block_event.prepared).as_dict()
 
     def _writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
         base = url.rstrip("/") if url else None
