@@ -12,7 +12,7 @@ from .block import build_block_request, prepare_block_event
 from .config import Settings
 from .events import Event, ValidationError
 from .jpeg import JpegOptions, encode_jpeg, jpeg_backend
-from .dispatch import QueueFullError, Result
+from .results import Cause, QueueFullError, Result
 from .retry import RetryPolicy
 from .wire import PreparedEvent, Request, events_url, prepare_event, render_body
 from .writer import AsyncEventWriter, EventWriter, EventWriterSink
@@ -24,6 +24,7 @@ logging.getLogger("fastsend").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncEventWriter",
+    "Cause",
     "EventWriter",
     "EventWriterSink",
     "QueueFullError",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from .events import ValidationError
-from .http import parse_url
+from .urls import check_base_url
 
 __all__ = ["Settings", "OVERFLOW_POLICIES", "SETTING_ENV_VARS"]
 
@@ -81,17 +81,48 @@ def _header_text(raw: Any) -> str | None:
 _header_text.accepted = "printable ASCII text (it is sent as an HTTP header)"  # type: ignore[attr-defined]
 
 
+class _RejectedBecause(_Rejected):
+    def __init__(self, rule: str) -> None:
+        super().__init__(rule)
+        self.rule = rule
+
+
 def _url(raw: Any) -> str:
     if not isinstance(raw, str):
         raise _Rejected
     try:
-        parse_url(raw.strip())
-    except ValueError:
-        raise _Rejected from None
-    return raw.strip()
+        return check_base_url(raw)
+    except ValueError as exc:
+        raise _RejectedBecause(f"must be {_url.accepted}: it {exc}") from None  # type: ignore[attr-defined]
 
 
-_url.accepted = "an http:// or https:// URL with a host, a valid port and no credentials"  # type: ignore[attr-defined]
+_url.accepted = (  # type: ignore[attr-defined]
+    "an http:// or https:// base URL with a host, a valid port, and no credentials, query or fragment"
+)
+
+
+def _flag(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _Rejected
+
+
+_flag.accepted = "true or false (1/0, yes/no, on/off)"  # type: ignore[attr-defined]
+
+
+def _existing_file(raw: Any) -> str | None:
+    path = _optional_text(raw)
+    if path is not None and not os.path.isfile(path):
+        raise _Rejected
+    return path
+
+
+_existing_file.accepted = "the path of an existing file"  # type: ignore[attr-defined]
 
 
 def _quality(raw: Any) -> int:
@@ -134,7 +165,12 @@ class Settings:
     queue_bytes: int = _knob(
         "FASTSEND_QUEUE_BYTES", _number(int, low=1), 512 * MiB, "bytes of frames waiting to be encoded"
     )
-    overflow: str = _knob("FASTSEND_OVERFLOW", _choice(OVERFLOW_POLICIES), "drop_oldest", "what a full queue does")
+    overflow: str = _knob(
+        "FASTSEND_OVERFLOW",
+        _choice(OVERFLOW_POLICIES),
+        "drop_oldest",
+        "what a full queue does; spill when unset and a spool is set",
+    )
     block_timeout: float = _knob(
         "FASTSEND_BLOCK_TIMEOUT", _number(float, low=0), 5.0, "seconds the block policy waits for room"
     )
@@ -143,6 +179,12 @@ class Settings:
     )
     connect_timeout: float = _knob(
         "FASTSEND_CONNECT_TIMEOUT", _number(float, low=0.001), 2.0, "seconds to open a connection"
+    )
+    ca_file: str | None = _knob(
+        "FASTSEND_CA_FILE", _existing_file, None, "CA bundle (PEM) to verify the service's TLS certificate with"
+    )
+    tls_verify: bool = _knob(
+        "FASTSEND_TLS_VERIFY", _flag, True, "verify the service's TLS certificate (turn off only for testing)"
     )
     retries: int = _knob("FASTSEND_RETRIES", _number(int, low=0), 4, "retries after the first attempt")
     backoff_base: float = _knob("FASTSEND_BACKOFF_BASE", _number(float, low=0), 0.2, "first backoff ceiling, seconds")
@@ -175,6 +217,7 @@ class Settings:
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
+        unset: set[str] = set()
         for spec in fields(cls):
             env, parse = spec.metadata["env"], spec.metadata["parse"]
             if arguments.get(spec.name) is not None:
@@ -183,12 +226,16 @@ class Settings:
                 source, raw = env, environ[env]
             else:
                 values[spec.name] = spec.default
+                unset.add(spec.name)
                 continue
             try:
                 values[spec.name] = parse(raw)
-            except _Rejected:
+            except _Rejected as rejected:
                 shown = _Hidden(raw) if spec.metadata["secret"] else raw
-                raise ValidationError(source, shown, f"must be {parse.accepted}") from None
+                rule = rejected.rule if isinstance(rejected, _RejectedBecause) else f"must be {parse.accepted}"
+                raise ValidationError(source, shown, rule) from None
+        if "overflow" in unset and values["spool_dir"]:  # with a spool nothing is dropped unless asked for
+            values["overflow"] = "spill"
         settings = cls(**values)
         if settings.overflow == "spill" and settings.spool_dir is None:
             raise ValidationError("overflow", "spill", "needs a spool: set spool_dir or FASTSEND_SPOOL_DIR")

@@ -1,4 +1,4 @@
-"""When to try again, and how long to wait: one immutable policy the sender asks."""
+"""When to try again, and how long to wait: one immutable policy that the sender asks and that never sends."""
 
 from __future__ import annotations
 
@@ -7,10 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-__all__ = ["RetryPolicy", "RETRYABLE_STATUSES", "AT_CAPACITY_STATUS", "parse_retry_after"]
+from .results import Cause, Outcome
+
+__all__ = ["AT_CAPACITY_STATUS", "RETRYABLE_STATUSES", "Decision", "RetryPolicy", "parse_retry_after"]
 
 AT_CAPACITY_STATUS = 529
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, AT_CAPACITY_STATUS})
+# Answers that blame the sender's configuration (redirected, wrong key or URL, a proxy wanting credentials),
+# not the event: a spooled entry is kept for a sender that is set up right.
+SENDER_MISCONFIGURED_STATUSES = frozenset({401, 403, 404, 405, 407}) | frozenset(range(300, 400))
+_RETRYABLE_CAUSES = frozenset({Cause.TIMEOUT, Cause.CONNECTION})
+# An attempt with less time than this left could only time out, and might still be applied.
+MIN_ATTEMPT_SECONDS = 0.05
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -30,6 +38,15 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 @dataclass(frozen=True, slots=True)
+class Decision:
+    """Try again after ``wait`` seconds, or give up for ``reason``."""
+
+    retry: bool
+    wait: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, capped, honouring ``Retry-After``.
 
@@ -43,15 +60,32 @@ class RetryPolicy:
     deadline: float = 30.0
 
     @staticmethod
-    def is_retryable_status(status: int) -> bool:
-        return status in RETRYABLE_STATUSES
+    def is_retryable(outcome: Outcome) -> bool:
+        """A timeout, a connection error, or 408/425/429/5xx-unavailable/529; never TLS, a bad URL or a 4xx."""
+        if outcome.cause is Cause.HTTP_STATUS:
+            return outcome.status in RETRYABLE_STATUSES
+        return outcome.cause in _RETRYABLE_CAUSES
 
-    def may_retry(self, attempt: int) -> bool:
-        """Whether attempt number ``attempt`` (1-based) may be followed by another."""
-        return attempt <= self.retries
+    @staticmethod
+    def blames_sender(outcome: Outcome) -> bool:
+        """Whether a failure says the sender is set up wrong (key, URL, TLS), not that the event is bad."""
+        if outcome.cause is Cause.HTTP_STATUS:
+            return outcome.status in SENDER_MISCONFIGURED_STATUSES
+        return outcome.cause in (Cause.TLS, Cause.INVALID_URL)
+
+    def decide(self, outcome: Outcome, attempt: int, remaining: float, rng: random.Random | None = None) -> Decision:
+        """After failed attempt number ``attempt`` (1-based) with ``remaining`` seconds to the deadline."""
+        if not self.is_retryable(outcome):
+            return Decision(False, reason="not retryable")
+        if attempt > self.retries:
+            return Decision(False, reason=f"gave up after {attempt} attempts")
+        wait = self.backoff(attempt, outcome.retry_after, rng)
+        if wait + MIN_ATTEMPT_SECONDS > remaining:
+            return Decision(False, reason="gave up: the deadline comes before the next attempt could")
+        return Decision(True, wait)
 
     def backoff(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        """Seconds to wait after failed attempt ``attempt`` (1-based); ``Retry-After`` wins, capped by nothing."""
         if retry_after is not None:
             return retry_after
         return (rng or random).uniform(0.0, self._ceiling(attempt))

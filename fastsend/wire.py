@@ -21,8 +21,8 @@ from .annotations import (
     object_detections_to_wire,
 )
 from .events import Event, ValidationError, validate_text
-from .http import parse_url
 from .jpeg import ImageSource, JpegOptions, prepare_image, to_base64
+from .urls import check_base_url, events_url_of
 
 __all__ = [
     "ANNOTATION_KEYS",
@@ -43,13 +43,10 @@ ANNOTATION_KEYS = ("objectDetections", "classifications", "instanceSegmentations
 
 def events_url(base_url: str | None) -> str:
     """``{base_url}/v2/events`` with trailing slashes on ``base_url`` stripped."""
-    base = (base_url or DEFAULT_BASE_URL).rstrip("/")
-    url = f"{base}/v2/events"
     try:
-        parse_url(url)
+        return events_url_of(check_base_url(base_url or DEFAULT_BASE_URL))
     except ValueError as exc:
         raise ValidationError("url", base_url, str(exc)) from None
-    return url
 
 
 def request_headers(idempotency_key: str, api_key: str | None = None) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import hashlib
+import logging
 import os
 import threading
 import weakref
@@ -14,10 +15,14 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .block import API_KEY_ENV, prepare_block_event
 from .config import SETTING_ENV_VARS, Settings
-from .dispatch import Dispatcher, QueueFullError, Result
+from .dispatch import Dispatcher
 from .events import Event, ValidationError
+from .results import QueueFullError, Result
 from .spool import Spool
+from .urls import EVENTS_PATH
 from .wire import PreparedEvent, events_url, prepare_event
+
+logger = logging.getLogger("fastsend")
 
 __all__ = ["AsyncEventWriter", "EventWriter", "EventWriterSink", "QueueFullError", "Result"]
 
@@ -38,6 +43,13 @@ class EventWriter:
     def __init__(self, url: str | None = None, **settings: Any) -> None:
         self.settings = Settings.resolve(url=url, **settings)
         self.url = events_url(self.settings.url)
+        if self.settings.url.endswith(EVENTS_PATH):
+            logger.warning(
+                "the writer's url %s already ends in %s; requests go to %s. Give the service's base URL instead",
+                self.settings.url,
+                EVENTS_PATH,
+                self.url,
+            )
         outbox = Spool(self.settings.spool_dir, self.settings.spool_max_bytes) if self.settings.spool_dir else None
         try:
             self._dispatcher = Dispatcher(self.settings, outbox)
@@ -128,6 +140,10 @@ class EventWriter:
         """Wait until every submitted event has its Result; returns how many are still pending."""
         return self._dispatcher.flush(timeout)
 
+    def drain(self, timeout: float | None = None) -> int:
+        """``flush``, then wait until the spool has been sent too; returns the events still pending or spooled."""
+        return self._dispatcher.drain(timeout)
+
     def close(self, timeout: float | None = None) -> int:
         """Flush for up to ``timeout`` seconds, then stop. Returns how many events were left unsent."""
         _open_writers.discard(self)
@@ -165,6 +181,9 @@ class AsyncEventWriter:
     async def flush(self, timeout: float | None = None) -> int:
         return await asyncio.to_thread(self._writer.flush, timeout)
 
+    async def drain(self, timeout: float | None = None) -> int:
+        return await asyncio.to_thread(self._writer.drain, timeout)
+
     async def close(self, timeout: float | None = None) -> int:
         return await asyncio.to_thread(self._writer.close, timeout)
 
@@ -175,13 +194,13 @@ class AsyncEventWriter:
 class EventWriterSink:
     """Drop-in for the Event Writer workflow block: ``run(**block parameters)`` → its output dict.
 
-    One writer (and one connection pool) is kept per URL, API key and timeout, so
+    One writer (and one connection pool) is kept per URL, so
     calling ``run()`` once per frame reuses connections.
     """
 
     def __init__(self, **settings: Any) -> None:
         self._settings = settings
-        self._writers: dict[tuple[str, str | None, float], EventWriter] = {}
+        self._writers: dict[str, EventWriter] = {}
         self._lock = threading.Lock()
 
     def run(
@@ -204,16 +223,21 @@ class EventWriterSink:
         return writer.send_prepared(block_event.prepared).as_dict()
 
     def _writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
-        base = url.rstrip("/") if url else None
-        key = (base or "", api_key, float(request_timeout))
+        """The writer for ``url``; a new API key or timeout replaces it (the old one flushes first, and
+        what it spools the new one drains: a spool directory is named by its URL alone)."""
+        target = writer_base_url(url)
         with self._lock:
-            writer = self._writers.get(key)
-            if writer is None:
-                settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
-                spool_dir = settings.get("spool_dir") or os.environ.get(SETTING_ENV_VARS["spool_dir"])
-                if spool_dir:  # one spool directory per writer: a directory has one owner at a time
-                    settings["spool_dir"] = os.path.join(spool_dir, _writer_spool_name(base, api_key, request_timeout))
-                writer = self._writers[key] = EventWriter(base, **settings)
+            current = self._writers.get(target)
+            if current is not None and current.settings.api_key == api_key:
+                if current.settings.request_timeout == float(request_timeout):
+                    return current
+            if current is not None:
+                current.close(current.settings.exit_flush_timeout)
+            settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
+            spool_dir = settings.get("spool_dir") or os.environ.get(SETTING_ENV_VARS["spool_dir"])
+            if spool_dir:  # one spool directory per URL: a directory has one owner at a time
+                settings["spool_dir"] = os.path.join(spool_dir, _writer_spool_name(target))
+            writer = self._writers[target] = EventWriter(url.rstrip("/") if url else None, **settings)
             return writer
 
     def close(self, timeout: float | None = None) -> int:
@@ -233,9 +257,14 @@ def _submit_each(submit: Callable[..., Any], items: Iterable[Mapping[str, Any]])
     return submitted
 
 
-def _writer_spool_name(url: str | None, api_key: str | None, request_timeout: float) -> str:
-    # Stable across processes, so a restarted pipeline finds what its predecessor spooled; the key stays hashed.
-    return hashlib.sha256(f"{url or ''}|{api_key or ''}|{request_timeout:g}".encode()).hexdigest()[:16]
+def _writer_spool_name(events_url: str) -> str:
+    # Named by where its entries go, and by nothing else: a new key or timeout drains what the old ones left.
+    return hashlib.sha256(events_url.encode()).hexdigest()[:16]
+
+
+def writer_base_url(url: str | None) -> str:
+    """The events URL a writer built on ``url`` posts to (for naming its spool)."""
+    return events_url(url)
 
 
 def _refuse_inside_event_loop(method: str) -> None:

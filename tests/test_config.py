@@ -33,6 +33,8 @@ ENV_SAMPLES = {
     "exit_flush_timeout": ("1.5", 1.5),
     "spool_dir": ("/var/spool/fastsend", "/var/spool/fastsend"),
     "spool_max_bytes": ("4096", 4096),
+    "ca_file": (__file__, __file__),
+    "tls_verify": ("0", False),
 }
 # For every field: an argument value different from both the default and the ENV_SAMPLES value.
 ARGUMENTS = {
@@ -58,6 +60,8 @@ ARGUMENTS = {
     "exit_flush_timeout": 0.0,
     "spool_dir": "/tmp/spool",
     "spool_max_bytes": 8192,
+    "ca_file": dataclasses.__file__,
+    "tls_verify": False,
 }
 DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Settings)}
 
@@ -65,7 +69,8 @@ DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Settings)}
 def test_the_tables_cover_every_setting():
     assert set(ENV_SAMPLES) == set(ARGUMENTS) == set(SETTING_ENV_VARS) == set(DEFAULTS)
     for name in DEFAULTS:
-        assert len({repr(DEFAULTS[name]), repr(ENV_SAMPLES[name][1]), repr(ARGUMENTS[name])}) == 3, name
+        distinct = 2 if isinstance(DEFAULTS[name], bool) else 3  # a flag has only two values
+        assert len({repr(DEFAULTS[name]), repr(ENV_SAMPLES[name][1]), repr(ARGUMENTS[name])}) == distinct, name
 
 
 def test_defaults():

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastsend import RetryPolicy
-from fastsend.retry import RETRYABLE_STATUSES, parse_retry_after
+from fastsend.results import Cause, Outcome
+from fastsend.retry import RETRYABLE_STATUSES, Decision, parse_retry_after
 
 NOW = datetime(2026, 11, 26, 4, 44, 12, tzinfo=timezone.utc)
 
@@ -98,17 +99,52 @@ def test_unusable_retry_after_is_none(value):
 # ---------------------------------------------------------------- statuses and attempts
 
 
+def http(status: int, retry_after: float | None = None) -> Outcome:
+    return Outcome(Cause.HTTP_STATUS, f"HTTP {status}", status=status, retry_after=retry_after)
+
+
 def test_retryable_statuses_are_exactly_the_spec_s():
     assert RETRYABLE_STATUSES == {408, 425, 429, 500, 502, 503, 504, 529}
     for status in range(100, 600):
-        assert RetryPolicy.is_retryable_status(status) is (status in {408, 425, 429, 500, 502, 503, 504, 529})
+        assert RetryPolicy.is_retryable(http(status)) is (status in {408, 425, 429, 500, 502, 503, 504, 529})
+
+
+@pytest.mark.parametrize(
+    "cause, retryable",
+    [
+        (Cause.TIMEOUT, True),
+        (Cause.CONNECTION, True),
+        (Cause.TLS, False),
+        (Cause.INVALID_URL, False),
+        (Cause.BAD_RESPONSE, False),
+    ],
+)
+def test_only_passing_failures_are_retried(cause, retryable):
+    outcome = Outcome(cause, "x")
+    assert RetryPolicy.is_retryable(outcome) is retryable
+    assert RetryPolicy(retries=3).decide(outcome, 1, remaining=60).retry is retryable
 
 
 @pytest.mark.parametrize("retries", [0, 1, 4, 10])
-def test_may_retry_allows_exactly_retries_more_attempts(retries):
-    policy = RetryPolicy(retries=retries)
-    allowed = [attempt for attempt in range(1, retries + 5) if policy.may_retry(attempt)]
+def test_decide_allows_exactly_retries_more_attempts(retries):
+    policy = RetryPolicy(retries=retries, backoff_base=0.0)
+    allowed = [attempt for attempt in range(1, retries + 5) if policy.decide(http(503), attempt, remaining=60).retry]
     assert allowed == list(range(1, retries + 1))  # attempt retries + 1 is the last
+    assert policy.decide(http(503), retries + 1, remaining=60).reason == f"gave up after {retries + 1} attempts"
+
+
+def test_decide_honours_retry_after_and_gives_up_when_the_deadline_comes_first():
+    policy = RetryPolicy(retries=5, backoff_base=0.1, backoff_max=0.2)
+    assert policy.decide(http(529, retry_after=3.0), 1, remaining=10).wait == 3.0
+    late = policy.decide(http(529, retry_after=3.0), 1, remaining=2.0)
+    assert late.retry is False and "deadline" in late.reason
+    assert policy.decide(http(400), 1, remaining=10) == Decision(False, reason="not retryable")
+
+
+@pytest.mark.parametrize("status, blamed", [(301, True), (307, True), (401, True), (403, True), (404, True),
+                                            (405, True), (407, True), (400, False), (422, False), (503, False)])
+def test_blames_sender_for_redirects_and_key_or_url_answers(status, blamed):
+    assert RetryPolicy.blames_sender(http(status)) is blamed
 
 
 # ---------------------------------------------------------------- worst case

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+import fastsend
 import pytest
 import supervision as sv
 from scripted_server import Reply, ScriptedServer
@@ -178,7 +180,7 @@ def test_images_label_and_predictions_reach_the_body(server, sink):
 def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
     assert run(sink, server, fire_and_forget=False)["error_status"] is False
     (writer,) = sink._writers.values()
-    session = writer._dispatcher._pool
+    transport = writer._dispatcher.delivery.transport
     for index in range(5):
         fire_and_forget = index % 2 == 0
         result = run(sink, server, fire_and_forget=fire_and_forget, event_ingestion_url=server.base_url + "/")
@@ -186,21 +188,27 @@ def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
         if fire_and_forget:
             assert writer.flush(5) == 0  # one at a time, so the keep-alive connection is free again
     assert list(sink._writers.values()) == [writer]
-    assert writer._dispatcher._pool is session
+    assert writer._dispatcher.delivery.transport is transport
     assert len(server.requests) == 6
     assert len({r.peer for r in server.requests}) == 1  # every request on the same kept-alive connection
 
 
-def test_each_configuration_gets_its_own_spool_directory(server, tmp_path):
+def test_a_new_timeout_or_key_replaces_the_writer_and_keeps_its_spool_directory(server, tmp_path, monkeypatch):
     server.script = Reply(201)
     sink = EventWriterSink(**FAST, spool_dir=str(tmp_path / "spool"))
     try:
         first = run(sink, server, fire_and_forget=False)
+        (old,) = sink._writers.values()
         second = run(sink, server, fire_and_forget=False, request_timeout=2.5)
-        assert not first["error_status"] and not second["error_status"]
-        assert len(sink._writers) == 2
-        directories = {writer.settings.spool_dir for writer in sink._writers.values()}
-        assert len(directories) == 2
-        assert all(directory.startswith(str(tmp_path / "spool")) for directory in directories)
+        monkeypatch.setenv("EVENT_INGESTION_API_KEY", "rotated")
+        third = run(sink, server, fire_and_forget=False, request_timeout=2.5)
+        assert not first["error_status"] and not second["error_status"] and not third["error_status"]
+        (newest,) = sink._writers.values()
+        assert newest is not old and newest.settings.request_timeout == 2.5 and newest.settings.api_key == "rotated"
+        assert newest.settings.spool_dir == old.settings.spool_dir  # named by the URL alone
+        assert old.submit(fastsend.Event.custom(), np.zeros((4, 4, 3), np.uint8)).result(5).message.startswith(
+            "writer is closed"
+        )
+        assert server.requests[-1].headers.get("x-api-key") == "rotated"
     finally:
         sink.close(timeout=1)

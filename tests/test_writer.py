@@ -15,7 +15,7 @@ import pytest
 import simplejpeg
 from scripted_server import Reply
 
-import fastsend.dispatch
+import fastsend.encoding
 from fastsend import AsyncEventWriter, Event, EventWriter, Settings, ValidationError
 from fastsend.config import SETTING_ENV_VARS
 
@@ -92,7 +92,7 @@ def test_send_encodes_distinct_output_and_input_images(server, make_writer):
 def slow_encodes(monkeypatch) -> list[tuple[str, float, float]]:
     """Each image encode takes 0.2 s more and is recorded as (thread name, start, end)."""
     calls: list[tuple[str, float, float]] = []
-    real = fastsend.dispatch.to_base64
+    real = fastsend.encoding.to_base64
 
     def slow_to_base64(source, options):
         started = time.monotonic()
@@ -101,7 +101,7 @@ def slow_encodes(monkeypatch) -> list[tuple[str, float, float]]:
         calls.append((threading.current_thread().name, started, time.monotonic()))
         return encoded
 
-    monkeypatch.setattr(fastsend.dispatch, "to_base64", slow_to_base64)
+    monkeypatch.setattr(fastsend.encoding, "to_base64", slow_to_base64)
     return calls
 
 
@@ -113,9 +113,9 @@ def test_send_encodes_output_and_input_on_two_threads_at_once_before_queueing(se
     assert first[0] != second[0] and "fastsend-sync-encode" in first[0] + second[0]
     assert second[1] < first[2]  # overlapping in time
     stats = writer.stats()
-    assert stats["snapshot_ms_per_image"] == 0 and writer._dispatcher.stats.images_encoded == 2  # no copies
+    assert stats["snapshot_ms_per_image"] == 0 and writer.stats()["images_encoded"] == 2  # no copies
     assert writer.send(event(), output, input_image=original, copy=True).error_status is False
-    assert writer._dispatcher.stats.images_snapshotted == 2  # copies only when asked for, and counted
+    assert writer.stats()["images_snapshotted"] == 2  # copies only when asked for, and counted
     entry = server.requests[0].json["images"][0]
     assert np.abs(mean_bgr(entry["inputBase64Image"]) - RED).max() < 6
 
@@ -135,14 +135,14 @@ def test_fire_and_forget_encodes_its_two_images_on_two_encoders_at_once(server, 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_an_image_that_fails_to_encode_fails_its_event_once(server, make_writer, monkeypatch, failing, threads):
     colour = BLUE if failing == "output" else RED
-    real = fastsend.dispatch.to_base64
+    real = fastsend.encoding.to_base64
 
     def fail_one(source, options):
         if np.abs(source.array.astype(float).mean(axis=(0, 1)) - colour).max() < 1:
             raise RuntimeError(f"{failing} exploded")
         return real(source, options)
 
-    monkeypatch.setattr(fastsend.dispatch, "to_base64", fail_one)
+    monkeypatch.setattr(fastsend.encoding, "to_base64", fail_one)
     writer = make_writer(server.base_url, encode_threads=threads)
     futures = [writer.submit(event(n), frame(32, 32, BLUE), input_image=frame(24, 40, RED)) for n in range(3)]
     ok = writer.submit(event("ok"), frame(16, 16, (90, 90, 90)), input_image=frame(16, 16, (60, 60, 60)))
@@ -158,7 +158,7 @@ def test_send_whose_image_fails_to_encode_is_counted_failed(server, make_writer,
     def broken(source, options):
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(fastsend.dispatch, "to_base64", broken)
+    monkeypatch.setattr(fastsend.encoding, "to_base64", broken)
     writer = make_writer(server.base_url)
     result = writer.send(event(), frame(), input_image=frame(24, 40, RED))
     assert result.error_status is True and "encoding failed: encoder exploded" in result.message
@@ -239,7 +239,7 @@ def test_context_manager_flushes_and_closes(server):
 
 def _send_from_child(writer: EventWriter, results) -> None:
     try:
-        fresh = writer._dispatcher._loop_thread is None and writer.stats()["submitted"] == 0
+        fresh = writer._dispatcher.loop.loop is None and writer.stats()["submitted"] == 0
         future = writer.submit(event("child"), frame())
         pending = writer.flush(10)
         result = future.result(timeout=10)
@@ -313,7 +313,7 @@ def test_async_close_resolves_pending_events(server):
 
 # setting -> (value in the environment, what Settings holds)
 GOOD_VALUES = {
-    "url": ("http://example.test:9000/", "http://example.test:9000/"),
+    "url": ("http://example.test:9000/", "http://example.test:9000"),
     "api_key": ("k-123", "k-123"),
     "max_connections": ("3", 3),
     "max_in_flight": ("5", 5),
@@ -335,6 +335,8 @@ GOOD_VALUES = {
     "exit_flush_timeout": ("1.5", 1.5),
     "spool_dir": ("/tmp/fastsend-spool", "/tmp/fastsend-spool"),
     "spool_max_bytes": ("2048", 2048),
+    "ca_file": (__file__, __file__),
+    "tls_verify": ("false", False),
 }
 
 # setting -> a value its variable must refuse (api_key and spool_dir take any string)
@@ -359,6 +361,8 @@ BAD_VALUES = {
     "loop": "trio",
     "exit_flush_timeout": "-5",
     "spool_max_bytes": "0",
+    "ca_file": "/no/such/ca.pem",
+    "tls_verify": "maybe",
 }
 
 
@@ -375,7 +379,10 @@ def test_every_environment_variable_is_honoured(monkeypatch, name):
     try:
         assert getattr(writer.settings, name) == expected
         others = {field: getattr(writer.settings, field) for field in SETTING_ENV_VARS if field != name}
-        assert others == {field: getattr(Settings(), field) for field in others}
+        defaults = {field: getattr(Settings(), field) for field in others}
+        if name == "spool_dir":
+            defaults["overflow"] = "spill"  # with a spool, a full queue spills unless told otherwise
+        assert others == defaults
     finally:
         writer.close()
 

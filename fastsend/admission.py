@@ -1,0 +1,217 @@
+"""Admission: the bounded queue in front of the encoders, the overflow policies, and the in-flight slots.
+
+An event waits in the queue until one of ``max_in_flight`` slots is free; it then holds
+its slot while it is encoded, sent and backed off, and gives it back exactly once
+(``release``), whatever ends it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .jpeg import ImageSource, RawImage
+from .ledger import Ticket
+from .results import Cause, QueueFullError
+from .wire import PreparedEvent, Request
+
+__all__ = ["Admission", "Job", "Refusal"]
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One event on its way: what the caller prepared, then the finished request."""
+
+    ticket: Ticket
+    prepared: PreparedEvent | None
+    url: str
+    deadline: float  # monotonic time after which it is given up
+    budget: float  # the seconds that deadline allowed, for messages
+    nbytes: int
+    request: Request | None = None
+    holds_slot: bool = False
+    queued: bool = False
+
+    @property
+    def images(self) -> tuple[ImageSource, ...]:
+        """The event's images, each once: no input when there is none or it is the output itself."""
+        prepared = self.prepared
+        if prepared is None:
+            return ()
+        if prepared.input is None or prepared.input is prepared.output:
+            return (prepared.output,)
+        return (prepared.output, prepared.input)
+
+
+def frame_bytes(prepared: PreparedEvent) -> int:
+    images = [prepared.output] if prepared.input in (None, prepared.output) else [prepared.output, prepared.input]
+    return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in images if s is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An event the queue did not keep, and why."""
+
+    job: Job
+    cause: Cause
+    message: str
+
+
+class Admission:
+    """The queue and the slots; ``start`` is called (outside the lock) for each job given a slot."""
+
+    def __init__(
+        self,
+        *,
+        queue_size: int,
+        queue_bytes: int,
+        max_in_flight: int,
+        overflow: str,
+        block_timeout: float,
+        start: Callable[[Job], None],
+    ) -> None:
+        self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
+        self._max_in_flight = max_in_flight
+        self._overflow = overflow
+        self._block_timeout = block_timeout
+        self._start = start
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._queue: deque[Job] = deque()
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._closed = False
+
+    def admit(self, job: Job) -> list[Refusal]:
+        """Queue ``job`` under the overflow policy; returns the events refused or pushed out, to settle.
+
+        Under the ``raise`` policy ``job`` comes back refused; the caller settles it, then raises.
+        """
+        refused: list[Refusal] = []
+        with self._lock:
+            if self._closed:
+                return [Refusal(job, Cause.CLOSED, "writer is closed")]
+            if self._is_full(job) and not self._make_room(job, refused):
+                return refused
+            job.queued = True
+            self._queue.append(job)
+            self._queued_bytes += job.nbytes
+            started = self._fill_slots()
+        self._start_all(started)
+        return refused
+
+    def _make_room(self, job: Job, refused: list[Refusal]) -> bool:
+        """Apply the overflow policy to a full queue; False if ``job`` itself is refused."""
+        policy = self._overflow
+        if policy == "drop_newest":
+            refused.append(Refusal(job, Cause.QUEUE_FULL_DROP_NEWEST, "queue full: dropped the newest event (drop_newest)"))
+            return False
+        if policy == "raise":
+            refused.append(Refusal(job, Cause.QUEUE_FULL_RAISE, "queue full: refused (overflow policy raise)"))
+            return False
+        if policy == "block":
+            self._room.wait_for(lambda: not self._is_full(job) or self._closed, timeout=self._block_timeout)
+            if self._closed:
+                refused.append(Refusal(job, Cause.CLOSED, "writer closed while waiting for room"))
+                return False
+            if self._is_full(job):
+                message = f"queue full: no room within {self._block_timeout:g}s (block)"
+                refused.append(Refusal(job, Cause.QUEUE_FULL_BLOCK_TIMEOUT, message))
+                return False
+            return True
+        # drop_oldest, or spill: the oldest leave the queue (spill sends them to the spool)
+        while self._queue and self._is_full(job):
+            oldest = self._pop_oldest()
+            refused.append(Refusal(oldest, Cause.QUEUE_FULL_DROP_OLDEST, f"queue full: dropped the oldest event ({policy})"))
+        return True
+
+    def queue_full_error(self) -> QueueFullError:
+        with self._lock:
+            return QueueFullError(
+                f"queue full ({len(self._queue)} events, {self._queued_bytes} bytes); overflow policy is 'raise'"
+            )
+
+    def _is_full(self, job: Job) -> bool:
+        if not self._queue:
+            return False  # an event larger than the byte bound still goes, alone
+        return len(self._queue) >= self._queue_size or self._queued_bytes + job.nbytes > self._queue_bytes
+
+    def _pop_oldest(self) -> Job:
+        job = self._queue.popleft()
+        job.queued = False
+        self._queued_bytes -= job.nbytes
+        return job
+
+    def _fill_slots(self) -> list[Job]:
+        started = []
+        while self._queue and self._in_flight < self._max_in_flight:
+            job = self._pop_oldest()
+            job.holds_slot = True
+            self._in_flight += 1
+            started.append(job)
+        if started:
+            self._room.notify_all()
+        return started
+
+    def _start_all(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._start(job)
+
+    def withdraw(self, ticket: Ticket) -> Job | None:
+        """Take a cancelled event out of the queue; None if it is no longer queued."""
+        with self._lock:
+            for job in self._queue:
+                if job.ticket is ticket:
+                    self._queue.remove(job)
+                    job.queued = False
+                    self._queued_bytes -= job.nbytes
+                    self._room.notify_all()
+                    self._notify_if_idle()
+                    return job
+        return None
+
+    def release(self, job: Job) -> None:
+        """Give back ``job``'s slot, once; queued events move up."""
+        with self._lock:
+            if not job.holds_slot:
+                return
+            job.holds_slot = False
+            self._in_flight -= 1
+            started = self._fill_slots()
+            self._notify_if_idle()
+        self._start_all(started)
+
+    def _notify_if_idle(self) -> None:
+        if not self._queue and self._in_flight == 0:
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None) -> int:
+        """Wait until nothing is queued or in flight; returns how many still are."""
+        with self._lock:
+            self._idle.wait_for(lambda: not self._queue and self._in_flight == 0, timeout=timeout)
+            return len(self._queue) + self._in_flight
+
+    def close(self) -> list[Job]:
+        """Refuse new events from now on; returns the queued ones, to settle."""
+        with self._lock:
+            self._closed = True
+            leftovers = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            for job in leftovers:
+                job.queued = False
+            self._room.notify_all()
+            self._notify_if_idle()
+            return leftovers
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def state(self) -> dict[str, int]:
+        with self._lock:
+            return {"queued": len(self._queue), "queued_bytes": self._queued_bytes, "in_flight": self._in_flight}

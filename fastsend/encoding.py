@@ -1,0 +1,246 @@
+"""Encoding: JPEG + base64 of an event's images, spliced into its finished request.
+
+Encoder threads take jobs that hold an in-flight slot. An event with two raw images
+(output and input) is encoded on two encoders at once; whichever finishes last splices
+the body. libjpeg-turbo releases the GIL, so the threads run in parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
+
+from .admission import Job
+from .jpeg import EncodedImage, ImageSource, JpegOptions, RawImage, release_frame, to_base64
+from .ledger import Ledger
+from .wire import PreparedEvent, Request, request_headers, splice
+
+__all__ = ["EncodeFinished", "Encoders", "release_frames"]
+
+logger = logging.getLogger("fastsend")
+
+# Called once per job with None (its request is built, or its caller withdrew it) or the error message.
+EncodeFinished = Callable[[Job, "str | None"], None]
+
+_OUTPUT, _INPUT, _WHOLE = "output", "input", "whole"
+
+
+def _images(prepared: PreparedEvent) -> tuple[ImageSource, ...]:
+    if prepared.input is None or prepared.input is prepared.output:
+        return (prepared.output,)
+    return (prepared.output, prepared.input)
+
+
+def release_frames(prepared: PreparedEvent) -> None:
+    """Give the event's snapshot buffers back to the frame pool."""
+    for source in _images(prepared):
+        release_frame(source)
+
+
+def _two_raw_images(prepared: PreparedEvent) -> bool:
+    return (
+        isinstance(prepared.output, RawImage)
+        and isinstance(prepared.input, RawImage)
+        and prepared.input is not prepared.output
+    )
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Halves:
+    """The two images of one event while two encoders work on them."""
+
+    left: int = 2
+    output: bytes | None = None
+    input: bytes | None = None
+    error: str | None = None
+
+
+class Encoders:
+    """A pool of encoder threads, plus the caller-side encoding of synchronous sends."""
+
+    def __init__(
+        self, options: JpegOptions, threads: int, api_key: str | None, ledger: Ledger, finished: EncodeFinished
+    ) -> None:
+        self._options = options
+        self._threads = threads
+        self._api_key = api_key
+        self._ledger = ledger
+        self._finished = finished
+        self._tasks: queue.SimpleQueue[tuple[Job, str, _Halves | None] | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._sync_pool: ThreadPoolExecutor | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------ background encoders
+
+    def start(self, job: Job) -> None:
+        """Encode ``job`` on the encoder threads, then report it to ``finished``."""
+        self._ensure_workers()
+        prepared = job.prepared
+        assert prepared is not None
+        if _two_raw_images(prepared):
+            halves = _Halves()
+            self._tasks.put((job, _OUTPUT, halves))
+            self._tasks.put((job, _INPUT, halves))
+        else:
+            self._tasks.put((job, _WHOLE, None))
+
+    def _ensure_workers(self) -> None:
+        with self._lock:
+            if self._workers or self._stopped:
+                return
+            for index in range(self._threads):
+                worker = threading.Thread(target=self._work, name=f"fastsend-encode-{index}", daemon=True)
+                worker.start()
+                self._workers.append(worker)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            job, part, halves = task
+            try:
+                if halves is None:
+                    self._finished(job, self._encode_whole(job))
+                elif self._encode_half(job, part, halves):
+                    self._finished(job, halves.error)
+            except Exception as exc:  # a bug here must still settle the event, loudly
+                logger.exception("unexpected error while encoding an event")
+                self._finished(job, f"internal error: {exc!r}")
+
+    def _encode_whole(self, job: Job) -> str | None:
+        prepared = job.prepared
+        assert prepared is not None
+        if job.ticket.settled:  # withdrawn while it waited
+            release_frames(prepared)
+            job.prepared = None
+            return None
+        try:
+            self.build_request(job)
+        except Exception as exc:
+            logger.warning("encoding failed: %s", exc)
+            return f"encoding failed: {exc}"
+        return None
+
+    def _encode_half(self, job: Job, part: str, halves: _Halves) -> bool:
+        """Encode one of two images; True for the thread that finished the last one."""
+        prepared = job.prepared
+        assert prepared is not None
+        source = prepared.output if part == _OUTPUT else prepared.input
+        assert source is not None
+        encoded = None
+        error: Exception | None = None
+        if not job.ticket.settled and halves.error is None:
+            try:
+                encoded = self.encode_counted(source)
+            except Exception as exc:
+                error = exc
+        release_frame(source)
+        with self._lock:
+            if error is not None and halves.error is None:
+                logger.warning("encoding failed: %s", error)
+                halves.error = f"encoding failed: {error}"
+            if part == _OUTPUT:
+                halves.output = encoded.base64 if encoded is not None else None
+            else:
+                halves.input = encoded.base64 if encoded is not None else None
+            halves.left -= 1
+            if halves.left:
+                return False
+        if halves.error is None and not job.ticket.settled:
+            assert halves.output is not None
+            job.request = self._request(job, splice(prepared.envelope, halves.output, halves.input))
+        job.prepared = None
+        return True
+
+    def stop(self) -> None:
+        """End the encoder threads once they have finished what they hold."""
+        with self._lock:
+            self._stopped = True
+            workers, self._workers = self._workers, []
+            sync_pool, self._sync_pool = self._sync_pool, None
+        for _ in workers:
+            self._tasks.put(None)
+        for worker in workers:
+            if worker is not threading.current_thread():  # close() from a Future's callback on an encoder
+                worker.join(timeout=5)
+        if sync_pool is not None:
+            sync_pool.shutdown(wait=False)
+
+    # ------------------------------------------------------------ on the calling thread
+
+    def build_request(self, job: Job) -> None:
+        """Encode ``job``'s images on this thread and set its request; frames are released either way."""
+        prepared = job.prepared
+        assert prepared is not None
+        try:
+            encoded = self._encode_here(prepared)
+            job.request = self._request(job, splice(encoded.envelope, _b64(encoded.output), _b64_or_none(encoded.input)))
+        finally:
+            release_frames(prepared)
+            job.prepared = None
+
+    def encode_now(self, prepared: PreparedEvent) -> PreparedEvent:
+        """``prepared`` with its raw images encoded before it is queued: the output on a helper
+        thread while this thread does the input, so the caller's arrays need no snapshot."""
+        helper = self._sync_encoder() if _two_raw_images(prepared) else None
+        pending = None
+        if helper is not None:
+            try:
+                pending = helper.submit(self.encode_counted, prepared.output)
+            except RuntimeError:  # shut down by a close() meanwhile: encode both here
+                pending = None
+        try:
+            if pending is None:
+                return self._encode_here(prepared)
+            try:
+                assert prepared.input is not None
+                encoded_input = self.encode_counted(prepared.input)
+            except BaseException:
+                futures.wait([pending])  # the helper must be done with the caller's frame before this returns
+                raise
+            return dataclasses.replace(prepared, output=pending.result(), input=encoded_input)
+        finally:
+            release_frames(prepared)
+
+    def _encode_here(self, prepared: PreparedEvent) -> PreparedEvent:
+        output = self.encode_counted(prepared.output)
+        if prepared.input is None:
+            return dataclasses.replace(prepared, output=output)
+        source = output if prepared.input is prepared.output else self.encode_counted(prepared.input)
+        return dataclasses.replace(prepared, output=output, input=source)
+
+    def encode_counted(self, image: ImageSource) -> EncodedImage:
+        """One image as base64 JPEG (already encoded ones as they are), its CPU time counted."""
+        if isinstance(image, EncodedImage):
+            return image
+        started = time.thread_time()
+        encoded = to_base64(image, self._options)
+        self._ledger.count_encode(time.thread_time() - started)
+        return EncodedImage(encoded)
+
+    def _sync_encoder(self) -> ThreadPoolExecutor | None:
+        with self._lock:
+            if self._stopped:
+                return None
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(self._threads, thread_name_prefix="fastsend-sync-encode")
+            return self._sync_pool
+
+    def _request(self, job: Job, chunks: list[bytes]) -> Request:
+        assert job.prepared is not None
+        return Request.of(job.url, request_headers(job.prepared.idempotency_key, self._api_key), chunks)
+
+
+def _b64(image: ImageSource | None) -> bytes:
+    assert isinstance(image, EncodedImage)
+    return image.base64
+
+
+def _b64_or_none(image: ImageSource | None) -> bytes | None:
+    return None if image is None else _b64(image)

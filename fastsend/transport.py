@@ -1,0 +1,196 @@
+"""The transport seam: one POST in, one ``Outcome`` out.
+
+``Transport`` is what the dispatcher needs; ``AiohttpTransport`` is the production one (an
+aiohttp ``ClientSession`` over a keep-alive ``TCPConnector``, honouring ``HTTP_PROXY`` /
+``HTTPS_PROXY`` / ``NO_PROXY``), and tests inject fakes. Protocol parsing — framing, TLS,
+proxies — is aiohttp's job; this module only classifies what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
+
+from .results import Cause, Outcome
+from .retry import AT_CAPACITY_STATUS, parse_retry_after
+from .wire import Request
+
+__all__ = ["AiohttpTransport", "ChunksPayload", "Transport", "TransportOptions"]
+
+_DETAIL_CHARS = 300
+# A 201's body is a small JSON object; an answer past this is not read whole (nor trusted).
+_MAX_ANSWER_BYTES = 1024 * 1024
+_KEY_HINT = "set EVENT_INGESTION_API_KEY or pass api_key= to the writer"
+
+
+class Transport(Protocol):
+    """Sends one request; never raises for what the network or the service did."""
+
+    async def post(self, request: Request, timeout: float) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+class TransportOptions(Protocol):
+    """The settings a transport reads (``fastsend.Settings`` has them all)."""
+
+    max_connections: int
+    connect_timeout: float
+    ca_file: str | None
+    tls_verify: bool
+
+
+class ChunksPayload(Payload):
+    """A body written as the wire layer's chunks, one after another, never joined."""
+
+    def __init__(self, chunks: Sequence[bytes], size: int) -> None:
+        super().__init__(chunks, content_type="application/json")
+        self._chunks = chunks
+        self._size = size
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for chunk in self._chunks:
+            await writer.write(chunk)
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        await self.write(writer)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._chunks).decode(encoding, errors)
+
+
+def ssl_context(options: TransportOptions) -> ssl.SSLContext | bool:
+    """What the connector verifies TLS with: the system store, a CA bundle, or nothing (``tls_verify=False``)."""
+    if not options.tls_verify:
+        return False
+    return ssl.create_default_context(cafile=options.ca_file)
+
+
+class AiohttpTransport:
+    """POSTs over one pooled aiohttp session; create and use it on the loop thread."""
+
+    def __init__(self, options: TransportOptions) -> None:
+        self._connect_timeout = options.connect_timeout
+        connector = aiohttp.TCPConnector(
+            limit=options.max_connections,
+            limit_per_host=options.max_connections,
+            ssl=ssl_context(options),
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=True,  # HTTP_PROXY, HTTPS_PROXY, NO_PROXY
+            auto_decompress=False,
+            raise_for_status=False,
+            skip_auto_headers=("Accept-Encoding",),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def post(self, request: Request, timeout: float) -> Outcome:
+        per_attempt = aiohttp.ClientTimeout(total=timeout, sock_connect=min(self._connect_timeout, timeout))
+        try:
+            async with self._session.post(
+                request.url,
+                data=ChunksPayload(request.chunks, request.size),
+                headers=request.headers,
+                timeout=per_attempt,
+                allow_redirects=False,
+            ) as response:
+                body = await _read_bounded(response)
+                return classify(request, response.status, body, response.headers)
+        except asyncio.TimeoutError:
+            return Outcome(Cause.TIMEOUT, f"timed out after {timeout:g}s (the service may have applied it)")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return Outcome(Cause.TLS, _tls_message(request.url, exc.certificate_error))
+        except aiohttp.ClientSSLError as exc:
+            return Outcome(Cause.TLS, _tls_message(request.url, exc))
+        except aiohttp.InvalidURL as exc:
+            return Outcome(Cause.INVALID_URL, f"invalid URL {request.url!r}: {exc}; check the writer's url")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Outcome(Cause.CONNECTION, f"connection error: {_describe(exc)}")
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < _MAX_ANSWER_BYTES:
+        part = await response.content.read(_MAX_ANSWER_BYTES - size)
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+    response.close()  # the rest is never read: this connection cannot be reused
+    return b"".join(parts)
+
+
+def classify(request: Request, status: int, body: bytes, headers: Mapping[str, str]) -> Outcome:
+    """The ``Outcome`` of an answer: an id from a 201, or why not, with the service's ``detail``."""
+    if status == 201:
+        event_id = _event_id(body)
+        if event_id is None:
+            return Outcome(
+                Cause.BAD_RESPONSE,
+                f"the service answered 201 without a usable id (the event was probably stored): {_detail(body)}",
+                status=status,
+            )
+        return Outcome(None, "event created", event_id=event_id, status=status)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    detail = _detail(body)
+    if status == AT_CAPACITY_STATUS:
+        message = f"service at capacity (529, backpressure): {detail}"
+    elif status == 401:
+        message = f"HTTP 401: {detail} ({_KEY_HINT})"
+    elif status == 403:
+        message = f"HTTP 403: {detail} (the API key was refused; {_KEY_HINT})"
+    elif status == 404:
+        message = f"HTTP 404: {detail} (posted to {request.url}; is the writer's url the service's base URL?)"
+    elif 300 <= status < 400:
+        message = f"HTTP {status} redirect to {headers.get('Location', '?')} (not followed: set the writer's url to it)"
+    else:
+        message = f"HTTP {status}: {detail}"
+    return Outcome(Cause.HTTP_STATUS, message, status=status, retry_after=retry_after)
+
+
+def _event_id(body: bytes) -> str | None:
+    try:
+        parsed: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    identifier = parsed.get("id") if isinstance(parsed, dict) else None
+    if isinstance(identifier, bool) or not isinstance(identifier, (str, int)):
+        return None
+    text = str(identifier)
+    return text if text.strip() else None
+
+
+def _detail(body: bytes) -> str:
+    try:
+        parsed: Any = orjson.loads(body)
+        text = parsed.get("detail") if isinstance(parsed, dict) else None
+        text = str(text) if text is not None else body.decode("utf-8", "replace")
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace")
+    text = text.strip() or "(empty body)"
+    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
+
+
+def _tls_message(url: str, error: BaseException) -> str:
+    return (
+        f"TLS certificate verification failed for {url}: {error}; pass ca_file= (FASTSEND_CA_FILE) with the "
+        "service's CA bundle, or tls_verify=False (FASTSEND_TLS_VERIFY=0) only for testing"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
