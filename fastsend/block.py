@@ -5,11 +5,10 @@ Parameters that do not belong to the chosen schema are ignored, as the block doe
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from .config import SETTING_ENV_VARS
+from .config import SETTING_ENV_VARS, Settings
 from .events import Event, ValidationError
 from .jpeg import JpegOptions
 from .wire import PreparedEvent, Request, events_url, prepare_event, render_body, request_headers
@@ -105,5 +104,5 @@ def build_block_request(*, jpeg: JpegOptions | None = None, **params: Any) -> Re
         params.pop(sender_only, None)
     block_event = prepare_block_event(**params)
     chunks = render_body(block_event.prepared, jpeg or JpegOptions())
-    headers = request_headers(block_event.prepared.idempotency_key, os.environ.get(API_KEY_ENV) or None)
+    headers = request_headers(block_event.prepared.idempotency_key, Settings.one("api_key"))
     return Request.of(block_event.url, headers, chunks)

@@ -8,7 +8,7 @@ value and what is accepted.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from .events import ValidationError
@@ -219,21 +219,9 @@ class Settings:
         values: dict[str, Any] = {}
         unset: set[str] = set()
         for spec in fields(cls):
-            env, parse = spec.metadata["env"], spec.metadata["parse"]
-            if arguments.get(spec.name) is not None:
-                source, raw = spec.name, arguments[spec.name]
-            elif environ.get(env, "") != "":
-                source, raw = env, environ[env]
-            else:
-                values[spec.name] = spec.default
+            values[spec.name], given = _resolve_one(spec, arguments.get(spec.name), environ)
+            if not given:
                 unset.add(spec.name)
-                continue
-            try:
-                values[spec.name] = parse(raw)
-            except _Rejected as rejected:
-                shown = _Hidden(raw) if spec.metadata["secret"] else raw
-                rule = rejected.rule if isinstance(rejected, _RejectedBecause) else f"must be {parse.accepted}"
-                raise ValidationError(source, shown, rule) from None
         if "overflow" in unset and values["spool_dir"]:  # with a spool nothing is dropped unless asked for
             values["overflow"] = "spill"
         settings = cls(**values)
@@ -242,4 +230,28 @@ class Settings:
         return settings
 
 
+    @classmethod
+    def one(cls, name: str, argument: Any = None, environ: Mapping[str, str] | None = None) -> Any:
+        """One setting, resolved like ``resolve`` does (argument, then environment, then default)."""
+        return _resolve_one(_FIELDS[name], argument, os.environ if environ is None else environ)[0]
+
+
+def _resolve_one(spec: Field[Any], argument: Any, environ: Mapping[str, str]) -> tuple[Any, bool]:
+    """The value of one setting, and whether it was given (else it is the default)."""
+    env, parse = spec.metadata["env"], spec.metadata["parse"]
+    if argument is not None:
+        source, raw = spec.name, argument
+    elif environ.get(env, "") != "":
+        source, raw = env, environ[env]
+    else:
+        return spec.default, False
+    try:
+        return parse(raw), True
+    except _Rejected as rejected:
+        shown = _Hidden(raw) if spec.metadata["secret"] else raw
+        rule = rejected.rule if isinstance(rejected, _RejectedBecause) else f"must be {parse.accepted}"
+        raise ValidationError(source, shown, rule) from None
+
+
+_FIELDS: dict[str, Field[Any]] = {spec.name: spec for spec in fields(Settings)}
 SETTING_ENV_VARS: dict[str, str] = {spec.name: spec.metadata["env"] for spec in fields(Settings)}

@@ -37,6 +37,9 @@ __all__ = ["CorruptEntry", "Spool", "SpoolLockedError", "SpoolEntry"]
 logger = logging.getLogger("fastsend")
 
 _MAGIC = b"FASTSEND-SPOOL 2\n"
+# Room left free on the spool's file system, so a full disk evicts the oldest entries rather than
+# failing the newest: a tenth of the file system, at most this much.
+FREE_SPACE_MARGIN_BYTES = 64 * 1024 * 1024
 _SUFFIX = ".event"
 _TEMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = "quarantine"
@@ -111,6 +114,8 @@ class Spool:
         if entry_size > self.max_bytes:
             logger.error("event of %d bytes is larger than the whole spool (%d bytes): not spooled", entry_size, self.max_bytes)
             return False
+        with self._mutex:
+            self._evict_for(entry_size)  # make room first: the write itself needs the space
         temporary = self.directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with open(temporary, "wb") as file:
@@ -123,17 +128,41 @@ class Spool:
             temporary.unlink(missing_ok=True)  # a full disk must not also leak the half-written file
             raise
         with self._mutex:
-            self._evict_for(entry_size)
-            self._stamp = max(time.time_ns(), self._stamp + 1)
-            name = f"{self._stamp:020d}{_SUFFIX}"
+            name = self._next_name()
             os.rename(temporary, self.directory / name)
             self._entries[name] = entry_size
             self._total += entry_size
         self._sync_directory()
         return True
 
+    def _next_name(self) -> str:
+        self._stamp = max(time.time_ns(), self._stamp + 1)
+        return f"{self._stamp:020d}{_SUFFIX}"
+
+    def postpone(self, entry: SpoolEntry) -> None:
+        """Move ``entry`` behind every other entry, so one the service keeps refusing does not hold the rest."""
+        with self._mutex:
+            if entry.name not in self._entries:
+                return
+            name = self._next_name()
+            os.rename(self.directory / entry.name, self.directory / name)
+            self._entries[name] = self._entries.pop(entry.name)
+        self._sync_directory()
+        logger.info("spool entry %s moved behind the others (renamed %s)", entry.name, name)
+
+    def _capacity(self) -> int:
+        """The bound in force: ``max_bytes``, or less when the file system has less free room."""
+        try:
+            info = os.statvfs(self.directory)
+        except OSError:
+            return self.max_bytes
+        margin = min(FREE_SPACE_MARGIN_BYTES, info.f_blocks * info.f_frsize // 10)
+        room = self._total + info.f_bavail * info.f_frsize - margin
+        return max(0, min(self.max_bytes, room))
+
     def _evict_for(self, incoming: int) -> None:
-        while self._entries and self._total + incoming > self.max_bytes:
+        capacity = self._capacity()
+        while self._entries and self._total + incoming > capacity:
             oldest = min(self._entries)
             (self.directory / oldest).unlink(missing_ok=True)
             self._total -= self._entries.pop(oldest)

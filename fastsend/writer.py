@@ -13,8 +13,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Iterable, Mapping
 
-from .block import API_KEY_ENV, prepare_block_event
-from .config import SETTING_ENV_VARS, Settings
+from .block import prepare_block_event
+from .config import Settings
 from .dispatch import Dispatcher
 from .events import Event, ValidationError
 from .results import QueueFullError, Result
@@ -214,7 +214,7 @@ class EventWriterSink:
     ) -> dict[str, Any]:
         if disable_sink:
             return Result(False, "", "Sink was disabled by the disable_sink parameter").as_dict()
-        writer = self._writer_for(event_ingestion_url, os.environ.get(API_KEY_ENV) or None, request_timeout)
+        writer = self._writer_for(event_ingestion_url, Settings.one("api_key"), request_timeout)
         # A synchronous call encodes before it returns: the images need no snapshot.
         block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
         if fire_and_forget:
@@ -234,7 +234,7 @@ class EventWriterSink:
             if current is not None:
                 current.close(current.settings.exit_flush_timeout)
             settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
-            spool_dir = settings.get("spool_dir") or os.environ.get(SETTING_ENV_VARS["spool_dir"])
+            spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
             if spool_dir:  # one spool directory per URL: a directory has one owner at a time
                 settings["spool_dir"] = os.path.join(spool_dir, _writer_spool_name(target))
             writer = self._writers[target] = EventWriter(url.rstrip("/") if url else None, **settings)
