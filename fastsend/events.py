@@ -7,6 +7,7 @@ arrives.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ __all__ = [
     "validate_event_data",
     "validate_custom_metadata",
     "validate_text",
+    "SCHEMA_KEYWORDS",
+    "COMMON_KEYWORDS",
 ]
 
 _SHOWN_VALUE_CHARS = 80
@@ -29,13 +32,24 @@ INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 
 
 class ValidationError(ValueError):
-    """An event, image or setting broke a rule; names the field, the value and the rule."""
+    """An event, image or setting broke a rule; names the field, the value and the rule.
 
-    def __init__(self, field: str, value: Any, rule: str) -> None:
+    ``field`` is the name the caller used (a keyword such as ``alert_type``);
+    ``wire_field``, when it differs, is the field's name in the request body
+    (``event_data.alertType``), which is what the service reports.
+    """
+
+    def __init__(self, field: str, value: Any, rule: str, *, wire_field: str | None = None) -> None:
         self.field = field
         self.value = value
         self.rule = rule
-        super().__init__(f"{field}: {_show(value)} {rule}")
+        self.wire_field = wire_field if wire_field != field else None
+        shown_field = field if self.wire_field is None else f"{field} ({self.wire_field})"
+        super().__init__(f"{shown_field}: {_show(value)} {rule}")
+
+    def renamed(self, field: str) -> ValidationError:
+        """The same error under the name the caller used; the wire name is kept."""
+        return ValidationError(field, self.value, self.rule, wire_field=self.wire_field or self.field)
 
 
 def _show(value: Any) -> str:
@@ -123,6 +137,17 @@ EVENT_SCHEMAS: dict[str, dict[str, _Rule]] = {
         "feedback": _Choice(("correct", "incorrect", "inconclusive")),
     },
 }
+
+# Python keyword -> wire name, per schema, as the constructors (Event.safety_alert(...)) take them.
+SCHEMA_KEYWORDS: dict[str, dict[str, str]] = {
+    "quality_check": {"result": "result", "external_id": "externalId"},
+    "inventory_count": {"location": "location", "item_count": "itemCount", "item_type": "itemType", "external_id": "externalId"},
+    "safety_alert": {"alert_type": "alertType", "severity": "severity", "description": "description", "external_id": "externalId"},
+    "custom": {"value": "value", "external_id": "externalId"},
+    "operator_feedback": {"related_event_id": "relatedEventId", "feedback": "feedback"},
+}
+# The keywords every constructor takes besides its schema's fields.
+COMMON_KEYWORDS = ("custom_metadata", "solution", "inference_timestamp")
 
 METADATA_MAX_KEYS = 100
 METADATA_KEY_MAX_CHARS = 100
@@ -239,14 +264,24 @@ class Event:
 
     @classmethod
     def _build(cls, schema: str, fields: dict[str, Any], common: dict[str, Any]) -> Event:
-        data = {key: value for key, value in fields.items() if value is not None}
-        return cls(schema, data, **common)
+        """Build from a constructor's keywords, naming them (not the wire names) in errors."""
+        keywords = SCHEMA_KEYWORDS[schema]
+        for name in common:
+            if name not in COMMON_KEYWORDS:
+                raise TypeError(unexpected_keyword_message(f"Event.{schema}()", name, [*keywords, *COMMON_KEYWORDS]))
+        data = {keywords[name]: value for name, value in fields.items() if value is not None}
+        try:
+            return cls(schema, data, **common)
+        except ValidationError as error:
+            keyword = {f"event_data.{wire}": name for name, wire in keywords.items()}.get(error.field)
+            if keyword is None:
+                raise
+            raise error.renamed(keyword) from None
 
     @classmethod
-    def quality_check(
-        cls, result: str | None = None, external_id: str | None = None, **common: Any
-    ) -> Event:
-        return cls._build("quality_check", {"result": result, "externalId": external_id}, common)
+    def quality_check(cls, result: str | None = None, external_id: str | None = None, **common: Any) -> Event:
+        """A pass/fail inspection: ``result`` is ``"pass"`` or ``"fail"``."""
+        return cls._build("quality_check", {"result": result, "external_id": external_id}, common)
 
     @classmethod
     def inventory_count(
@@ -257,7 +292,8 @@ class Event:
         external_id: str | None = None,
         **common: Any,
     ) -> Event:
-        fields = {"location": location, "itemCount": item_count, "itemType": item_type, "externalId": external_id}
+        """A count of items: ``item_count`` is an integer from 0 to 2⁶⁴−1."""
+        fields = {"location": location, "item_count": item_count, "item_type": item_type, "external_id": external_id}
         return cls._build("inventory_count", fields, common)
 
     @classmethod
@@ -269,15 +305,23 @@ class Event:
         external_id: str | None = None,
         **common: Any,
     ) -> Event:
-        fields = {"alertType": alert_type, "severity": severity, "description": description, "externalId": external_id}
+        """A safety alert: ``alert_type`` matches ``[A-Za-z0-9_-]+``; ``severity`` is low, medium or high."""
+        fields = {"alert_type": alert_type, "severity": severity, "description": description, "external_id": external_id}
         return cls._build("safety_alert", fields, common)
 
     @classmethod
     def custom(cls, value: str | None = None, external_id: str | None = None, **common: Any) -> Event:
-        return cls._build("custom", {"value": value, "externalId": external_id}, common)
+        """A free-form event: ``value`` is up to 10,000 characters."""
+        return cls._build("custom", {"value": value, "external_id": external_id}, common)
 
     @classmethod
-    def operator_feedback(
-        cls, related_event_id: str | None = None, feedback: str | None = None, **common: Any
-    ) -> Event:
-        return cls._build("operator_feedback", {"relatedEventId": related_event_id, "feedback": feedback}, common)
+    def operator_feedback(cls, related_event_id: str | None = None, feedback: str | None = None, **common: Any) -> Event:
+        """A verdict on an earlier event: ``feedback`` is correct, incorrect or inconclusive."""
+        return cls._build("operator_feedback", {"related_event_id": related_event_id, "feedback": feedback}, common)
+
+
+def unexpected_keyword_message(callable_name: str, name: str, known: list[str]) -> str:
+    """Python's own wording for a misspelled keyword, plus the closest known one."""
+    message = f"{callable_name} got an unexpected keyword argument {name!r}"
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{message}; did you mean {close[0]!r}?" if close else message

@@ -126,7 +126,8 @@ def outcome(call: Callable[[], Any]) -> tuple[Any, ValidationError | None]:
         return call(), None
     except ValidationError as exc:
         assert isinstance(exc.field, str)
-        assert str(exc).startswith(f"{exc.field}: "), str(exc)
+        shown = exc.field if exc.wire_field is None else f"{exc.field} ({exc.wire_field})"
+        assert str(exc).startswith(f"{shown}: "), str(exc)
         return None, exc
 
 
@@ -320,7 +321,7 @@ def test_every_event_field_takes_exactly_what_its_rule_allows(field: tuple[str, 
         return
     if not RULES[schema][wire](value):
         assert error is not None, f"{value!r} accepted for {schema}.{wire}"
-        assert error.field == f"event_data.{wire}"
+        assert (error.field, error.wire_field) == (WIRE_TO_KEYWORD.get(wire, wire), f"event_data.{wire}")
         return
     assert error is None, f"{value!r} refused for {schema}.{wire}: {error}"
     sent = body_of(event)["event_data"][wire]
