@@ -14,7 +14,7 @@ from .events import Event, ValidationError, unexpected_keyword_message
 from .jpeg import JpegOptions
 from .wire import PreparedEvent, Request, events_url, prepare_event, render_body, request_headers
 
-__all__ = ["BlockEvent", "API_KEY_ENV", "BLOCK_SCHEMAS", "build_block_request", "prepare_block_event"]
+__all__ = ["API_KEY_ENV", "BLOCK_SCHEMAS", "BlockEvent", "build_block_request", "prepare_block_event"]
 
 API_KEY_ENV = SETTING_ENV_VARS["api_key"]  # EVENT_INGESTION_API_KEY, named once in config
 BLOCK_SCHEMAS = ("quality_check", "inventory_count", "safety_alert", "custom")
@@ -93,7 +93,8 @@ def prepare_block_event(
     ``severity``, ``alert_description`` and ``custom_value``."""
     unknown = sorted(set(schema_fields) - _SCHEMA_FIELDS)
     if unknown:
-        raise TypeError(unexpected_keyword_message("Event Writer block", unknown[0], [*_SCHEMA_FIELDS, *_OTHER_PARAMETERS]))
+        known = [*_SCHEMA_FIELDS, *_OTHER_PARAMETERS]
+        raise TypeError(unexpected_keyword_message("Event Writer block", unknown[0], known))
     event = _event(event_schema, custom_metadata, schema_fields)
     prepared = prepare_event(
         event,

@@ -10,21 +10,22 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "COMMON_KEYWORDS",
+    "EVENT_SCHEMAS",
+    "SCHEMA_KEYWORDS",
     "Event",
     "ValidationError",
-    "EVENT_SCHEMAS",
-    "validate_event_data",
     "validate_custom_metadata",
+    "validate_event_data",
     "validate_text",
-    "SCHEMA_KEYWORDS",
-    "COMMON_KEYWORDS",
 ]
 
 _SHOWN_VALUE_CHARS = 80
@@ -141,8 +142,18 @@ EVENT_SCHEMAS: dict[str, dict[str, _Rule]] = {
 # Python keyword -> wire name, per schema, as the constructors (Event.safety_alert(...)) take them.
 SCHEMA_KEYWORDS: dict[str, dict[str, str]] = {
     "quality_check": {"result": "result", "external_id": "externalId"},
-    "inventory_count": {"location": "location", "item_count": "itemCount", "item_type": "itemType", "external_id": "externalId"},
-    "safety_alert": {"alert_type": "alertType", "severity": "severity", "description": "description", "external_id": "externalId"},
+    "inventory_count": {
+        "location": "location",
+        "item_count": "itemCount",
+        "item_type": "itemType",
+        "external_id": "externalId",
+    },
+    "safety_alert": {
+        "alert_type": "alertType",
+        "severity": "severity",
+        "description": "description",
+        "external_id": "externalId",
+    },
     "custom": {"value": "value", "external_id": "externalId"},
     "operator_feedback": {"related_event_id": "relatedEventId", "feedback": "feedback"},
 }
@@ -292,7 +303,7 @@ class Event:
         external_id: str | None = None,
         **common: Any,
     ) -> Event:
-        """A count of items: ``item_count`` is an integer from 0 to 2⁶⁴−1."""
+        """A count of items: ``item_count`` is an integer from 0 to 2**64 - 1."""
         fields = {"location": location, "item_count": item_count, "item_type": item_type, "external_id": external_id}
         return cls._build("inventory_count", fields, common)
 
@@ -306,7 +317,12 @@ class Event:
         **common: Any,
     ) -> Event:
         """A safety alert: ``alert_type`` matches ``[A-Za-z0-9_-]+``; ``severity`` is low, medium or high."""
-        fields = {"alert_type": alert_type, "severity": severity, "description": description, "external_id": external_id}
+        fields = {
+            "alert_type": alert_type,
+            "severity": severity,
+            "description": description,
+            "external_id": external_id,
+        }
         return cls._build("safety_alert", fields, common)
 
     @classmethod
@@ -315,7 +331,9 @@ class Event:
         return cls._build("custom", {"value": value, "external_id": external_id}, common)
 
     @classmethod
-    def operator_feedback(cls, related_event_id: str | None = None, feedback: str | None = None, **common: Any) -> Event:
+    def operator_feedback(
+        cls, related_event_id: str | None = None, feedback: str | None = None, **common: Any
+    ) -> Event:
         """A verdict on an earlier event: ``feedback`` is correct, incorrect or inconclusive."""
         return cls._build("operator_feedback", {"related_event_id": related_event_id, "feedback": feedback}, common)
 

@@ -8,12 +8,14 @@ Both release the GIL while they compress, so encoder threads run in parallel.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 import pybase64
@@ -25,8 +27,8 @@ __all__ = [
     "EncodedImage",
     "ImageSource",
     "JpegOptions",
-    "check_image_file",
     "RawImage",
+    "check_image_file",
     "encode_jpeg",
     "jpeg_backend",
     "prepare_image",
@@ -203,12 +205,24 @@ def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
 # ---------------------------------------------------------------- inputs
 
 
+_ACCEPTED_INPUTS = (
+    "pass a uint8 numpy array (HxWx3 BGR, HxW gray, HxWx4), JPEG/PNG bytes, a base64 string of a JPEG/PNG, "
+    "the path of an image file (str or pathlib.Path), a PIL image, or a WorkflowImageData"
+)
+# Longer strings are never tried as file paths: no file system takes them, and base64 images are long.
+_MAX_PATH_CHARS = 4096
+# A string ending so that was meant as a path, not as base64 (a dot is not in the base64 alphabet).
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
 def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy: bool = True) -> ImageSource:
     """Validate an image on the caller's thread and take what the encoder needs.
 
-    Accepts an H×W×3 (BGR by default, RGB with ``color="rgb"``), H×W or H×W×1 gray,
-    or H×W×4 uint8 array; JPEG or PNG bytes; a base64 string; or an object with
-    ``base64_image`` / ``numpy_image`` (inference's ``WorkflowImageData``).
+    Accepts an HxWx3 (BGR by default, RGB with ``color="rgb"``), HxW or HxWx1 gray,
+    or HxWx4 uint8 array; JPEG or PNG bytes; a base64 string; the path of an image
+    file (``str`` or ``os.PathLike``: JPEG and PNG files are sent as they are, other
+    formats are decoded with Pillow); a PIL image (RGB, whatever ``color`` says); or
+    an object with ``base64_image`` / ``numpy_image`` (inference's ``WorkflowImageData``).
     With ``copy=True`` the caller may overwrite its array as soon as this returns;
     ``copy=False`` hands the array over and the caller must not touch it again.
     """
@@ -217,17 +231,63 @@ def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _prepare_bytes(bytes(image) if copy or not isinstance(image, bytes) else image, field)
     if isinstance(image, str):
-        return _prepare_base64_text(image, field)
+        return _prepare_text(image, field)
+    if isinstance(image, os.PathLike):
+        return _prepare_file(image, field)
     if image is None:
-        raise ValidationError(field, image, "is required")
+        raise ValidationError(field, image, f"is required; {_ACCEPTED_INPUTS}")
+    if _is_pil_image(image):
+        return _prepare_pil(image, field)
     # inference's WorkflowImageData computes these lazily: prefer what it already holds.
     for attribute in ("_base64_image", "_numpy_image", "base64_image", "numpy_image"):
         value = getattr(image, attribute, None)
         if value is not None:
             return prepare_image(value, field=field, color=color, copy=copy)
-    raise ValidationError(
-        field, image, "must be a uint8 numpy array, JPEG/PNG bytes, a base64 string, or have base64_image/numpy_image"
-    )
+    raise ValidationError(field, image, f"is not an image; {_ACCEPTED_INPUTS}")
+
+
+def _is_pil_image(image: Any) -> bool:
+    # Duck-typed so that Pillow stays optional.
+    return all(hasattr(image, name) for name in ("mode", "size", "convert", "__array_interface__"))
+
+
+def _prepare_pil(image: Any, field: str) -> RawImage:
+    """A PIL image as an RGB(A) or gray array; other modes are converted first."""
+    if image.mode not in ("L", "RGB", "RGBA"):
+        has_alpha = "A" in image.mode or "transparency" in getattr(image, "info", {})
+        image = image.convert("L" if image.mode == "1" else "RGBA" if has_alpha else "RGB")
+    try:
+        array = np.asarray(image)  # a fresh array of its own: nothing to snapshot
+    except (OSError, ValueError) as exc:  # a lazily opened file that turns out damaged
+        raise ValidationError(field, image, f"must be a readable image ({exc})") from None
+    return _prepare_array(array, field, "rgb", copy=False)
+
+
+def _prepare_file(path: str | os.PathLike[str], field: str) -> ImageSource:
+    """An image file read now, on the caller's thread: JPEG/PNG as they are, other formats decoded."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValidationError(field, os.fspath(path), f"must be a readable image file ({reason})") from None
+    if data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC):
+        check_image_file(data, field, os.fspath(path))
+        return EncodedImage(pybase64.b64encode(data))
+    return _prepare_pil(_open_with_pillow(data, field, os.fspath(path)), field)
+
+
+def _open_with_pillow(data: bytes, field: str, shown: str) -> Any:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ValidationError(field, shown, "must be a JPEG or PNG file (other formats need Pillow)") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValidationError(field, shown, f"must be an image file JPEG, PNG or Pillow can read ({exc})") from None
+    return image
 
 
 def _prepare_array(array: np.ndarray, field: str, color: str, copy: bool) -> RawImage:
@@ -334,15 +394,29 @@ def check_image_file(data: bytes, field: str, shown: Any) -> str:
     return "image/jpeg"
 
 
-def _prepare_base64_text(text: str, field: str) -> EncodedImage:
+def _prepare_text(text: str, field: str) -> ImageSource:
+    """Base64 of a JPEG/PNG (a data URL too), else the path of an image file."""
+    encoded = _base64_image(text, field)
+    if encoded is not None:
+        return encoded
+    if len(text) <= _MAX_PATH_CHARS and os.path.isfile(text):
+        return _prepare_file(text, field)
+    if text.lower().endswith(_IMAGE_SUFFIXES):
+        where = "" if os.path.isabs(text) else f" (relative to {os.getcwd()})"
+        raise ValidationError(field, text, f"must be the path of an existing image file{where}")
+    rule = "is neither standard padded base64 of a JPEG/PNG file nor the path of an existing file"
+    raise ValidationError(field, text, f"{rule}; {_ACCEPTED_INPUTS}")
+
+
+def _base64_image(text: str, field: str) -> EncodedImage | None:
     if text.startswith("data:") and _DATA_URL_SEPARATOR in text:
         text = text.split(_DATA_URL_SEPARATOR, 1)[1]
     try:
         encoded = text.encode("ascii")
         decoded = pybase64.b64decode(encoded, validate=True)
     except (UnicodeEncodeError, ValueError):
-        decoded = b""
+        return None
     if not (decoded.startswith(_JPEG_MAGIC) or decoded.startswith(_PNG_MAGIC)):
-        raise ValidationError(field, text, "must be standard padded base64 of a JPEG or PNG file")
+        return None
     check_image_file(decoded, field, text)
     return EncodedImage(encoded)
