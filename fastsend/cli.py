@@ -7,8 +7,9 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, TextIO
 
 from .demo import run_demo
 from .events import Event, ValidationError
@@ -24,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # send and demo print what became of each event; the library's warnings would say it a second time.
+        logging.getLogger("fastsend").setLevel(logging.ERROR)
+        logging.getLogger("fastsend.server").setLevel(logging.WARNING)
     try:
         return args.command(args)
     except ValidationError as exc:
@@ -155,17 +160,14 @@ def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
     print(f"streaming {args.frames} frames of {args.width}×{args.height} (output + input image, JPEG via {jpeg_backend()})")
     # block: the demo shows throughput with every frame delivered; a live camera would rather drop_oldest.
     with EventWriter(url, overflow="block") as writer:
+        progress = _progress(args.frames)
         summary = run_demo(
-            writer, frames=args.frames, width=args.width, height=args.height, fps=args.fps, on_progress=_progress_bar(args.frames)
+            writer, frames=args.frames, width=args.width, height=args.height, fps=args.fps, on_progress=progress
         )
-    print()
     stats = summary.stats
     print(f"events        {summary.events} in {summary.seconds:.2f}s = {summary.events_per_second:.1f} events/s")
     print(f"acknowledged  {len(summary.acknowledged)}   failed {stats['failed']}   dropped {stats['dropped']}   retries {stats['retried']}")
-    print(
-        f"latency       submit→201 p50 {stats['latency_p50_ms']:.1f} ms   p95 {stats['latency_p95_ms']:.1f} ms"
-        f"   p99 {stats['latency_p99_ms']:.1f} ms"
-    )
+    print(f"latency       submit→201 {_latencies(stats)}")
     print(f"bytes sent    {stats['bytes_sent'] / 1e6:.1f} MB   encode {stats['encode_ms_per_image']:.2f} ms/image")
     for message, count in summary.failures.items():
         print(f"  {count} × {message}")
@@ -176,18 +178,50 @@ def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
     return EXIT_OK if not missing and not summary.failures else EXIT_FAILED
 
 
-def _progress_bar(total: int, width: int = 30) -> Any:
-    last = [0.0]
+def _latencies(stats: dict[str, Any]) -> str:
+    if not stats["sent"]:  # no acknowledgement, no latency: 0.0 ms would read as a measurement
+        return "p50 —   p95 —   p99 —"
+    return "   ".join(f"{name} {stats[f'latency_{name}_ms']:.1f} ms" for name in ("p50", "p95", "p99"))
+
+
+def _progress(total: int, stream: TextIO | None = None) -> Callable[[int, int, float], None]:
+    """A bar redrawn in place on a terminal; elsewhere (a pipe, a log file) a plain line at each quarter."""
+    out = stream or sys.stdout
+    return _progress_bar(total, out) if out.isatty() else _progress_lines(total, out)
+
+
+def _progress_bar(total: int, out: TextIO, width: int = 30) -> Callable[[int, int, float], None]:
+    last_drawn = 0.0
+    finished = False
 
     def show(done: int, failed: int, elapsed: float) -> None:
+        nonlocal last_drawn, finished
         now = time.perf_counter()
-        if now - last[0] < 0.1 and done < total:
+        if finished or (now - last_drawn < 0.1 and done < total):
             return
-        last[0] = now
+        last_drawn, finished = now, done >= total
         filled = int(width * done / total) if total else width
         rate = done / elapsed if elapsed else 0.0
-        sys.stdout.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events  {rate:6.1f}/s  failures {failed}")
-        sys.stdout.flush()
+        bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+        end = "\n" if finished else ""
+        out.write(f"\r{bar} {done}/{total} events  {rate:6.1f}/s  failures {failed}{end}")
+        out.flush()
+
+    return show
+
+
+def _progress_lines(total: int, out: TextIO, steps: int = 4) -> Callable[[int, int, float], None]:
+    shown_step = 0
+
+    def show(done: int, failed: int, elapsed: float) -> None:
+        nonlocal shown_step
+        step = steps * done // total if total else steps
+        if step <= shown_step:
+            return
+        shown_step = step
+        rate = done / elapsed if elapsed else 0.0
+        out.write(f"progress      {done}/{total} events   {rate:.1f}/s   failures {failed}\n")
+        out.flush()
 
     return show
 
