@@ -138,7 +138,7 @@ def test_demo_with_nothing_acknowledged_shows_no_latency_and_each_failure_once()
     assert done.returncode == 1
     latency = next(line for line in done.stdout.splitlines() if line.startswith("latency"))
     assert "—" in latency and "ms" not in latency
-    assert re.search(r"^  2 × connection error", done.stdout, re.M)
+    assert re.search(r"^  2 \u00d7 connection error", done.stdout, re.M)
     assert "connection error" not in done.stderr  # the summary says it; the library's warnings stay quiet
 
 

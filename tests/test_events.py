@@ -139,7 +139,10 @@ def test_solution_is_at_most_1000_chars():
         (lambda: Event.inventory_count(item_type=LONE_SURROGATE), ("item_type", "event_data.itemType")),
         (lambda: Event.safety_alert(description=LONE_SURROGATE), ("description", "event_data.description")),
         (lambda: Event.custom(value=LONE_SURROGATE), ("value", "event_data.value")),
-        (lambda: Event.operator_feedback(related_event_id=LONE_SURROGATE), ("related_event_id", "event_data.relatedEventId")),
+        (
+            lambda: Event.operator_feedback(related_event_id=LONE_SURROGATE),
+            ("related_event_id", "event_data.relatedEventId"),
+        ),
         (lambda: Event.custom(custom_metadata={"k": LONE_SURROGATE}), ("custom_metadata['k']", None)),
         (lambda: Event.custom(solution=LONE_SURROGATE), ("solution", None)),
     ],
@@ -382,16 +385,19 @@ def test_direct_construction_names_the_wire_key_the_caller_typed():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: Event.safety_alert(alert_typ="fire"), "Event.safety_alert() got an unexpected keyword argument 'alert_typ'; did you mean 'alert_type'?"),
-        (lambda: Event.custom(custom_metdata={}), "Event.custom() got an unexpected keyword argument 'custom_metdata'; did you mean 'custom_metadata'?"),
-        (lambda: Event.quality_check(zzz=1), "Event.quality_check() got an unexpected keyword argument 'zzz'"),
-        (lambda: Event.inventory_count(itemCount=3), "Event.inventory_count() got an unexpected keyword argument 'itemCount'; did you mean 'item_count'?"),
+        (lambda: Event.safety_alert(alert_typ="f"), "Event.safety_alert() {} 'alert_typ'; did you mean 'alert_type'?"),
+        (lambda: Event.custom(custom_metdata=1), "Event.custom() {} 'custom_metdata'; did you mean 'custom_metadata'?"),
+        (lambda: Event.quality_check(zzz=1), "Event.quality_check() {} 'zzz'"),
+        (
+            lambda: Event.inventory_count(itemCount=3),
+            "Event.inventory_count() {} 'itemCount'; did you mean 'item_count'?",
+        ),
     ],
 )
 def test_a_misspelled_keyword_names_the_constructor_and_the_close_match(build, message):
     with pytest.raises(TypeError) as info:
         build()
-    assert str(info.value) == message
+    assert str(info.value) == message.format("got an unexpected keyword argument")
 
 
 # ---------------------------------------------------------------- inference_timestamp

@@ -377,8 +377,8 @@ def test_a_string_that_is_neither_base64_nor_a_file_says_what_to_pass(text):
     with pytest.raises(ValidationError) as info:
         prepare_image(text, field="output_image")
     assert info.value.field == "output_image"
-    for accepted in ("numpy array", "JPEG/PNG bytes", "base64", "path of an image file", "PIL image", "WorkflowImageData"):
-        assert accepted in info.value.rule
+    accepted = ("numpy array", "JPEG/PNG bytes", "base64", "path of an image file", "PIL image", "WorkflowImageData")
+    assert all(name in info.value.rule for name in accepted), info.value.rule
 
 
 @pytest.mark.parametrize("image", [42, object(), [[0, 0, 0]]], ids=repr)
