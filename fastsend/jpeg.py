@@ -246,6 +246,9 @@ def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy:
     raise ValidationError(field, image, f"is not an image; {_ACCEPTED_INPUTS}")
 
 
+_PIL_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBa"})
+
+
 def _is_pil_image(image: Any) -> bool:
     # Duck-typed so that Pillow stays optional.
     return all(hasattr(image, name) for name in ("mode", "size", "convert", "__array_interface__"))
@@ -253,13 +256,13 @@ def _is_pil_image(image: Any) -> bool:
 
 def _prepare_pil(image: Any, field: str) -> RawImage:
     """A PIL image as an RGB(A) or gray array; other modes are converted first."""
-    if image.mode not in ("L", "RGB", "RGBA"):
-        has_alpha = "A" in image.mode or "transparency" in getattr(image, "info", {})
-        image = image.convert("L" if image.mode == "1" else "RGBA" if has_alpha else "RGB")
     try:
+        if image.mode not in ("L", "RGB", "RGBA"):
+            has_alpha = image.mode in _PIL_ALPHA_MODES or "transparency" in getattr(image, "info", {})
+            image = image.convert("L" if image.mode == "1" else "RGBA" if has_alpha else "RGB")
         array = np.asarray(image)  # a fresh array of its own: nothing to snapshot
-    except (OSError, ValueError) as exc:  # a lazily opened file that turns out damaged
-        raise ValidationError(field, image, f"must be a readable image ({exc})") from None
+    except (OSError, ValueError) as exc:  # a damaged lazily opened file, or a mode Pillow cannot convert
+        raise ValidationError(field, image, f"must be a readable image convertible to RGB ({exc})") from None
     return _prepare_array(array, field, "rgb", copy=False)
 
 

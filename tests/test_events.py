@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastsend import Event, ValidationError
-from fastsend.events import INT64_MIN, UINT64_MAX
+from fastsend.events import EVENT_SCHEMAS, INT64_MIN, SCHEMA_KEYWORDS, UINT64_MAX
 
 LONE_SURROGATE = "ok\ud800ok"
 
@@ -375,6 +375,12 @@ def test_validation_error_survives_a_hostile_repr():
 def test_errors_name_the_keyword_the_caller_typed_then_the_wire_name(build, keyword, wire):
     with rejects(keyword, f"event_data.{wire}"):
         build()
+
+
+def test_every_wire_field_has_exactly_one_constructor_keyword():
+    assert {schema: set(keywords.values()) for schema, keywords in SCHEMA_KEYWORDS.items()} == {
+        schema: set(rules) for schema, rules in EVENT_SCHEMAS.items()
+    }
 
 
 def test_direct_construction_names_the_wire_key_the_caller_typed():
