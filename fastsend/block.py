@@ -19,8 +19,11 @@ __all__ = ["API_KEY_ENV", "BLOCK_SCHEMAS", "BlockEvent", "build_block_request", 
 API_KEY_ENV = SETTING_ENV_VARS["api_key"]  # EVENT_INGESTION_API_KEY, named once in config
 BLOCK_SCHEMAS = ("quality_check", "inventory_count", "safety_alert", "custom")
 _SCHEMA_FIELDS = frozenset(
-    {"qc_result", "external_id", "location", "item_count", "item_type", "alert_type", "severity", "alert_description", "custom_value"}
-)
+    {
+        "qc_result", "external_id", "location", "item_count", "item_type",
+        "alert_type", "severity", "alert_description", "custom_value",
+    }
+)  # fmt: skip
 _OTHER_PARAMETERS = (
     "event_schema", "output_image", "input_image", "image_label", "custom_metadata", "object_detections",
     "classifications", "instance_segmentations", "keypoint_detections", "event_ingestion_url",

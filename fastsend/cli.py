@@ -9,10 +9,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from .demo import run_demo
-from .events import Event, ValidationError
+from .events import SCHEMA_KEYWORDS, Event, ValidationError
 from .jpeg import jpeg_backend
 from .server import ReferenceService, run
 from .server.options import add_service_arguments, config_from_arguments
@@ -24,13 +24,14 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         # send and demo print what became of each event; the library's warnings would say it a second time.
         logging.getLogger("fastsend").setLevel(logging.ERROR)
         logging.getLogger("fastsend.server").setLevel(logging.WARNING)
     try:
-        return args.command(args)
+        return cast(int, args.command(args))
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -39,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsend", description="Send vision events to an Event Ingestion Service (v2).")
+    description = "Send vision events to an Event Ingestion Service (v2)."
+    parser = argparse.ArgumentParser(prog="fastsend", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(required=True, metavar="{serve,send,demo}")
 
@@ -52,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--image", required=True, type=Path, help="output image file (JPEG or PNG), sent as is")
     send.add_argument("--input-image", type=Path, help="original frame file (JPEG or PNG)")
     send.add_argument("--label")
-    send.add_argument("--schema", required=True, choices=["quality_check", "inventory_count", "safety_alert", "custom", "operator_feedback"])
+    send.add_argument("--schema", required=True, choices=list(SCHEMA_KEYWORDS))
     for flag in ("--result", "--external-id", "--location", "--item-type", "--alert-type", "--severity"):
         send.add_argument(flag)
     send.add_argument("--item-count", type=int)
@@ -61,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--related-event-id")
     send.add_argument("--feedback")
     send.add_argument("--solution")
-    send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="custom metadata (repeatable)")
+    send.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="custom metadata (repeatable)"
+    )
     send.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt")
     send.add_argument("--deadline", type=float, default=30.0, help="seconds in all, retries included")
     send.set_defaults(command=_send)
@@ -81,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
-    run(config, on_started=lambda url: print(f"fastsend reference service on {url} (data in {config.data_dir}); Ctrl-C stops", flush=True))
+    def announce(url: str) -> None:
+        print(f"fastsend reference service on {url} (data in {config.data_dir}); Ctrl-C stops", flush=True)
+
+    run(config, on_started=announce)
     return EXIT_OK
 
 
@@ -116,8 +123,12 @@ def _cli_event(args: argparse.Namespace) -> Event:
     common = {"custom_metadata": _metadata(args.metadata), "solution": args.solution}
     builders = {
         "quality_check": lambda: Event.quality_check(args.result, args.external_id, **common),
-        "inventory_count": lambda: Event.inventory_count(args.location, args.item_count, args.item_type, args.external_id, **common),
-        "safety_alert": lambda: Event.safety_alert(args.alert_type, args.severity, args.description, args.external_id, **common),
+        "inventory_count": lambda: Event.inventory_count(
+            args.location, args.item_count, args.item_type, args.external_id, **common
+        ),
+        "safety_alert": lambda: Event.safety_alert(
+            args.alert_type, args.severity, args.description, args.external_id, **common
+        ),
         "custom": lambda: Event.custom(args.value, args.external_id, **common),
         "operator_feedback": lambda: Event.operator_feedback(args.related_event_id, args.feedback, **common),
     }

@@ -56,7 +56,7 @@ class ValidationError(ValueError):
 def _show(value: Any) -> str:
     try:
         text = repr(value)
-    except Exception:  # a hostile __repr__ must not hide the real error
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
         text = f"<{type(value).__name__}>"
     if len(text) > _SHOWN_VALUE_CHARS:
         text = f"{text[:_SHOWN_VALUE_CHARS]}… ({len(text)} chars)"
@@ -108,10 +108,10 @@ class _Count(_Rule):
     def check(self, field: str, value: Any) -> int:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ValidationError(field, value, "must be an integer (not a bool or float)")
-        value = int(value)
-        if not 0 <= value <= UINT64_MAX:
-            raise ValidationError(field, value, f"must be between 0 and {UINT64_MAX}")
-        return value
+        count = int(value)
+        if not 0 <= count <= UINT64_MAX:
+            raise ValidationError(field, count, f"must be between 0 and {UINT64_MAX}")
+        return count
 
 
 _EXTERNAL_ID = _Text(max_chars=1000)
@@ -177,7 +177,8 @@ def validate_event_data(schema: Any, data: Any) -> dict[str, Any]:
     for key, value in data.items():
         rule = rules.get(key)
         if rule is None:
-            raise ValidationError(f"event_data.{key}", value, f"is not a field of {schema} (allowed: {', '.join(rules)})")
+            allowed = ", ".join(rules)
+            raise ValidationError(f"event_data.{key}", value, f"is not a field of {schema} (allowed: {allowed})")
         # str(): a str subclass key (numpy's str_) is one orjson refuses to serialize.
         clean[str(key)] = rule.check(f"event_data.{key}", value)
     return clean
@@ -188,7 +189,8 @@ def validate_custom_metadata(metadata: Any) -> dict[str, str | int | float | boo
     if not isinstance(metadata, Mapping):
         raise ValidationError("custom_metadata", metadata, "must be a mapping of key to value")
     if len(metadata) > METADATA_MAX_KEYS:
-        raise ValidationError("custom_metadata", f"<{len(metadata)} keys>", f"must have at most {METADATA_MAX_KEYS} keys")
+        shown = f"<{len(metadata)} keys>"
+        raise ValidationError("custom_metadata", shown, f"must have at most {METADATA_MAX_KEYS} keys")
     clean: dict[str, str | int | float | bool] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
@@ -206,15 +208,15 @@ def _metadata_value(field: str, value: Any) -> str | int | float | bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
-        value = int(value)
-        if not INT64_MIN <= value <= UINT64_MAX:
-            raise ValidationError(field, value, "must fit in 64 bits")
-        return value
+        integer = int(value)
+        if not INT64_MIN <= integer <= UINT64_MAX:
+            raise ValidationError(field, integer, "must fit in 64 bits")
+        return integer
     if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValidationError(field, value, "must be a finite number (no NaN or infinity)")
-        return value
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValidationError(field, number, "must be a finite number (no NaN or infinity)")
+        return number
     if isinstance(value, str):
         return validate_text(field, value, max_chars=METADATA_VALUE_MAX_CHARS)
     raise ValidationError(field, value, f"must be str, int, float or bool, not {type(value).__name__}")

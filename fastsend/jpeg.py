@@ -15,11 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 import pybase64
 import simplejpeg
+from numpy.typing import NDArray
 
 from .events import ValidationError
 
@@ -51,7 +52,7 @@ _DATA_URL_SEPARATOR = ";base64,"
 
 @dataclass(frozen=True, slots=True)
 class JpegOptions:
-    """How raw frames are encoded: quality 1–100, chroma subsampling, optional longest side."""
+    """How raw frames are encoded: quality 1-100, chroma subsampling, optional longest side."""
 
     quality: int = 95
     subsampling: str = "420"
@@ -79,7 +80,7 @@ class RawImage:
     ``snapshot_seconds`` is the CPU time the caller's thread spent copying it.
     """
 
-    array: np.ndarray
+    array: NDArray[Any]
     pixel_format: str
     recyclable: bool = False
     snapshot_seconds: float = 0.0
@@ -92,19 +93,20 @@ class EncodedImage:
     base64: bytes
 
 
-ImageSource = Union[RawImage, EncodedImage]
+ImageSource = Union[RawImage, EncodedImage]  # noqa: UP007 - a runtime alias; X | Y needs Python 3.10 types
 
 
 # ---------------------------------------------------------------- backends
 
-Encoder = Callable[[np.ndarray, str, int, str], bytes]
+Encoder = Callable[[NDArray[Any], str, int, str], bytes]
 
 
-def _simplejpeg_encode(array: np.ndarray, pixel_format: str, quality: int, subsampling: str) -> bytes:
+def _simplejpeg_encode(array: NDArray[Any], pixel_format: str, quality: int, subsampling: str) -> bytes:
     if array.ndim == 2:
         array = array[:, :, None]
     sampling = "Gray" if pixel_format == "GRAY" else subsampling
-    return simplejpeg.encode_jpeg(array, quality=quality, colorspace=pixel_format, colorsubsampling=sampling)
+    encoded = simplejpeg.encode_jpeg(array, quality=quality, colorspace=pixel_format, colorsubsampling=sampling)
+    return cast(bytes, encoded)
 
 
 def _load_turbojpeg() -> Encoder | None:
@@ -121,9 +123,10 @@ def _load_turbojpeg() -> Encoder | None:
     formats = {name: getattr(turbojpeg, f"TJPF_{name}") for name in ("BGR", "RGB", "GRAY", "BGRA", "RGBA")}
     samplings = {name: getattr(turbojpeg, f"TJSAMP_{name}") for name in SUBSAMPLINGS}
 
-    def encode(array: np.ndarray, pixel_format: str, quality: int, subsampling: str) -> bytes:
+    def encode(array: NDArray[Any], pixel_format: str, quality: int, subsampling: str) -> bytes:
         sampling = turbojpeg.TJSAMP_GRAY if pixel_format == "GRAY" else samplings[subsampling]
-        return codec.encode(array, quality=quality, pixel_format=formats[pixel_format], jpeg_subsample=sampling)
+        encoded = codec.encode(array, quality=quality, pixel_format=formats[pixel_format], jpeg_subsample=sampling)
+        return cast(bytes, encoded)
 
     return encode
 
@@ -156,14 +159,14 @@ def jpeg_backend() -> str:
     return _active_backend()[0]
 
 
-def _rows_contiguous(array: np.ndarray) -> bool:
+def _rows_contiguous(array: NDArray[Any]) -> bool:
     # Strides, not flags: NumPy calls an axis of length 1 contiguous whatever its stride.
     pixel = array.itemsize * (array.shape[2] if array.ndim == 3 else 1)
     packed = (pixel, array.itemsize)[: array.ndim - 1]
     return array.strides[1:] == packed and array.strides[0] >= array.shape[1] * pixel
 
 
-def encode_jpeg(array: np.ndarray, pixel_format: str = "BGR", quality: int = 95, subsampling: str = "420") -> bytes:
+def encode_jpeg(array: NDArray[Any], pixel_format: str = "BGR", quality: int = 95, subsampling: str = "420") -> bytes:
     """Encode a uint8 frame to JPEG bytes with libjpeg-turbo.
 
     A view whose rows are each contiguous (a crop) is encoded in place by the
@@ -178,7 +181,7 @@ def encode_jpeg(array: np.ndarray, pixel_format: str = "BGR", quality: int = 95,
     return encode(np.array(array, order="C"), pixel_format, quality, subsampling)
 
 
-def _downscale(array: np.ndarray, max_side: int) -> np.ndarray:
+def _downscale(array: NDArray[Any], max_side: int) -> NDArray[Any]:
     # Box filter by the smallest integer factor that fits: predictable, no OpenCV needed.
     height, width = array.shape[:2]
     factor = -(-max(height, width) // max_side)
@@ -189,7 +192,7 @@ def _downscale(array: np.ndarray, max_side: int) -> np.ndarray:
     h, w = height // fy, width // fx
     cropped = array[: h * fy, : w * fx].astype(np.uint16)
     blocks = cropped.reshape(h, fy, w, fx, *array.shape[2:])
-    return (blocks.sum(axis=(1, 3)) // (fy * fx)).astype(np.uint8)
+    return cast(NDArray[Any], (blocks.sum(axis=(1, 3)) // (fy * fx)).astype(np.uint8))
 
 
 def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
@@ -199,7 +202,8 @@ def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
     array = source.array
     if options.max_side is not None:
         array = _downscale(array, options.max_side)
-    return pybase64.b64encode(encode_jpeg(array, source.pixel_format, options.quality, options.subsampling))
+    jpeg = encode_jpeg(array, source.pixel_format, options.quality, options.subsampling)
+    return cast(bytes, pybase64.b64encode(jpeg))
 
 
 # ---------------------------------------------------------------- inputs
@@ -293,13 +297,13 @@ def _open_with_pillow(data: bytes, field: str, shown: str) -> Any:
     return image
 
 
-def _prepare_array(array: np.ndarray, field: str, color: str, copy: bool) -> RawImage:
+def _prepare_array(array: NDArray[Any], field: str, color: str, copy: bool) -> RawImage:
     if color not in _CHANNELS_TO_FORMAT:
         raise ValidationError("color", color, "must be 'bgr' or 'rgb'")
     if array.dtype != np.uint8:
         raise ValidationError(f"{field}.dtype", array.dtype, "must be uint8")
     if array.ndim not in (2, 3):
-        raise ValidationError(f"{field}.shape", array.shape, "must be H×W or H×W×C")
+        raise ValidationError(f"{field}.shape", array.shape, "must be HxW or HxWxC")
     channels = 1 if array.ndim == 2 else array.shape[2]
     pixel_format = _CHANNELS_TO_FORMAT[color].get(channels)
     if pixel_format is None:
@@ -335,10 +339,10 @@ class _FramePool:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._idle: dict[tuple[int, ...], list[NDArray[Any]]] = {}
         self._idle_bytes = 0
 
-    def snapshot(self, array: np.ndarray) -> np.ndarray:
+    def snapshot(self, array: NDArray[Any]) -> NDArray[Any]:
         with self._lock:
             buffers = self._idle.get(array.shape)
             buffer = buffers.pop() if buffers else None
@@ -349,7 +353,7 @@ class _FramePool:
         np.copyto(buffer, array)
         return buffer
 
-    def release(self, buffer: np.ndarray) -> None:
+    def release(self, buffer: NDArray[Any]) -> None:
         with self._lock:
             if self._idle_bytes + buffer.nbytes <= self.max_idle_bytes:
                 self._idle.setdefault(buffer.shape, []).append(buffer)
@@ -386,7 +390,8 @@ def check_image_file(data: bytes, field: str, shown: Any) -> str:
             raise ValidationError(field, shown, "must be a complete PNG (IHDR first, IEND last; truncated?)")
         return "image/png"
     if not data.startswith(_JPEG_MAGIC):
-        raise ValidationError(field, shown, f"must decode to a JPEG or PNG image (starts with {data[:8].hex() or 'nothing'})")
+        start = data[:8].hex() or "nothing"
+        raise ValidationError(field, shown, f"must decode to a JPEG or PNG image (starts with {start})")
     try:
         simplejpeg.decode_jpeg_header(data)
     except ValueError as exc:
