@@ -9,17 +9,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import SETTING_ENV_VARS, Settings
-from .events import Event, ValidationError
+from .events import Event, ValidationError, unexpected_keyword_message
 from .jpeg import JpegOptions
 from .wire import PreparedEvent, Request, events_url, prepare_event, render_body, request_headers
 
-__all__ = ["BlockEvent", "API_KEY_ENV", "BLOCK_SCHEMAS", "build_block_request", "prepare_block_event"]
+__all__ = ["API_KEY_ENV", "BLOCK_SCHEMAS", "BlockEvent", "build_block_request", "prepare_block_event"]
 
 API_KEY_ENV = SETTING_ENV_VARS["api_key"]  # EVENT_INGESTION_API_KEY, named once in config
 BLOCK_SCHEMAS = ("quality_check", "inventory_count", "safety_alert", "custom")
 _SCHEMA_FIELDS = frozenset(
-    {"qc_result", "external_id", "location", "item_count", "item_type", "alert_type", "severity", "alert_description", "custom_value"}
-)
+    {
+        "qc_result", "external_id", "location", "item_count", "item_type",
+        "alert_type", "severity", "alert_description", "custom_value",
+    }
+)  # fmt: skip
+_OTHER_PARAMETERS = (
+    "event_schema", "output_image", "input_image", "image_label", "custom_metadata", "object_detections",
+    "classifications", "instance_segmentations", "keypoint_detections", "event_ingestion_url",
+)  # fmt: skip
+# Event constructor keyword -> the block's parameter, where they differ.
+_BLOCK_NAMES = {"result": "qc_result", "description": "alert_description", "value": "custom_value"}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -31,6 +40,15 @@ class BlockEvent:
 
 
 def _event(event_schema: Any, custom_metadata: Any, params: dict[str, Any]) -> Event:
+    try:
+        return _schema_event(event_schema, custom_metadata, params)
+    except ValidationError as error:
+        if error.field not in _BLOCK_NAMES:
+            raise
+        raise error.renamed(_BLOCK_NAMES[error.field]) from None
+
+
+def _schema_event(event_schema: Any, custom_metadata: Any, params: dict[str, Any]) -> Event:
     common = {"custom_metadata": custom_metadata}
     get = params.get
     if event_schema == "quality_check":
@@ -75,9 +93,10 @@ def prepare_block_event(
     """Validate a block call and prepare it; the schema fields are ``qc_result``,
     ``external_id``, ``location``, ``item_count``, ``item_type``, ``alert_type``,
     ``severity``, ``alert_description`` and ``custom_value``."""
-    unknown = set(schema_fields) - _SCHEMA_FIELDS
+    unknown = sorted(set(schema_fields) - _SCHEMA_FIELDS)
     if unknown:
-        raise TypeError(f"unexpected Event Writer parameter(s): {', '.join(sorted(unknown))}")
+        known = [*_SCHEMA_FIELDS, *_OTHER_PARAMETERS]
+        raise TypeError(unexpected_keyword_message("Event Writer block", unknown[0], known))
     event = _event(event_schema, custom_metadata, schema_fields)
     prepared = prepare_event(
         event,

@@ -7,11 +7,12 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, TextIO, cast
 
 from .demo import run_demo
-from .events import Event, ValidationError
+from .events import SCHEMA_KEYWORDS, Event, ValidationError
 from .jpeg import jpeg_backend
 from .server import ReferenceService, run
 from .server.options import add_service_arguments, config_from_arguments
@@ -23,9 +24,14 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # send and demo print what became of each event; the library's warnings would say it a second time.
+        logging.getLogger("fastsend").setLevel(logging.ERROR)
+        logging.getLogger("fastsend.server").setLevel(logging.WARNING)
     try:
-        return args.command(args)
+        return cast(int, args.command(args))
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -34,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsend", description="Send vision events to an Event Ingestion Service (v2).")
+    description = "Send vision events to an Event Ingestion Service (v2)."
+    parser = argparse.ArgumentParser(prog="fastsend", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(required=True, metavar="{serve,send,demo}")
 
@@ -47,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--image", required=True, type=Path, help="output image file (JPEG or PNG), sent as is")
     send.add_argument("--input-image", type=Path, help="original frame file (JPEG or PNG)")
     send.add_argument("--label")
-    send.add_argument("--schema", required=True, choices=["quality_check", "inventory_count", "safety_alert", "custom", "operator_feedback"])
+    send.add_argument("--schema", required=True, choices=list(SCHEMA_KEYWORDS))
     for flag in ("--result", "--external-id", "--location", "--item-type", "--alert-type", "--severity"):
         send.add_argument(flag)
     send.add_argument("--item-count", type=int)
@@ -56,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--related-event-id")
     send.add_argument("--feedback")
     send.add_argument("--solution")
-    send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="custom metadata (repeatable)")
+    send.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="custom metadata (repeatable)"
+    )
     send.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt")
     send.add_argument("--deadline", type=float, default=30.0, help="seconds in all, retries included")
     send.set_defaults(command=_send)
@@ -76,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
-    run(config, on_started=lambda url: print(f"fastsend reference service on {url} (data in {config.data_dir}); Ctrl-C stops", flush=True))
+    def announce(url: str) -> None:
+        print(f"fastsend reference service on {url} (data in {config.data_dir}); Ctrl-C stops", flush=True)
+
+    run(config, on_started=announce)
     return EXIT_OK
 
 
@@ -111,8 +123,12 @@ def _cli_event(args: argparse.Namespace) -> Event:
     common = {"custom_metadata": _metadata(args.metadata), "solution": args.solution}
     builders = {
         "quality_check": lambda: Event.quality_check(args.result, args.external_id, **common),
-        "inventory_count": lambda: Event.inventory_count(args.location, args.item_count, args.item_type, args.external_id, **common),
-        "safety_alert": lambda: Event.safety_alert(args.alert_type, args.severity, args.description, args.external_id, **common),
+        "inventory_count": lambda: Event.inventory_count(
+            args.location, args.item_count, args.item_type, args.external_id, **common
+        ),
+        "safety_alert": lambda: Event.safety_alert(
+            args.alert_type, args.severity, args.description, args.external_id, **common
+        ),
         "custom": lambda: Event.custom(args.value, args.external_id, **common),
         "operator_feedback": lambda: Event.operator_feedback(args.related_event_id, args.feedback, **common),
     }
@@ -155,17 +171,14 @@ def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
     print(f"streaming {args.frames} frames of {args.width}×{args.height} (output + input image, JPEG via {jpeg_backend()})")
     # block: the demo shows throughput with every frame delivered; a live camera would rather drop_oldest.
     with EventWriter(url, overflow="block") as writer:
+        progress = _progress(args.frames)
         summary = run_demo(
-            writer, frames=args.frames, width=args.width, height=args.height, fps=args.fps, on_progress=_progress_bar(args.frames)
+            writer, frames=args.frames, width=args.width, height=args.height, fps=args.fps, on_progress=progress
         )
-    print()
     stats = summary.stats
     print(f"events        {summary.events} in {summary.seconds:.2f}s = {summary.events_per_second:.1f} events/s")
     print(f"acknowledged  {len(summary.acknowledged)}   failed {stats['failed']}   dropped {stats['dropped']}   retries {stats['retried']}")
-    print(
-        f"latency       submit→201 p50 {stats['latency_p50_ms']:.1f} ms   p95 {stats['latency_p95_ms']:.1f} ms"
-        f"   p99 {stats['latency_p99_ms']:.1f} ms"
-    )
+    print(f"latency       submit→201 {_latencies(stats)}")
     print(f"bytes sent    {stats['bytes_sent'] / 1e6:.1f} MB   encode {stats['encode_ms_per_image']:.2f} ms/image")
     for message, count in summary.failures.items():
         print(f"  {count} × {message}")
@@ -176,18 +189,50 @@ def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
     return EXIT_OK if not missing and not summary.failures else EXIT_FAILED
 
 
-def _progress_bar(total: int, width: int = 30) -> Any:
-    last = [0.0]
+def _latencies(stats: dict[str, Any]) -> str:
+    if not stats["sent"]:  # no acknowledgement, no latency: 0.0 ms would read as a measurement
+        return "p50 —   p95 —   p99 —"
+    return "   ".join(f"{name} {stats[f'latency_{name}_ms']:.1f} ms" for name in ("p50", "p95", "p99"))
+
+
+def _progress(total: int, stream: TextIO | None = None) -> Callable[[int, int, float], None]:
+    """A bar redrawn in place on a terminal; elsewhere (a pipe, a log file) a plain line at each quarter."""
+    out = stream or sys.stdout
+    return _progress_bar(total, out) if out.isatty() else _progress_lines(total, out)
+
+
+def _progress_bar(total: int, out: TextIO, width: int = 30) -> Callable[[int, int, float], None]:
+    last_drawn = 0.0
+    finished = False
 
     def show(done: int, failed: int, elapsed: float) -> None:
+        nonlocal last_drawn, finished
         now = time.perf_counter()
-        if now - last[0] < 0.1 and done < total:
+        if finished or (now - last_drawn < 0.1 and done < total):
             return
-        last[0] = now
+        last_drawn, finished = now, done >= total
         filled = int(width * done / total) if total else width
         rate = done / elapsed if elapsed else 0.0
-        sys.stdout.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events  {rate:6.1f}/s  failures {failed}")
-        sys.stdout.flush()
+        bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+        end = "\n" if finished else ""
+        out.write(f"\r{bar} {done}/{total} events  {rate:6.1f}/s  failures {failed}{end}")
+        out.flush()
+
+    return show
+
+
+def _progress_lines(total: int, out: TextIO, steps: int = 4) -> Callable[[int, int, float], None]:
+    shown_step = 0
+
+    def show(done: int, failed: int, elapsed: float) -> None:
+        nonlocal shown_step
+        step = steps * done // total if total else steps
+        if step <= shown_step:
+            return
+        shown_step = step
+        rate = done / elapsed if elapsed else 0.0
+        out.write(f"progress      {done}/{total} events   {rate:.1f}/s   failures {failed}\n")
+        out.flush()
 
     return show
 

@@ -7,20 +7,24 @@ arrives.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "COMMON_KEYWORDS",
+    "EVENT_SCHEMAS",
+    "SCHEMA_KEYWORDS",
     "Event",
     "ValidationError",
-    "EVENT_SCHEMAS",
-    "validate_event_data",
     "validate_custom_metadata",
+    "validate_event_data",
     "validate_text",
 ]
 
@@ -29,19 +33,30 @@ INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 
 
 class ValidationError(ValueError):
-    """An event, image or setting broke a rule; names the field, the value and the rule."""
+    """An event, image or setting broke a rule; names the field, the value and the rule.
 
-    def __init__(self, field: str, value: Any, rule: str) -> None:
+    ``field`` is the name the caller used (a keyword such as ``alert_type``);
+    ``wire_field``, when it differs, is the field's name in the request body
+    (``event_data.alertType``), which is what the service reports.
+    """
+
+    def __init__(self, field: str, value: Any, rule: str, *, wire_field: str | None = None) -> None:
         self.field = field
         self.value = value
         self.rule = rule
-        super().__init__(f"{field}: {_show(value)} {rule}")
+        self.wire_field = wire_field if wire_field != field else None
+        shown_field = field if self.wire_field is None else f"{field} ({self.wire_field})"
+        super().__init__(f"{shown_field}: {_show(value)} {rule}")
+
+    def renamed(self, field: str) -> ValidationError:
+        """The same error under the name the caller used; the wire name is kept."""
+        return ValidationError(field, self.value, self.rule, wire_field=self.wire_field or self.field)
 
 
 def _show(value: Any) -> str:
     try:
         text = repr(value)
-    except Exception:  # a hostile __repr__ must not hide the real error
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
         text = f"<{type(value).__name__}>"
     if len(text) > _SHOWN_VALUE_CHARS:
         text = f"{text[:_SHOWN_VALUE_CHARS]}… ({len(text)} chars)"
@@ -93,10 +108,10 @@ class _Count(_Rule):
     def check(self, field: str, value: Any) -> int:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ValidationError(field, value, "must be an integer (not a bool or float)")
-        value = int(value)
-        if not 0 <= value <= UINT64_MAX:
-            raise ValidationError(field, value, f"must be between 0 and {UINT64_MAX}")
-        return value
+        count = int(value)
+        if not 0 <= count <= UINT64_MAX:
+            raise ValidationError(field, count, f"must be between 0 and {UINT64_MAX}")
+        return count
 
 
 _EXTERNAL_ID = _Text(max_chars=1000)
@@ -124,6 +139,27 @@ EVENT_SCHEMAS: dict[str, dict[str, _Rule]] = {
     },
 }
 
+# Python keyword -> wire name, per schema, as the constructors (Event.safety_alert(...)) take them.
+SCHEMA_KEYWORDS: dict[str, dict[str, str]] = {
+    "quality_check": {"result": "result", "external_id": "externalId"},
+    "inventory_count": {
+        "location": "location",
+        "item_count": "itemCount",
+        "item_type": "itemType",
+        "external_id": "externalId",
+    },
+    "safety_alert": {
+        "alert_type": "alertType",
+        "severity": "severity",
+        "description": "description",
+        "external_id": "externalId",
+    },
+    "custom": {"value": "value", "external_id": "externalId"},
+    "operator_feedback": {"related_event_id": "relatedEventId", "feedback": "feedback"},
+}
+# The keywords every constructor takes besides its schema's fields.
+COMMON_KEYWORDS = ("custom_metadata", "solution", "inference_timestamp")
+
 METADATA_MAX_KEYS = 100
 METADATA_KEY_MAX_CHARS = 100
 METADATA_VALUE_MAX_CHARS = 1000
@@ -141,7 +177,8 @@ def validate_event_data(schema: Any, data: Any) -> dict[str, Any]:
     for key, value in data.items():
         rule = rules.get(key)
         if rule is None:
-            raise ValidationError(f"event_data.{key}", value, f"is not a field of {schema} (allowed: {', '.join(rules)})")
+            allowed = ", ".join(rules)
+            raise ValidationError(f"event_data.{key}", value, f"is not a field of {schema} (allowed: {allowed})")
         # str(): a str subclass key (numpy's str_) is one orjson refuses to serialize.
         clean[str(key)] = rule.check(f"event_data.{key}", value)
     return clean
@@ -152,7 +189,8 @@ def validate_custom_metadata(metadata: Any) -> dict[str, str | int | float | boo
     if not isinstance(metadata, Mapping):
         raise ValidationError("custom_metadata", metadata, "must be a mapping of key to value")
     if len(metadata) > METADATA_MAX_KEYS:
-        raise ValidationError("custom_metadata", f"<{len(metadata)} keys>", f"must have at most {METADATA_MAX_KEYS} keys")
+        shown = f"<{len(metadata)} keys>"
+        raise ValidationError("custom_metadata", shown, f"must have at most {METADATA_MAX_KEYS} keys")
     clean: dict[str, str | int | float | bool] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
@@ -170,15 +208,15 @@ def _metadata_value(field: str, value: Any) -> str | int | float | bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
-        value = int(value)
-        if not INT64_MIN <= value <= UINT64_MAX:
-            raise ValidationError(field, value, "must fit in 64 bits")
-        return value
+        integer = int(value)
+        if not INT64_MIN <= integer <= UINT64_MAX:
+            raise ValidationError(field, integer, "must fit in 64 bits")
+        return integer
     if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValidationError(field, value, "must be a finite number (no NaN or infinity)")
-        return value
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValidationError(field, number, "must be a finite number (no NaN or infinity)")
+        return number
     if isinstance(value, str):
         return validate_text(field, value, max_chars=METADATA_VALUE_MAX_CHARS)
     raise ValidationError(field, value, f"must be str, int, float or bool, not {type(value).__name__}")
@@ -239,14 +277,24 @@ class Event:
 
     @classmethod
     def _build(cls, schema: str, fields: dict[str, Any], common: dict[str, Any]) -> Event:
-        data = {key: value for key, value in fields.items() if value is not None}
-        return cls(schema, data, **common)
+        """Build from a constructor's keywords, naming them (not the wire names) in errors."""
+        keywords = SCHEMA_KEYWORDS[schema]
+        for name in common:
+            if name not in COMMON_KEYWORDS:
+                raise TypeError(unexpected_keyword_message(f"Event.{schema}()", name, [*keywords, *COMMON_KEYWORDS]))
+        data = {keywords[name]: value for name, value in fields.items() if value is not None}
+        try:
+            return cls(schema, data, **common)
+        except ValidationError as error:
+            keyword = {f"event_data.{wire}": name for name, wire in keywords.items()}.get(error.field)
+            if keyword is None:
+                raise
+            raise error.renamed(keyword) from None
 
     @classmethod
-    def quality_check(
-        cls, result: str | None = None, external_id: str | None = None, **common: Any
-    ) -> Event:
-        return cls._build("quality_check", {"result": result, "externalId": external_id}, common)
+    def quality_check(cls, result: str | None = None, external_id: str | None = None, **common: Any) -> Event:
+        """A pass/fail inspection: ``result`` is ``"pass"`` or ``"fail"``."""
+        return cls._build("quality_check", {"result": result, "external_id": external_id}, common)
 
     @classmethod
     def inventory_count(
@@ -257,7 +305,8 @@ class Event:
         external_id: str | None = None,
         **common: Any,
     ) -> Event:
-        fields = {"location": location, "itemCount": item_count, "itemType": item_type, "externalId": external_id}
+        """A count of items: ``item_count`` is an integer from 0 to 2**64 - 1."""
+        fields = {"location": location, "item_count": item_count, "item_type": item_type, "external_id": external_id}
         return cls._build("inventory_count", fields, common)
 
     @classmethod
@@ -269,15 +318,30 @@ class Event:
         external_id: str | None = None,
         **common: Any,
     ) -> Event:
-        fields = {"alertType": alert_type, "severity": severity, "description": description, "externalId": external_id}
+        """A safety alert: ``alert_type`` matches ``[A-Za-z0-9_-]+``; ``severity`` is low, medium or high."""
+        fields = {
+            "alert_type": alert_type,
+            "severity": severity,
+            "description": description,
+            "external_id": external_id,
+        }
         return cls._build("safety_alert", fields, common)
 
     @classmethod
     def custom(cls, value: str | None = None, external_id: str | None = None, **common: Any) -> Event:
-        return cls._build("custom", {"value": value, "externalId": external_id}, common)
+        """A free-form event: ``value`` is up to 10,000 characters."""
+        return cls._build("custom", {"value": value, "external_id": external_id}, common)
 
     @classmethod
     def operator_feedback(
         cls, related_event_id: str | None = None, feedback: str | None = None, **common: Any
     ) -> Event:
-        return cls._build("operator_feedback", {"relatedEventId": related_event_id, "feedback": feedback}, common)
+        """A verdict on an earlier event: ``feedback`` is correct, incorrect or inconclusive."""
+        return cls._build("operator_feedback", {"related_event_id": related_event_id, "feedback": feedback}, common)
+
+
+def unexpected_keyword_message(callable_name: str, name: str, known: list[str]) -> str:
+    """Python's own wording for a misspelled keyword, plus the closest known one."""
+    message = f"{callable_name} got an unexpected keyword argument {name!r}"
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{message}; did you mean {close[0]!r}?" if close else message

@@ -8,16 +8,19 @@ Both release the GIL while they compress, so encoder threads run in parallel.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Union, cast
 
 import numpy as np
 import pybase64
 import simplejpeg
+from numpy.typing import NDArray
 
 from .events import ValidationError
 
@@ -25,8 +28,8 @@ __all__ = [
     "EncodedImage",
     "ImageSource",
     "JpegOptions",
-    "check_image_file",
     "RawImage",
+    "check_image_file",
     "encode_jpeg",
     "jpeg_backend",
     "prepare_image",
@@ -49,7 +52,7 @@ _DATA_URL_SEPARATOR = ";base64,"
 
 @dataclass(frozen=True, slots=True)
 class JpegOptions:
-    """How raw frames are encoded: quality 1–100, chroma subsampling, optional longest side."""
+    """How raw frames are encoded: quality 1-100, chroma subsampling, optional longest side."""
 
     quality: int = 95
     subsampling: str = "420"
@@ -77,7 +80,7 @@ class RawImage:
     ``snapshot_seconds`` is the CPU time the caller's thread spent copying it.
     """
 
-    array: np.ndarray
+    array: NDArray[Any]
     pixel_format: str
     recyclable: bool = False
     snapshot_seconds: float = 0.0
@@ -90,19 +93,20 @@ class EncodedImage:
     base64: bytes
 
 
-ImageSource = Union[RawImage, EncodedImage]
+ImageSource = Union[RawImage, EncodedImage]  # noqa: UP007 - a runtime alias; X | Y needs Python 3.10 types
 
 
 # ---------------------------------------------------------------- backends
 
-Encoder = Callable[[np.ndarray, str, int, str], bytes]
+Encoder = Callable[[NDArray[Any], str, int, str], bytes]
 
 
-def _simplejpeg_encode(array: np.ndarray, pixel_format: str, quality: int, subsampling: str) -> bytes:
+def _simplejpeg_encode(array: NDArray[Any], pixel_format: str, quality: int, subsampling: str) -> bytes:
     if array.ndim == 2:
         array = array[:, :, None]
     sampling = "Gray" if pixel_format == "GRAY" else subsampling
-    return simplejpeg.encode_jpeg(array, quality=quality, colorspace=pixel_format, colorsubsampling=sampling)
+    encoded = simplejpeg.encode_jpeg(array, quality=quality, colorspace=pixel_format, colorsubsampling=sampling)
+    return cast(bytes, encoded)
 
 
 def _load_turbojpeg() -> Encoder | None:
@@ -119,9 +123,10 @@ def _load_turbojpeg() -> Encoder | None:
     formats = {name: getattr(turbojpeg, f"TJPF_{name}") for name in ("BGR", "RGB", "GRAY", "BGRA", "RGBA")}
     samplings = {name: getattr(turbojpeg, f"TJSAMP_{name}") for name in SUBSAMPLINGS}
 
-    def encode(array: np.ndarray, pixel_format: str, quality: int, subsampling: str) -> bytes:
+    def encode(array: NDArray[Any], pixel_format: str, quality: int, subsampling: str) -> bytes:
         sampling = turbojpeg.TJSAMP_GRAY if pixel_format == "GRAY" else samplings[subsampling]
-        return codec.encode(array, quality=quality, pixel_format=formats[pixel_format], jpeg_subsample=sampling)
+        encoded = codec.encode(array, quality=quality, pixel_format=formats[pixel_format], jpeg_subsample=sampling)
+        return cast(bytes, encoded)
 
     return encode
 
@@ -154,14 +159,14 @@ def jpeg_backend() -> str:
     return _active_backend()[0]
 
 
-def _rows_contiguous(array: np.ndarray) -> bool:
+def _rows_contiguous(array: NDArray[Any]) -> bool:
     # Strides, not flags: NumPy calls an axis of length 1 contiguous whatever its stride.
     pixel = array.itemsize * (array.shape[2] if array.ndim == 3 else 1)
     packed = (pixel, array.itemsize)[: array.ndim - 1]
     return array.strides[1:] == packed and array.strides[0] >= array.shape[1] * pixel
 
 
-def encode_jpeg(array: np.ndarray, pixel_format: str = "BGR", quality: int = 95, subsampling: str = "420") -> bytes:
+def encode_jpeg(array: NDArray[Any], pixel_format: str = "BGR", quality: int = 95, subsampling: str = "420") -> bytes:
     """Encode a uint8 frame to JPEG bytes with libjpeg-turbo.
 
     A view whose rows are each contiguous (a crop) is encoded in place by the
@@ -176,7 +181,7 @@ def encode_jpeg(array: np.ndarray, pixel_format: str = "BGR", quality: int = 95,
     return encode(np.array(array, order="C"), pixel_format, quality, subsampling)
 
 
-def _downscale(array: np.ndarray, max_side: int) -> np.ndarray:
+def _downscale(array: NDArray[Any], max_side: int) -> NDArray[Any]:
     # Box filter by the smallest integer factor that fits: predictable, no OpenCV needed.
     height, width = array.shape[:2]
     factor = -(-max(height, width) // max_side)
@@ -187,7 +192,7 @@ def _downscale(array: np.ndarray, max_side: int) -> np.ndarray:
     h, w = height // fy, width // fx
     cropped = array[: h * fy, : w * fx].astype(np.uint16)
     blocks = cropped.reshape(h, fy, w, fx, *array.shape[2:])
-    return (blocks.sum(axis=(1, 3)) // (fy * fx)).astype(np.uint8)
+    return cast(NDArray[Any], (blocks.sum(axis=(1, 3)) // (fy * fx)).astype(np.uint8))
 
 
 def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
@@ -197,18 +202,31 @@ def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
     array = source.array
     if options.max_side is not None:
         array = _downscale(array, options.max_side)
-    return pybase64.b64encode(encode_jpeg(array, source.pixel_format, options.quality, options.subsampling))
+    jpeg = encode_jpeg(array, source.pixel_format, options.quality, options.subsampling)
+    return cast(bytes, pybase64.b64encode(jpeg))
 
 
 # ---------------------------------------------------------------- inputs
 
 
+_ACCEPTED_INPUTS = (
+    "pass a uint8 numpy array (HxWx3 BGR, HxW gray, HxWx4), JPEG/PNG bytes, a base64 string of a JPEG/PNG, "
+    "the path of an image file (str or pathlib.Path), a PIL image, or a WorkflowImageData"
+)
+# Longer strings are never tried as file paths: no file system takes them, and base64 images are long.
+_MAX_PATH_CHARS = 4096
+# A string ending so that was meant as a path, not as base64 (a dot is not in the base64 alphabet).
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
 def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy: bool = True) -> ImageSource:
     """Validate an image on the caller's thread and take what the encoder needs.
 
-    Accepts an H×W×3 (BGR by default, RGB with ``color="rgb"``), H×W or H×W×1 gray,
-    or H×W×4 uint8 array; JPEG or PNG bytes; a base64 string; or an object with
-    ``base64_image`` / ``numpy_image`` (inference's ``WorkflowImageData``).
+    Accepts an HxWx3 (BGR by default, RGB with ``color="rgb"``), HxW or HxWx1 gray,
+    or HxWx4 uint8 array; JPEG or PNG bytes; a base64 string; the path of an image
+    file (``str`` or ``os.PathLike``: JPEG and PNG files are sent as they are, other
+    formats are decoded with Pillow); a PIL image (RGB, whatever ``color`` says); or
+    an object with ``base64_image`` / ``numpy_image`` (inference's ``WorkflowImageData``).
     With ``copy=True`` the caller may overwrite its array as soon as this returns;
     ``copy=False`` hands the array over and the caller must not touch it again.
     """
@@ -217,26 +235,75 @@ def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _prepare_bytes(bytes(image) if copy or not isinstance(image, bytes) else image, field)
     if isinstance(image, str):
-        return _prepare_base64_text(image, field)
+        return _prepare_text(image, field)
+    if isinstance(image, os.PathLike):
+        return _prepare_file(image, field)
     if image is None:
-        raise ValidationError(field, image, "is required")
+        raise ValidationError(field, image, f"is required; {_ACCEPTED_INPUTS}")
+    if _is_pil_image(image):
+        return _prepare_pil(image, field)
     # inference's WorkflowImageData computes these lazily: prefer what it already holds.
     for attribute in ("_base64_image", "_numpy_image", "base64_image", "numpy_image"):
         value = getattr(image, attribute, None)
         if value is not None:
             return prepare_image(value, field=field, color=color, copy=copy)
-    raise ValidationError(
-        field, image, "must be a uint8 numpy array, JPEG/PNG bytes, a base64 string, or have base64_image/numpy_image"
-    )
+    raise ValidationError(field, image, f"is not an image; {_ACCEPTED_INPUTS}")
 
 
-def _prepare_array(array: np.ndarray, field: str, color: str, copy: bool) -> RawImage:
+_PIL_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBa"})
+
+
+def _is_pil_image(image: Any) -> bool:
+    # Duck-typed so that Pillow stays optional.
+    return all(hasattr(image, name) for name in ("mode", "size", "convert", "__array_interface__"))
+
+
+def _prepare_pil(image: Any, field: str) -> RawImage:
+    """A PIL image as an RGB(A) or gray array; other modes are converted first."""
+    try:
+        if image.mode not in ("L", "RGB", "RGBA"):
+            has_alpha = image.mode in _PIL_ALPHA_MODES or "transparency" in getattr(image, "info", {})
+            image = image.convert("L" if image.mode == "1" else "RGBA" if has_alpha else "RGB")
+        array = np.asarray(image)  # a fresh array of its own: nothing to snapshot
+    except (OSError, ValueError) as exc:  # a damaged lazily opened file, or a mode Pillow cannot convert
+        raise ValidationError(field, image, f"must be a readable image convertible to RGB ({exc})") from None
+    return _prepare_array(array, field, "rgb", copy=False)
+
+
+def _prepare_file(path: str | os.PathLike[str], field: str) -> ImageSource:
+    """An image file read now, on the caller's thread: JPEG/PNG as they are, other formats decoded."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValidationError(field, os.fspath(path), f"must be a readable image file ({reason})") from None
+    if data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC):
+        check_image_file(data, field, os.fspath(path))
+        return EncodedImage(pybase64.b64encode(data))
+    return _prepare_pil(_open_with_pillow(data, field, os.fspath(path)), field)
+
+
+def _open_with_pillow(data: bytes, field: str, shown: str) -> Any:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ValidationError(field, shown, "must be a JPEG or PNG file (other formats need Pillow)") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValidationError(field, shown, f"must be an image file JPEG, PNG or Pillow can read ({exc})") from None
+    return image
+
+
+def _prepare_array(array: NDArray[Any], field: str, color: str, copy: bool) -> RawImage:
     if color not in _CHANNELS_TO_FORMAT:
         raise ValidationError("color", color, "must be 'bgr' or 'rgb'")
     if array.dtype != np.uint8:
         raise ValidationError(f"{field}.dtype", array.dtype, "must be uint8")
     if array.ndim not in (2, 3):
-        raise ValidationError(f"{field}.shape", array.shape, "must be H×W or H×W×C")
+        raise ValidationError(f"{field}.shape", array.shape, "must be HxW or HxWxC")
     channels = 1 if array.ndim == 2 else array.shape[2]
     pixel_format = _CHANNELS_TO_FORMAT[color].get(channels)
     if pixel_format is None:
@@ -272,10 +339,10 @@ class _FramePool:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._idle: dict[tuple[int, ...], list[NDArray[Any]]] = {}
         self._idle_bytes = 0
 
-    def snapshot(self, array: np.ndarray) -> np.ndarray:
+    def snapshot(self, array: NDArray[Any]) -> NDArray[Any]:
         with self._lock:
             buffers = self._idle.get(array.shape)
             buffer = buffers.pop() if buffers else None
@@ -286,7 +353,7 @@ class _FramePool:
         np.copyto(buffer, array)
         return buffer
 
-    def release(self, buffer: np.ndarray) -> None:
+    def release(self, buffer: NDArray[Any]) -> None:
         with self._lock:
             if self._idle_bytes + buffer.nbytes <= self.max_idle_bytes:
                 self._idle.setdefault(buffer.shape, []).append(buffer)
@@ -323,7 +390,8 @@ def check_image_file(data: bytes, field: str, shown: Any) -> str:
             raise ValidationError(field, shown, "must be a complete PNG (IHDR first, IEND last; truncated?)")
         return "image/png"
     if not data.startswith(_JPEG_MAGIC):
-        raise ValidationError(field, shown, f"must decode to a JPEG or PNG image (starts with {data[:8].hex() or 'nothing'})")
+        start = data[:8].hex() or "nothing"
+        raise ValidationError(field, shown, f"must decode to a JPEG or PNG image (starts with {start})")
     try:
         simplejpeg.decode_jpeg_header(data)
     except ValueError as exc:
@@ -334,15 +402,29 @@ def check_image_file(data: bytes, field: str, shown: Any) -> str:
     return "image/jpeg"
 
 
-def _prepare_base64_text(text: str, field: str) -> EncodedImage:
+def _prepare_text(text: str, field: str) -> ImageSource:
+    """Base64 of a JPEG/PNG (a data URL too), else the path of an image file."""
+    encoded = _base64_image(text, field)
+    if encoded is not None:
+        return encoded
+    if len(text) <= _MAX_PATH_CHARS and os.path.isfile(text):
+        return _prepare_file(text, field)
+    if text.lower().endswith(_IMAGE_SUFFIXES):
+        where = "" if os.path.isabs(text) else f" (relative to {os.getcwd()})"
+        raise ValidationError(field, text, f"must be the path of an existing image file{where}")
+    rule = "is neither standard padded base64 of a JPEG/PNG file nor the path of an existing file"
+    raise ValidationError(field, text, f"{rule}; {_ACCEPTED_INPUTS}")
+
+
+def _base64_image(text: str, field: str) -> EncodedImage | None:
     if text.startswith("data:") and _DATA_URL_SEPARATOR in text:
         text = text.split(_DATA_URL_SEPARATOR, 1)[1]
     try:
         encoded = text.encode("ascii")
         decoded = pybase64.b64decode(encoded, validate=True)
     except (UnicodeEncodeError, ValueError):
-        decoded = b""
+        return None
     if not (decoded.startswith(_JPEG_MAGIC) or decoded.startswith(_PNG_MAGIC)):
-        raise ValidationError(field, text, "must be standard padded base64 of a JPEG or PNG file")
+        return None
     check_image_file(decoded, field, text)
     return EncodedImage(encoded)

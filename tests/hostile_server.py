@@ -6,10 +6,9 @@
 
 ``RawServer`` runs an asyncio loop on its own thread; each connection goes to a
 ``Handler(server, reader, writer)``. It counts connections, records each request it
-reads (head and body), and can speak TLS: its ``tls`` context is applied after the
-TCP accept, so ``connections`` counts handshake attempts and ``handshakes`` the ones
-that succeeded. ``ForwardProxy`` is a small HTTP forward proxy that resolves the host
-names it is given itself. ``stop()`` cancels every handler, so an endless answer costs
+reads (head and body), and can speak TLS: ``connections`` counts TCP accepts (so
+handshake attempts) and ``handshakes`` the ones that succeeded. ``ForwardProxy`` is a
+small HTTP forward proxy that resolves the host names it is given itself. ``stop()`` cancels every handler, so an endless answer costs
 nothing at teardown.
 """
 
@@ -24,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["ForwardProxy", "Handler", "RawServer", "RawRequest", "answer", "read_request", "trickle"]
+__all__ = ["ForwardProxy", "Handler", "RawRequest", "RawServer", "answer", "read_request", "trickle"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="RawServer")
 Handler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 # No hostile answer in these tests needs to last longer than this; it bounds every endless sender.
 ENDLESS_SECONDS = 30.0
@@ -87,7 +87,7 @@ class RawServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def __enter__(self) -> RawServer:
+    def __enter__(self: S) -> S:
         self.start()
         return self
 
@@ -103,8 +103,20 @@ class RawServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="raw-server", daemon=True)
         self._thread.start()
-        self._server = self._call(asyncio.start_server(self._serve, self.host, 0, limit=_HEAD_LIMIT))
+        self._server = self._call(self._listen())
         self.port: int = self._server.sockets[0].getsockname()[1]
+
+    async def _listen(self) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+
+        def accepted() -> asyncio.StreamReaderProtocol:
+            # Called at the TCP accept, before any TLS handshake: every attempt is counted.
+            with self._changed:
+                self.connections += 1
+                self._changed.notify_all()
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(_HEAD_LIMIT, loop), self._serve)
+
+        return await loop.create_server(accepted, self.host, 0, ssl=self.tls)
 
     def stop(self) -> None:
         if self._loop is None:
@@ -129,14 +141,10 @@ class RawServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        with self._changed:
-            self.connections += 1
-            self._changed.notify_all()
+        if self.tls is not None:  # streams are made once the handshake has succeeded
+            with self._changed:
+                self.handshakes += 1
         try:
-            if self.tls is not None:
-                await writer.start_tls(self.tls)
-                with self._changed:
-                    self.handshakes += 1
             await self.handler(self, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError, OSError):
             pass
@@ -211,7 +219,9 @@ class ForwardProxy(RawServer):
             upstream_reader, upstream_writer = await asyncio.open_connection(address, port)
             try:
                 path = target.path + (f"?{target.query}" if target.query else "")
-                kept = {k: v for k, v in request.headers.items() if not k.startswith("proxy-") and k != "transfer-encoding"}
+                kept = {
+                    k: v for k, v in request.headers.items() if not k.startswith("proxy-") and k != "transfer-encoding"
+                }
                 kept["content-length"] = str(len(request.body))
                 kept["connection"] = "close"
                 head = f"{request.method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in kept.items())

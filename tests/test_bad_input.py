@@ -35,7 +35,7 @@ import simplejpeg
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fastsend import Event, JpegOptions, ValidationError, prepare_event, render_body
+from fastsend import Event, EventWriter, EventWriterSink, JpegOptions, ValidationError, prepare_event, render_body
 from fastsend.annotations import (
     classifications_to_wire,
     instance_segmentations_to_wire,
@@ -126,7 +126,8 @@ def outcome(call: Callable[[], Any]) -> tuple[Any, ValidationError | None]:
         return call(), None
     except ValidationError as exc:
         assert isinstance(exc.field, str)
-        assert str(exc).startswith(f"{exc.field}: "), str(exc)
+        shown = exc.field if exc.wire_field is None else f"{exc.field} ({exc.wire_field})"
+        assert str(exc).startswith(f"{shown}: "), str(exc)
         return None, exc
 
 
@@ -320,7 +321,7 @@ def test_every_event_field_takes_exactly_what_its_rule_allows(field: tuple[str, 
         return
     if not RULES[schema][wire](value):
         assert error is not None, f"{value!r} accepted for {schema}.{wire}"
-        assert error.field == f"event_data.{wire}"
+        assert (error.field, error.wire_field) == (WIRE_TO_KEYWORD.get(wire, wire), f"event_data.{wire}")
         return
     assert error is None, f"{value!r} refused for {schema}.{wire}: {error}"
     sent = body_of(event)["event_data"][wire]
@@ -677,6 +678,32 @@ def test_an_encoded_image_is_sent_as_given() -> None:
     assert error is None and isinstance(source, EncodedImage)
     assert base64.b64decode(source.base64) == JPEG + b"\x00\x00"
 
+
+
+def test_a_missing_image_file_is_refused_by_submit_on_the_callers_thread(tmp_path: Path) -> None:
+    missing = tmp_path / "frame.jpg"
+    with EventWriter("http://127.0.0.1:9", retries=0) as writer:
+        with pytest.raises(ValidationError) as info:
+            writer.submit(Event.custom(value="v"), Path(missing), input_image=str(missing))
+        assert (info.value.field, info.value.value) == ("output_image", str(missing))
+        assert writer.stats()["submitted"] == 0
+
+
+def test_block_errors_name_the_blocks_parameters() -> None:
+    sink = EventWriterSink()
+    try:
+        with pytest.raises(ValidationError) as info:
+            sink.run(
+                event_ingestion_url="http://127.0.0.1:9",
+                event_schema="safety_alert",
+                output_image=JPEG,
+                alert_type="no hardhat!",
+                fire_and_forget=False,
+            )
+    finally:
+        sink.close(timeout=1.0)
+    assert (info.value.field, info.value.wire_field) == ("alert_type", "event_data.alertType")
+    assert str(info.value).startswith("alert_type (event_data.alertType): 'no hardhat!' must match")
 
 # ---------------------------------------------------------------- annotations
 

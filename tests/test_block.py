@@ -160,10 +160,11 @@ def test_unknown_parameter_is_a_type_error(params):
 @pytest.mark.parametrize(
     "schema, bad, field",
     [
-        ("quality_check", {"qc_result": "maybe"}, "event_data.result"),
-        ("inventory_count", {"item_count": -1}, "event_data.itemCount"),
-        ("safety_alert", {"alert_type": "no helmet"}, "event_data.alertType"),
-        ("custom", {"custom_value": "v" * 10_001}, "event_data.value"),
+        ("quality_check", {"qc_result": "maybe"}, "qc_result"),
+        ("inventory_count", {"item_count": -1}, "item_count"),
+        ("safety_alert", {"alert_type": "no helmet"}, "alert_type"),
+        ("safety_alert", {"alert_description": 5}, "alert_description"),
+        ("custom", {"custom_value": "v" * 10_001}, "custom_value"),
         ("custom", {"custom_metadata": {"k": float("nan")}}, "custom_metadata['k']"),
         ("custom", {"output_image": np.zeros((4, 4, 2), np.uint8)}, "output_image.shape"),
     ],

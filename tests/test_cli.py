@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import select
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import simplejpeg
 
+from fastsend import cli
 from fastsend.server import ReferenceService
 
 pytestmark = pytest.mark.timeout(90)
@@ -94,7 +96,8 @@ def test_send_to_nothing_listening_exits_1_within_its_deadline(jpeg_file: Path) 
         "--timeout", "0.5", "--deadline", "1.5",
     )  # fmt: skip
     assert done.returncode == 1
-    assert "connection error" in done.stderr
+    assert done.stderr.count("connection error") == 1, done.stderr  # the CLI's line, not the library's log too
+    assert done.stderr.startswith("error: connection error")
 
 
 def test_serve_answers_send_and_stops_on_sigterm(tmp_path: Path, jpeg_file: Path) -> None:
@@ -123,6 +126,46 @@ def test_demo_end_to_end_on_the_embedded_service() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verified      24/24 acknowledged events" in done.stdout
     assert re.search(r"events\s+24 in [\d.]+s", done.stdout)
+    # stdout is a pipe here: no bar redrawn with carriage returns, whole progress lines instead.
+    assert "\r" not in done.stdout
+    progress = [line for line in done.stdout.splitlines() if line.startswith("progress")]
+    assert 1 <= len(progress) <= 4 and re.match(r"progress\s+24/24 events", progress[-1])
+    assert re.search(r"latency\s+submit→201 p50 [\d.]+ ms", done.stdout)
+
+
+def test_demo_with_nothing_acknowledged_shows_no_latency_and_each_failure_once() -> None:
+    done = fastsend_cli("demo", "--url", "http://127.0.0.1:9", "--frames", "2", "--width", "64", "--height", "48")
+    assert done.returncode == 1
+    latency = next(line for line in done.stdout.splitlines() if line.startswith("latency"))
+    assert "—" in latency and "ms" not in latency
+    assert re.search(r"^  2 \u00d7 connection error", done.stdout, re.M)
+    assert "connection error" not in done.stderr  # the summary says it; the library's warnings stay quiet
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_progress_bar_redraws_in_place_and_ends_its_line() -> None:
+    out = _Terminal()
+    show = cli._progress(10, out)
+    show(0, 0, 0.1)
+    show(10, 1, 1.0)
+    show(10, 1, 1.1)  # after the end: nothing more
+    text = out.getvalue()
+    assert text.startswith("\r[") and text.count("\r") == 2
+    assert text.endswith("10/10 events    10.0/s  failures 1\n") and text.count("\n") == 1
+
+
+def test_off_a_terminal_progress_is_a_few_plain_lines() -> None:
+    out = io.StringIO()
+    show = cli._progress(100, out)
+    for done in range(0, 101, 5):
+        show(done, 0, 1.0)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert [line.split()[1] for line in lines] == ["25/100", "50/100", "75/100", "100/100"]
 
 
 def test_demo_against_a_running_service(service) -> None:

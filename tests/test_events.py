@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 
 from fastsend import Event, ValidationError
-from fastsend.events import INT64_MIN, UINT64_MAX
+from fastsend.events import EVENT_SCHEMAS, INT64_MIN, SCHEMA_KEYWORDS, UINT64_MAX
 
 LONE_SURROGATE = "ok\ud800ok"
 
 
 @contextmanager
-def rejects(field: str) -> Iterator[pytest.ExceptionInfo[ValidationError]]:
-    """Expect a ValidationError for exactly ``field``, its message starting with that name."""
+def rejects(field: str, wire: str | None = None) -> Iterator[pytest.ExceptionInfo[ValidationError]]:
+    """Expect a ValidationError for exactly ``field`` (the name the caller used), then its wire name if it differs."""
     with pytest.raises(ValidationError) as info:
         yield info
     assert info.value.field == field
-    assert str(info.value).startswith(f"{field}: ")
+    assert info.value.wire_field == wire
+    assert str(info.value).startswith(f"{field}: " if wire is None else f"{field} ({wire}): ")
 
 
 # ---------------------------------------------------------------- schemas and names
@@ -107,7 +108,7 @@ def test_event_is_immutable():
 )
 def test_external_id_is_at_most_1000_chars(build):
     assert build("e" * 1000).data["externalId"] == "e" * 1000
-    with rejects("event_data.externalId"):
+    with rejects("external_id", "event_data.externalId"):
         build("e" * 1001)
 
 
@@ -120,7 +121,7 @@ def test_external_id_is_at_most_1000_chars(build):
 )
 def test_long_text_is_at_most_10000_chars(build, key):
     assert build("d" * 10_000).data[key] == "d" * 10_000
-    with rejects(f"event_data.{key}"):
+    with rejects(key, f"event_data.{key}"):
         build("d" * 10_001)
 
 
@@ -133,18 +134,21 @@ def test_solution_is_at_most_1000_chars():
 @pytest.mark.parametrize(
     "build, field",
     [
-        (lambda: Event.quality_check(external_id=LONE_SURROGATE), "event_data.externalId"),
-        (lambda: Event.inventory_count(location=LONE_SURROGATE), "event_data.location"),
-        (lambda: Event.inventory_count(item_type=LONE_SURROGATE), "event_data.itemType"),
-        (lambda: Event.safety_alert(description=LONE_SURROGATE), "event_data.description"),
-        (lambda: Event.custom(value=LONE_SURROGATE), "event_data.value"),
-        (lambda: Event.operator_feedback(related_event_id=LONE_SURROGATE), "event_data.relatedEventId"),
-        (lambda: Event.custom(custom_metadata={"k": LONE_SURROGATE}), "custom_metadata['k']"),
-        (lambda: Event.custom(solution=LONE_SURROGATE), "solution"),
+        (lambda: Event.quality_check(external_id=LONE_SURROGATE), ("external_id", "event_data.externalId")),
+        (lambda: Event.inventory_count(location=LONE_SURROGATE), ("location", "event_data.location")),
+        (lambda: Event.inventory_count(item_type=LONE_SURROGATE), ("item_type", "event_data.itemType")),
+        (lambda: Event.safety_alert(description=LONE_SURROGATE), ("description", "event_data.description")),
+        (lambda: Event.custom(value=LONE_SURROGATE), ("value", "event_data.value")),
+        (
+            lambda: Event.operator_feedback(related_event_id=LONE_SURROGATE),
+            ("related_event_id", "event_data.relatedEventId"),
+        ),
+        (lambda: Event.custom(custom_metadata={"k": LONE_SURROGATE}), ("custom_metadata['k']", None)),
+        (lambda: Event.custom(solution=LONE_SURROGATE), ("solution", None)),
     ],
 )
 def test_lone_surrogates_are_rejected(build, field):
-    with rejects(field) as info:
+    with rejects(*field) as info:
         build()
     assert "surrogate" in info.value.rule
 
@@ -152,13 +156,13 @@ def test_lone_surrogates_are_rejected(build, field):
 @pytest.mark.parametrize(
     "build, field",
     [
-        (lambda: Event.custom(value=5), "event_data.value"),
-        (lambda: Event.quality_check(external_id=b"bytes"), "event_data.externalId"),
-        (lambda: Event.inventory_count(location=["dock"]), "event_data.location"),
+        (lambda: Event.custom(value=5), ("value", "event_data.value")),
+        (lambda: Event.quality_check(external_id=b"bytes"), ("external_id", "event_data.externalId")),
+        (lambda: Event.inventory_count(location=["dock"]), ("location", "event_data.location")),
     ],
 )
 def test_text_fields_must_be_strings(build, field):
-    with rejects(field):
+    with rejects(*field):
         build()
 
 
@@ -199,7 +203,7 @@ def test_alert_type_pattern_accepts(value):
 
 @pytest.mark.parametrize("value", ["", "no helmet", "fire!", "zone.3", "ünï", "fire\n", "a/b"])
 def test_alert_type_pattern_rejects(value):
-    with rejects("event_data.alertType") as info:
+    with rejects("alert_type", "event_data.alertType") as info:
         Event.safety_alert(alert_type=value)
     assert "[A-Za-z0-9_-]+" in info.value.rule
 
@@ -216,7 +220,7 @@ def test_item_count_accepts_non_negative_integers(value):
 
 @pytest.mark.parametrize("value", [-1, np.int64(-1), UINT64_MAX + 1, True, False, np.bool_(True), 1.0, 2.5, "3", np.float64(3)])
 def test_item_count_rejects(value):
-    with rejects("event_data.itemCount"):
+    with rejects("item_count", "event_data.itemCount"):
         Event.inventory_count(item_count=value)
 
 
@@ -329,9 +333,9 @@ def test_validation_error_is_a_value_error_naming_field_value_and_rule():
         Event.safety_alert(severity="critical")
     error = info.value
     assert isinstance(error, ValidationError)
-    assert (error.field, error.value) == ("event_data.severity", "critical")
+    assert (error.field, error.wire_field, error.value) == ("severity", "event_data.severity", "critical")
     message = str(error)
-    assert "event_data.severity" in message
+    assert message.startswith("severity (event_data.severity): ")
     assert repr("critical") in message
     assert "low, medium, high" in message and error.rule in message
 
@@ -342,7 +346,7 @@ def test_validation_error_truncates_huge_values():
         Event.custom(value=huge)
     message = str(info.value)
     assert len(message) < 300
-    assert message.startswith("event_data.value: 'xxx")
+    assert message.startswith("value (event_data.value): 'xxx")
     assert f"({len(repr(huge))} chars)" in message
     assert "10000" in message
     assert info.value.value is huge
@@ -355,6 +359,51 @@ def test_validation_error_survives_a_hostile_repr():
 
     with pytest.raises(ValidationError, match="Hostile"):
         Event.custom(custom_metadata={"k": Hostile()})
+
+
+@pytest.mark.parametrize(
+    "build, keyword, wire",
+    [
+        (lambda: Event.safety_alert(alert_type="no hardhat!"), "alert_type", "alertType"),
+        (lambda: Event.inventory_count(item_count=-1), "item_count", "itemCount"),
+        (lambda: Event.inventory_count(item_type=3), "item_type", "itemType"),
+        (lambda: Event.custom(external_id="e" * 1001), "external_id", "externalId"),
+        (lambda: Event.operator_feedback(related_event_id=42), "related_event_id", "relatedEventId"),
+        (lambda: Event.quality_check(result="maybe"), "result", "result"),
+    ],
+)
+def test_errors_name_the_keyword_the_caller_typed_then_the_wire_name(build, keyword, wire):
+    with rejects(keyword, f"event_data.{wire}"):
+        build()
+
+
+def test_every_wire_field_has_exactly_one_constructor_keyword():
+    assert {schema: set(keywords.values()) for schema, keywords in SCHEMA_KEYWORDS.items()} == {
+        schema: set(rules) for schema, rules in EVENT_SCHEMAS.items()
+    }
+
+
+def test_direct_construction_names_the_wire_key_the_caller_typed():
+    with rejects("event_data.alertType"):
+        Event("safety_alert", {"alertType": "no hardhat!"})
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: Event.safety_alert(alert_typ="f"), "Event.safety_alert() {} 'alert_typ'; did you mean 'alert_type'?"),
+        (lambda: Event.custom(custom_metdata=1), "Event.custom() {} 'custom_metdata'; did you mean 'custom_metadata'?"),
+        (lambda: Event.quality_check(zzz=1), "Event.quality_check() {} 'zzz'"),
+        (
+            lambda: Event.inventory_count(itemCount=3),
+            "Event.inventory_count() {} 'itemCount'; did you mean 'item_count'?",
+        ),
+    ],
+)
+def test_a_misspelled_keyword_names_the_constructor_and_the_close_match(build, message):
+    with pytest.raises(TypeError) as info:
+        build()
+    assert str(info.value) == message.format("got an unexpected keyword argument")
 
 
 # ---------------------------------------------------------------- inference_timestamp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -318,6 +319,112 @@ def test_bad_base64_text_is_rejected(jpeg_bytes):
 def test_an_object_with_a_bad_base64_image_is_rejected():
     with pytest.raises(ValidationError):
         prepare_image(Workflowish(base64_image="bm90IGFuIGltYWdl"))
+
+
+# ---------------------------------------------------------------- files and PIL images
+
+
+@pytest.mark.parametrize("as_path", [Path, str], ids=["pathlib", "str"])
+@pytest.mark.parametrize("kind, suffix", [("jpeg", ".jpg"), ("png", ".png")])
+def test_an_image_file_is_read_now_and_sent_as_it_is(request, never_encode, tmp_path, as_path, kind, suffix):
+    data = request.getfixturevalue(f"{kind}_bytes")
+    path = tmp_path / f"frame{suffix}"
+    path.write_bytes(data)
+    source = prepare_image(as_path(path))
+    path.unlink()  # read on the caller's thread: the file is no longer needed
+    assert to_base64(source, JpegOptions(quality=10)) == base64.b64encode(data)
+
+
+def test_a_file_of_another_format_is_decoded_with_pillow(tmp_path):
+    image_module = pytest.importorskip("PIL.Image")
+    path = tmp_path / "frame.bmp"
+    image_module.new("RGB", (40, 24), (250, 10, 10)).save(path)
+    source = prepare_image(path)
+    assert isinstance(source, RawImage) and source.array.shape == (24, 40, 3)
+    red, green, blue = decode_rgb(jpeg_of(source)).reshape(-1, 3).mean(axis=0)
+    assert red > 200 and green < 50 and blue < 50
+
+
+@pytest.mark.parametrize("as_path", [Path, str], ids=["pathlib", "str"])
+def test_a_missing_file_is_refused_naming_the_field_and_the_path(tmp_path, as_path):
+    missing = tmp_path / "nowhere" / "frame.jpg"
+    with pytest.raises(ValidationError) as info:
+        prepare_image(as_path(missing), field="output_image")
+    assert info.value.field == "output_image"
+    assert info.value.value == str(missing)
+    assert "file" in info.value.rule
+
+
+def test_a_damaged_image_file_is_refused_naming_the_path(tmp_path, jpeg_bytes):
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(jpeg_bytes[:-40])  # the end-of-image marker is gone
+    with pytest.raises(ValidationError) as info:
+        prepare_image(path, field="input_image")
+    assert (info.value.field, info.value.value) == ("input_image", str(path))
+    assert "truncated" in info.value.rule
+
+
+def test_a_file_that_is_no_image_is_refused(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image")
+    with pytest.raises(ValidationError) as info:
+        prepare_image(path, field="output_image")
+    assert (info.value.field, info.value.value) == ("output_image", str(path))
+
+
+@pytest.mark.parametrize("text", ["hello", "frame_0001", "!!!!"])
+def test_a_string_that_is_neither_base64_nor_a_file_says_what_to_pass(text):
+    with pytest.raises(ValidationError) as info:
+        prepare_image(text, field="output_image")
+    assert info.value.field == "output_image"
+    accepted = ("numpy array", "JPEG/PNG bytes", "base64", "path of an image file", "PIL image", "WorkflowImageData")
+    assert all(name in info.value.rule for name in accepted), info.value.rule
+
+
+@pytest.mark.parametrize("image", [42, object(), [[0, 0, 0]]], ids=repr)
+def test_an_unsupported_object_is_told_what_to_pass(image):
+    with pytest.raises(ValidationError) as info:
+        prepare_image(image, field="output_image")
+    assert "PIL image" in info.value.rule and "path of an image file" in info.value.rule
+
+
+PIL_RED = (250, 10, 10)
+
+
+@pytest.mark.parametrize("color", ["bgr", "rgb"])
+def test_a_pil_rgb_image_keeps_its_colours_whatever_color_says(color):
+    image_module = pytest.importorskip("PIL.Image")
+    source = prepare_image(image_module.new("RGB", (40, 24), PIL_RED), color=color)
+    assert isinstance(source, RawImage) and source.pixel_format == "RGB"
+    red, green, blue = decode_rgb(jpeg_of(source)).reshape(-1, 3).mean(axis=0)
+    assert red > 200 and green < 50 and blue < 50
+
+
+@pytest.mark.parametrize(
+    "mode, pixel_format, shape",
+    [
+        ("L", "GRAY", (24, 40)),
+        ("RGBA", "RGBA", (24, 40, 4)),
+        ("P", "RGB", (24, 40, 3)),
+        ("LA", "RGBA", (24, 40, 4)),
+        ("1", "GRAY", (24, 40)),
+        ("CMYK", "RGB", (24, 40, 3)),
+    ],
+)
+def test_pil_modes_are_taken_or_converted(mode, pixel_format, shape):
+    image_module = pytest.importorskip("PIL.Image")
+    image = image_module.new("RGB", (40, 24), PIL_RED).convert(mode)
+    source = prepare_image(image)
+    assert isinstance(source, RawImage)
+    assert (source.pixel_format, source.array.shape) == (pixel_format, shape)
+    assert simplejpeg.decode_jpeg_header(jpeg_of(source))[:2] == (24, 40)
+
+
+def test_a_pil_image_encodes_like_its_rgb_array(make_frame):
+    image_module = pytest.importorskip("PIL.Image")
+    pixels = make_frame(24, 40)[:, :, ::-1].copy()
+    from_pil = jpeg_of(prepare_image(image_module.fromarray(pixels, "RGB")))
+    assert from_pil == jpeg_of(prepare_image(pixels, color="rgb"))
 
 
 # ---------------------------------------------------------------- settings

@@ -162,17 +162,21 @@ def test_close_with_a_timeout_returns_while_a_hostile_answer_is_still_arriving(n
 
 
 CHILD = """
+import logging
 import sys
 import numpy as np
 from fastsend import Event, EventWriter
 
+logging.basicConfig(level=logging.WARNING)
 writer = EventWriter(sys.argv[1], request_timeout=20, deadline=60, retries=3, exit_flush_timeout={flush})
 writer.submit(Event.quality_check(result="pass"), np.zeros((8, 8, 3), np.uint8))
 print("submitted", flush=True)
 """
 
 
-@pytest.mark.parametrize("name", ["endless header line", "endless chunked body", "body shorter than content length"])
+@pytest.mark.parametrize(
+    "name", ["transfer encoding notchunked", "endless chunked body", "body shorter than content length"]
+)
 def test_a_process_with_an_event_in_flight_to_a_hostile_server_exits_within_its_flush_timeout(name: str) -> None:
     flush = 1.0
     with RawServer(hostile(name)) as server:
@@ -203,7 +207,9 @@ def test_a_process_with_an_event_in_flight_to_a_hostile_server_exits_within_its_
 
 
 @pytest.mark.parametrize("body", [{"id": None}, {"id": ""}, {"id": True}, {}, "not json at all"])
-def test_201_without_a_usable_id_is_a_bad_response_not_retried(body: Any, server: ScriptedServer, make_writer: Any) -> None:
+def test_201_without_a_usable_id_is_a_bad_response_not_retried(
+    body: Any, server: ScriptedServer, make_writer: Any
+) -> None:
     server.script = Reply(201, body)
     writer = make_writer(server.base_url, retries=3)
     result = writer.submit(event(), FRAME).result(timeout=REQUEST_TIMEOUT * 4 + SLACK)
