@@ -8,8 +8,8 @@
 ``Handler(server, reader, writer)``. It counts connections, records each request it
 reads (head and body), and can speak TLS: ``connections`` counts TCP accepts (so
 handshake attempts) and ``handshakes`` the ones that succeeded. ``ForwardProxy`` is a
-small HTTP forward proxy that resolves the host names it is given itself. ``stop()`` cancels every handler, so an endless answer costs
-nothing at teardown.
+small HTTP forward proxy that resolves the host names it is given itself. ``stop()``
+cancels every handler, so an endless answer costs nothing at teardown.
 """
 
 from __future__ import annotations

@@ -147,7 +147,11 @@ def test_malformed_answer_is_not_reported_as_an_http_status(make_writer: Any) ->
     assert "400" not in result.message, result.message
 
 
-@pytest.mark.parametrize("name", ["endless header line", "endless chunked body", "transfer encoding notchunked"])
+# Answers that only a timeout ends: the event is still on its way when close() is called.
+NEVER_ENDING = ["transfer encoding notchunked", "endless chunked body", "body shorter than content length"]
+
+
+@pytest.mark.parametrize("name", NEVER_ENDING)
 def test_close_with_a_timeout_returns_while_a_hostile_answer_is_still_arriving(name: str) -> None:
     with RawServer(hostile(name)) as server:
         writer = EventWriter(server.base_url, request_timeout=30, deadline=60, retries=3)
