@@ -126,7 +126,7 @@ _existing_file.accepted = "the path of an existing file"  # type: ignore[attr-de
 
 
 def _quality(raw: Any) -> int:
-    value = _number(int, low=1)(raw)
+    value: int = _number(int, low=1)(raw)
     if value > 100:
         raise _Rejected
     return value

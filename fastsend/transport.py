@@ -41,10 +41,14 @@ class Transport(Protocol):
 class TransportOptions(Protocol):
     """The settings a transport reads (``fastsend.Settings`` has them all)."""
 
-    max_connections: int
-    connect_timeout: float
-    ca_file: str | None
-    tls_verify: bool
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def ca_file(self) -> str | None: ...
+    @property
+    def tls_verify(self) -> bool: ...
 
 
 class ChunksPayload(Payload):
