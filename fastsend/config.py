@@ -253,5 +253,18 @@ def _resolve_one(spec: Field[Any], argument: Any, environ: Mapping[str, str]) ->
         raise ValidationError(source, shown, rule) from None
 
 
+JPEG_BACKEND_ENV = "FASTSEND_JPEG_BACKEND"
+JPEG_BACKENDS = ("auto", "turbojpeg", "simplejpeg")
+
+
+def jpeg_backend_wanted(environ: Mapping[str, str] | None = None) -> str:
+    """The process-wide JPEG backend asked for by ``FASTSEND_JPEG_BACKEND`` (default ``auto``)."""
+    raw = (os.environ if environ is None else environ).get(JPEG_BACKEND_ENV, "")
+    wanted = raw.strip().lower() or "auto"
+    if wanted not in JPEG_BACKENDS:
+        raise ValidationError(JPEG_BACKEND_ENV, raw, "must be " + ", ".join(JPEG_BACKENDS))
+    return wanted
+
+
 _FIELDS: dict[str, Field[Any]] = {spec.name: spec for spec in fields(Settings)}
 SETTING_ENV_VARS: dict[str, str] = {spec.name: spec.metadata["env"] for spec in fields(Settings)}

@@ -22,6 +22,7 @@ import pybase64
 import simplejpeg
 from numpy.typing import NDArray
 
+from .config import JPEG_BACKEND_ENV, jpeg_backend_wanted
 from .events import ValidationError
 
 __all__ = [
@@ -132,15 +133,13 @@ def _load_turbojpeg() -> Encoder | None:
 
 
 def _select_backend() -> tuple[str, Encoder]:
-    wanted = os.environ.get("FASTSEND_JPEG_BACKEND", "auto").strip().lower() or "auto"
-    if wanted not in ("auto", "turbojpeg", "simplejpeg"):
-        raise ValidationError("FASTSEND_JPEG_BACKEND", wanted, "must be auto, turbojpeg or simplejpeg")
+    wanted = jpeg_backend_wanted()
     if wanted in ("auto", "turbojpeg"):
         turbo = _load_turbojpeg()
         if turbo is not None:
             return "turbojpeg", turbo
         if wanted == "turbojpeg":
-            raise ValidationError("FASTSEND_JPEG_BACKEND", wanted, "needs PyTurboJPEG and a libturbojpeg it can load")
+            raise ValidationError(JPEG_BACKEND_ENV, wanted, "needs PyTurboJPEG and a libturbojpeg it can load")
     return "simplejpeg", _simplejpeg_encode
 
 
