@@ -178,9 +178,7 @@ print("submitted", flush=True)
 """
 
 
-@pytest.mark.parametrize(
-    "name", ["transfer encoding notchunked", "endless chunked body", "body shorter than content length"]
-)
+@pytest.mark.parametrize("name", NEVER_ENDING)
 def test_a_process_with_an_event_in_flight_to_a_hostile_server_exits_within_its_flush_timeout(name: str) -> None:
     flush = 1.0
     with RawServer(hostile(name)) as server:
