@@ -2,7 +2,12 @@
 
 ``Transport`` is what the dispatcher needs; ``AiohttpTransport`` is the production one (an
 aiohttp ``ClientSession`` over a keep-alive ``TCPConnector``, honouring ``HTTP_PROXY`` /
-``HTTPS_PROXY`` / ``NO_PROXY``), and tests inject fakes. Protocol parsing — framing, TLS,
+``HTTPS_PROXY`` / ``NO_PROXY``), and tests inject fakes.
+
+The proxy of each URL is looked up once, through aiohttp's own reading of those variables,
+rather than with ``trust_env=True``: that also reads ``~/.netrc`` on every request, on an
+executor thread, which cost more CPU than the rest of the request's own work here (and a
+netrc password has no business going to an ingestion service). Protocol parsing — framing, TLS,
 proxies — is aiohttp's job; this module only classifies what happened.
 """
 
@@ -16,7 +21,9 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import get_env_proxy_for_url
 from aiohttp.payload import Payload
+from yarl import URL
 
 from .results import Cause, Outcome
 from .retry import AT_CAPACITY_STATUS, parse_retry_after
@@ -88,9 +95,9 @@ class AiohttpTransport:
             ssl=ssl_context(options),
             ttl_dns_cache=300,
         )
+        self._routes: dict[str, tuple[URL, URL | None, aiohttp.BasicAuth | None]] = {}
         self._session = aiohttp.ClientSession(
             connector=connector,
-            trust_env=True,  # HTTP_PROXY, HTTPS_PROXY, NO_PROXY
             auto_decompress=False,
             raise_for_status=False,
             skip_auto_headers=("Accept-Encoding",),
@@ -100,12 +107,15 @@ class AiohttpTransport:
     async def post(self, request: Request, timeout: float) -> Outcome:
         per_attempt = aiohttp.ClientTimeout(total=timeout, sock_connect=min(self._connect_timeout, timeout))
         try:
+            url, proxy, proxy_auth = self._route(request.url)
             async with self._session.post(
-                request.url,
+                url,
                 data=ChunksPayload(request.chunks, request.size),
                 headers=request.headers,
                 timeout=per_attempt,
                 allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             ) as response:
                 body = await _read_bounded(response)
                 return classify(request, response.status, body, response.headers)
@@ -119,6 +129,18 @@ class AiohttpTransport:
             return Outcome(Cause.INVALID_URL, f"invalid URL {request.url!r}: {exc}; check the writer's url")
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome(Cause.CONNECTION, f"connection error: {_describe(exc)}")
+
+    def _route(self, url: str) -> tuple[URL, URL | None, aiohttp.BasicAuth | None]:
+        """``url`` parsed, and its proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``: once per URL."""
+        route = self._routes.get(url)
+        if route is None:
+            parsed = URL(url, encoded=True)  # checked and percent-encoded when the settings were built
+            try:
+                proxy, proxy_auth = get_env_proxy_for_url(parsed)
+            except LookupError:  # no proxy set for this scheme, or NO_PROXY names the host
+                proxy, proxy_auth = None, None
+            route = self._routes[url] = (parsed, proxy, proxy_auth)
+        return route
 
     async def close(self) -> None:
         await self._session.close()
