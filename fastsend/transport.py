@@ -127,6 +127,12 @@ class AiohttpTransport:
             return Outcome(Cause.TLS, _tls_message(request.url, exc))
         except aiohttp.InvalidURL as exc:
             return Outcome(Cause.INVALID_URL, f"invalid URL {request.url!r}: {exc}; check the writer's url")
+        except aiohttp.ClientHttpProxyError as exc:
+            return Outcome(Cause.CONNECTION, f"the proxy refused the connection ({exc.status} {exc.message})")
+        except aiohttp.ClientResponseError as exc:  # raised by aiohttp's parser: no status was answered
+            return Outcome(Cause.CONNECTION, f"malformed answer from the service: {exc.message}")
+        except aiohttp.ClientPayloadError as exc:
+            return Outcome(Cause.CONNECTION, f"the answer's body was cut off or malformed: {exc}")
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome(Cause.CONNECTION, f"connection error: {_describe(exc)}")
 
