@@ -176,12 +176,11 @@ class Dispatcher:
         else:
             self.encoders.start(job)
 
-    def _encoded(self, job: Job, error: str | None) -> None:
+    def _encoded(self, job: Job, failure: Outcome | None) -> None:
         """An encoder is done with ``job``: hand it to the loop, or settle it here."""
         try:
-            if error is not None:
-                cause = Cause.INTERNAL_ERROR if error.startswith("internal error") else Cause.ENCODE_ERROR
-                self.ledger.settle(job.ticket, Result(True, "", error), cause)
+            if failure is not None:
+                self.ledger.settle(job.ticket, Result(True, "", failure.message), failure)
             elif job.ticket.settled:
                 pass  # withdrawn by its caller meanwhile
             elif self.delivery.hand_off(job):

@@ -19,14 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from .admission import Job
 from .jpeg import EncodedImage, ImageSource, JpegOptions, RawImage, release_frame, to_base64
 from .ledger import Ledger
+from .results import Cause, Outcome
 from .wire import PreparedEvent, Request, request_headers, splice
 
 __all__ = ["EncodeFinished", "Encoders", "release_frames"]
 
 logger = logging.getLogger("fastsend")
 
-# Called once per job with None (its request is built, or its caller withdrew it) or the error message.
-EncodeFinished = Callable[[Job, "str | None"], None]
+# Called once per job with None (its request is built, or its caller withdrew it) or why it failed.
+EncodeFinished = Callable[[Job, "Outcome | None"], None]
 
 _OUTPUT, _INPUT, _WHOLE = "output", "input", "whole"
 
@@ -58,7 +59,7 @@ class _Halves:
     left: int = 2
     output: bytes | None = None
     input: bytes | None = None
-    error: str | None = None
+    error: Outcome | None = None
 
 
 class Encoders:
@@ -111,9 +112,9 @@ class Encoders:
                     self._finished(job, halves.error)
             except Exception as exc:  # a bug here must still settle the event, loudly
                 logger.exception("unexpected error while encoding an event")
-                self._finished(job, f"internal error: {exc!r}")
+                self._finished(job, Outcome(Cause.INTERNAL_ERROR, f"internal error: {exc!r}"))
 
-    def _encode_whole(self, job: Job) -> str | None:
+    def _encode_whole(self, job: Job) -> Outcome | None:
         prepared = job.prepared
         assert prepared is not None
         if job.ticket.settled:  # withdrawn while it waited
@@ -124,7 +125,7 @@ class Encoders:
             self.build_request(job)
         except Exception as exc:
             logger.warning("encoding failed: %s", exc)
-            return f"encoding failed: {exc}"
+            return Outcome(Cause.ENCODE_ERROR, f"encoding failed: {exc}")
         return None
 
     def _encode_half(self, job: Job, part: str, halves: _Halves) -> bool:
@@ -144,7 +145,7 @@ class Encoders:
         with self._lock:
             if error is not None and halves.error is None:
                 logger.warning("encoding failed: %s", error)
-                halves.error = f"encoding failed: {error}"
+                halves.error = Outcome(Cause.ENCODE_ERROR, f"encoding failed: {error}")
             if part == _OUTPUT:
                 halves.output = encoded.base64 if encoded is not None else None
             else:
