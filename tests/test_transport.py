@@ -309,6 +309,36 @@ def test_no_proxy_bypasses_the_proxy(
     assert proxied.connections == 0 and server.requests == []
 
 
+PROXY_REFUSAL = b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_a_proxy_refusing_a_tunnel_says_so(make_writer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with RawServer(answer(PROXY_REFUSAL)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.base_url)
+        writer = make_writer(f"https://{PROXIED_HOST}:8443", retries=0)
+        result = writer.submit(event(), FRAME).result(timeout=REQUEST_TIMEOUT + SLACK)
+        assert result.error_status is True
+        assert "proxy refused" in result.message and "407" in result.message, result.message
+        assert [r.line for r in proxy.requests] == [f"CONNECT {PROXIED_HOST}:8443 HTTP/1.1"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="through a proxy, a plain-http 407 is an ordinary answer and classify() has no 407 case: the "
+    "message is 'HTTP 407: (empty body)', naming neither the proxy nor its credentials",
+)
+def test_a_proxy_refusing_a_plain_http_request_says_it_was_the_proxy(
+    make_writer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RawServer(answer(PROXY_REFUSAL)) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url)
+        writer = make_writer(f"http://{PROXIED_HOST}:8001", retries=0)
+        result = writer.submit(event(), FRAME).result(timeout=REQUEST_TIMEOUT + SLACK)
+        assert result.error_status is True and "407" in result.message
+        assert "proxy" in result.message.lower(), result.message
+        assert len(proxy.requests) == 1
+
+
 # ---------------------------------------------------------------- a self-signed HTTPS service
 
 
