@@ -195,7 +195,8 @@ def trickle(piece: bytes, interval: float = 0.01) -> Callable[[asyncio.StreamWri
 
 
 class ForwardProxy(RawServer):
-    """An HTTP forward proxy: takes absolute-form requests, resolves hosts through ``hosts``, relays answers.
+    """An HTTP forward proxy: takes absolute-form requests (and ``CONNECT`` tunnels), resolves hosts
+    through ``hosts``, relays answers.
 
     ``hosts`` maps a host name to the ``(address, port)`` to connect to instead of
     resolving it; every request it forwarded is in ``requests`` (absolute-form target).
@@ -211,6 +212,9 @@ class ForwardProxy(RawServer):
         while True:
             request = await read_request(reader)
             server.record(request)
+            if request.method == "CONNECT":
+                await server.tunnel(request.target, reader, writer)
+                return
             target = urlsplit(request.target)
             if not target.hostname:
                 writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
@@ -236,3 +240,23 @@ class ForwardProxy(RawServer):
             writer.write(reply)
             await writer.drain()
             return
+
+    async def tunnel(self, authority: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """``CONNECT host:port``: connect, say so, then pipe bytes both ways until either side closes."""
+        host, _, port = authority.rpartition(":")
+        address, upstream_port = self.hosts.get(host, (host, int(port)))
+        upstream_reader, upstream_writer = await asyncio.open_connection(address, upstream_port)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        try:
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        finally:
+            upstream_writer.transport.abort()

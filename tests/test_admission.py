@@ -214,3 +214,18 @@ def test_the_byte_bound_counts_queued_bytes_but_a_lone_large_job_still_goes() ->
     small = job(nbytes=1)
     (refusal,) = gate.admit(small)
     assert refusal.job is small and gate.state()["queued_bytes"] == 500
+
+
+def test_withdrawing_a_queued_job_makes_room_for_a_blocked_admit() -> None:
+    gate = admission(Started(), overflow="block", queue_size=1, block_timeout=WAIT)
+    running, waiting, newest = job(), job(), job()
+    gate.admit(running)
+    gate.admit(waiting)
+    refused: list[Any] = []
+    blocked = threading.Thread(target=lambda: refused.extend(gate.admit(newest)), daemon=True)
+    blocked.start()
+    time.sleep(0.05)
+    assert gate.withdraw(waiting.ticket) is waiting
+    blocked.join(WAIT)
+    assert not blocked.is_alive() and refused == []
+    assert newest.queued and gate.state()["queued"] == 1

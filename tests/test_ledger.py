@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -412,3 +413,17 @@ def test_concurrent_closes_report_the_unsent_events_once(make_writer: Any) -> No
     assert raised == []
     assert all(f.done() for f in futures)
     assert sum(returned) == writer.stats()["dropped_by_reason"]["closed"] == 4, returned
+
+
+def test_a_cancelled_event_is_never_spooled(make_writer: Any, tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{unused_port()}"
+    writer = make_writer(down, spool_dir=str(tmp_path / "spool"), max_in_flight=1, retries=1000, deadline=1)
+    first = writer.submit(event("A"), FRAME)
+    second = writer.submit(event("B"), FRAME)
+    assert writer.stats()["queued"] == 1  # A holds the only slot
+    assert second.cancel() is True
+    assert first.result(timeout=WAIT).spooled is True
+    assert close_within(writer, WAIT, timeout=1) == 0
+    stats = writer.stats()
+    assert (stats["spooled"], stats["cancelled"], stats["spool_pending"], stats["pending"]) == (1, 1, 1, 0)
+    assert adds_up(stats)

@@ -350,7 +350,7 @@ def authority() -> trustme.CA:
 @pytest.fixture
 def https_server(authority: trustme.CA) -> Iterator[RawServer]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
+    authority.issue_cert("127.0.0.1", PROXIED_HOST).configure_cert(context)
     with RawServer(answer(CREATED, CREATED, CREATED, CREATED), tls=context) as server:
         yield server
 
@@ -383,6 +383,19 @@ def test_tls_verify_off_accepts_the_self_signed_service(https_server: RawServer,
     result = make_writer(https_server.base_url, tls_verify=False).send(event(), FRAME)
     assert (result.error_status, result.event_id) == (False, "e-1")
     assert len(https_server.requests) == 1
+
+
+def test_https_through_a_proxy_tunnel_verifies_the_service_with_ca_file(
+    https_server: RawServer, ca_file: str, make_writer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ForwardProxy({PROXIED_HOST: ("127.0.0.1", https_server.port)}) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.base_url)
+        writer = make_writer(f"https://{PROXIED_HOST}:{https_server.port}", ca_file=ca_file)
+        result = writer.submit(event(), FRAME).result(timeout=REQUEST_TIMEOUT * 2 + SLACK)
+        assert (result.error_status, result.event_id) == (False, "e-1"), result.message
+        assert [r.line for r in proxy.requests] == [f"CONNECT {PROXIED_HOST}:{https_server.port} HTTP/1.1"]
+        assert (https_server.handshakes, len(https_server.requests)) == (1, 1)
+        assert https_server.requests[0].target == "/v2/events"
 
 
 # ---------------------------------------------------------------- base URLs
