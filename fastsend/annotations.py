@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 from array import array as typed_array
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .events import ValidationError
 
@@ -60,7 +62,7 @@ def _length(values: Any, field: str, rule: str) -> int:
         raise ValidationError(field, values, rule) from None
 
 
-def _numbers(values: Any, field: str, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+def _numbers(values: Any, field: str, shape: tuple[int, ...], dtype: Any = np.float64) -> npt.NDArray[np.floating[Any]]:
     try:
         return np.asarray(values, dtype=dtype).reshape(shape)
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
@@ -71,7 +73,7 @@ def _not_finite(values: Any, field: str) -> ValidationError:
     return ValidationError(field, values, "must be finite numbers (no NaN or infinity)")
 
 
-def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64) -> np.ndarray:
+def _finite_column(values: Any, field: str, count: int, dtype: Any = np.float64) -> npt.NDArray[np.floating[Any]]:
     column = _numbers(values, field, (count, -1), dtype)
     if not np.isfinite(column).all():
         raise _not_finite(values, field)
@@ -109,7 +111,9 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], Boxes, li
     if xyxy.shape[1] != 4:
         raise ValidationError(f"{field}.xyxy", detections.xyxy, "must be N×4")
     if count <= PYTHON_BOXES_UP_TO and (dtype == np.float32 or dtype == np.float64):
-        boxes = _centre_boxes(_finite_list(xyxy.ravel().tolist(), detections.xyxy, f"{field}.xyxy"), dtype == np.float32)
+        boxes = _centre_boxes(
+            _finite_list(xyxy.ravel().tolist(), detections.xyxy, f"{field}.xyxy"), dtype == np.float32
+        )
     else:  # numpy computes in the boxes' own precision, float16 and longdouble included
         if not np.isfinite(xyxy).all():
             raise _not_finite(detections.xyxy, f"{field}.xyxy")
@@ -134,13 +138,13 @@ def _confidences(confidence: Any, field: str, count: int) -> list[float]:
 def _centre_boxes(flat: list[float], in_float32: bool) -> Boxes:
     """``[x1, y1, x2, y2, …]`` → ``(centre x, centre y, width, height)`` rows."""
     coordinates = iter(flat)
-    quads = list(zip(coordinates, coordinates, coordinates, coordinates))
+    quads = list(zip(coordinates, coordinates, coordinates, coordinates, strict=True))
     if not in_float32:
         return [((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1) for x1, y1, x2, y2 in quads]
     sums = _float32([value for x1, y1, x2, y2 in quads for value in (x1 + x2, y1 + y2)])
     centres = iter(_float32([value / 2 for value in sums]))  # halving rounds only below float32's normal range
     sizes = iter(_float32([value for x1, y1, x2, y2 in quads for value in (x2 - x1, y2 - y1)]))
-    return list(zip(centres, centres, sizes, sizes))
+    return list(zip(centres, centres, sizes, sizes, strict=True))
 
 
 def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple[list[str], Boxes, list[float]]:
@@ -158,7 +162,7 @@ def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple
 def _boxes_to_wire(classes: list[str], boxes: Boxes, confidences: list[float]) -> Wire:
     return [
         {"class": name, "x": x, "y": y, "width": w, "height": h, "confidence": conf}
-        for name, (x, y, w, h), conf in zip(classes, boxes, confidences)
+        for name, (x, y, w, h), conf in zip(classes, boxes, confidences, strict=True)
     ]
 
 
@@ -172,7 +176,7 @@ def object_detections_to_wire(predictions: Any, field: str = "object_detections"
 # ---------------------------------------------------------------- instance segmentation
 
 
-def _largest_contour(mask: np.ndarray) -> list[list[float]]:
+def _largest_contour(mask: npt.NDArray[Any]) -> list[list[float]]:
     try:
         import cv2
     except ImportError:
@@ -195,7 +199,8 @@ def _polygon(points: Any, field: str) -> list[list[float]]:
         raise ValidationError(field, points, "must be a list of [x, y] points")
     if not np.isfinite(array).all():
         raise ValidationError(field, points, "must be finite numbers (no NaN or infinity)")
-    return array.tolist()
+    rows: list[list[float]] = array.tolist()
+    return rows
 
 
 def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segmentations") -> Wire:
@@ -206,8 +211,8 @@ def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segm
     if _is_detections(predictions):
         entries = _boxes_to_wire(*_detections_boxes(predictions, field))
         polygons = (predictions.data or {}).get("polygon")
-        count = None if polygons is None else _length(polygons, f"{field}.polygon", "must be one polygon per detection")
-        if count is not None and count >= len(entries):
+        per_detection = "must be one polygon per detection"
+        if polygons is not None and _length(polygons, f"{field}.polygon", per_detection) >= len(entries):
             points = [_polygon(polygons[i], f"{field}.polygon[{i}]") for i in range(len(entries))]
         elif getattr(predictions, "mask", None) is not None:
             points = [_largest_contour(mask) for mask in predictions.mask]
@@ -217,7 +222,8 @@ def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segm
         listed = _predictions_list(predictions, field)
         entries = _boxes_to_wire(*_prediction_boxes(listed, field))
         points = [_prediction_polygon(p.get("points"), f"{field}[{i}].points") for i, p in enumerate(listed)]
-    return [dict(entry, points=polygon) for entry, polygon in zip(entries, points) if len(polygon) >= 3]
+    # Masks pair with boxes up to the shorter of the two.
+    return [dict(entry, points=polygon) for entry, polygon in zip(entries, points, strict=False) if len(polygon) >= 3]
 
 
 def _prediction_polygon(points: Any, field: str) -> list[list[float]]:
@@ -255,13 +261,16 @@ def keypoints_to_wire(predictions: Any, field: str = "keypoint_detections") -> W
         names = [] if names is None else list(names)
         slots = [_real_keypoint_count(names[i] if i < len(names) else None, xy.shape[1]) for i in range(len(entries))]
         keypoint_lists: Iterable[list[dict[str, Any]]] = (
-            [{"id": j, "x": x, "y": y} for j, (x, y) in enumerate(xy[i, : slots[i]].tolist())] for i in range(len(entries))
+            [{"id": j, "x": x, "y": y} for j, (x, y) in enumerate(xy[i, : slots[i]].tolist())]
+            for i in range(len(entries))
         )
     else:
         listed = _predictions_list(predictions, field)
         entries = _boxes_to_wire(*_prediction_boxes(listed, field))
-        keypoint_lists = (_prediction_keypoints(p.get("keypoints"), f"{field}[{i}].keypoints") for i, p in enumerate(listed))
-    return [dict(entry, keypoints=points) for entry, points in zip(entries, keypoint_lists) if points]
+        keypoint_lists = (
+            _prediction_keypoints(p.get("keypoints"), f"{field}[{i}].keypoints") for i, p in enumerate(listed)
+        )
+    return [dict(entry, keypoints=points) for entry, points in zip(entries, keypoint_lists, strict=True) if points]
 
 
 def _prediction_keypoints(keypoints: Iterable[Mapping[str, Any]] | None, field: str) -> list[dict[str, Any]]:
@@ -274,7 +283,7 @@ def _prediction_keypoints(keypoints: Iterable[Mapping[str, Any]] | None, field: 
     if any(keypoint_id < 0 for keypoint_id in ids):
         raise ValidationError(f"{field}.class_id", ids, "must be integers ≥ 0")
     xy = _finite_column(rows, field, len(rows)).tolist() if rows else []
-    return [{"id": keypoint_id, "x": x, "y": y} for keypoint_id, (x, y) in zip(ids, xy)]
+    return [{"id": keypoint_id, "x": x, "y": y} for keypoint_id, (x, y) in zip(ids, xy, strict=True)]
 
 
 # ---------------------------------------------------------------- classification
@@ -294,7 +303,9 @@ def _classification_pairs(predictions: Any, field: str) -> tuple[list[Any], list
         inner = predictions.get("predictions")
         if isinstance(inner, Mapping):  # multi-label: {name: {"confidence": c}}
             chosen = predictions.get("predicted_classes")
-            items = [(name, inner[name]) for name in chosen if name in inner] if chosen is not None else list(inner.items())
+            items = (
+                [(name, inner[name]) for name in chosen if name in inner] if chosen is not None else list(inner.items())
+            )
             return [name for name, _ in items], [value.get("confidence", 0.0) for _, value in items]
         if inner is not None:
             return _classification_pairs(inner, field)
@@ -304,7 +315,9 @@ def _classification_pairs(predictions: Any, field: str) -> tuple[list[Any], list
         if all(isinstance(p, Mapping) for p in predictions):
             return [p.get("class", UNKNOWN_CLASS) for p in predictions], [p.get("confidence", 0.0) for p in predictions]
     raise ValidationError(
-        field, predictions, "must be {'class_name': [...], 'confidence': [...]}, inference classification output or Detections"
+        field,
+        predictions,
+        "must be {'class_name': [...], 'confidence': [...]}, inference classification output or Detections",
     )
 
 
@@ -317,4 +330,4 @@ def classifications_to_wire(predictions: Any, field: str = "classifications") ->
     # Like the reference: a class without a confidence gets 0.0.
     confidences = list(confidences[: len(names)]) + [0.0] * (len(names) - len(confidences))
     values = _finite_column(confidences, f"{field}.confidence", len(names))[:, 0].tolist() if names else []
-    return [{"class": str(name), "confidence": conf} for name, conf in zip(names, values)]
+    return [{"class": str(name), "confidence": conf} for name, conf in zip(names, values, strict=True)]

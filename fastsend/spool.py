@@ -32,7 +32,7 @@ import orjson
 
 from .wire import Request
 
-__all__ = ["CorruptEntry", "Spool", "SpoolLockedError", "SpoolEntry"]
+__all__ = ["CorruptEntry", "Spool", "SpoolEntry", "SpoolLockedError"]
 
 logger = logging.getLogger("fastsend")
 
@@ -112,7 +112,9 @@ class Spool:
         header = orjson.dumps({"url": request.url, "headers": headers, "size": request.size, "crc32": crc})
         entry_size = len(_MAGIC) + len(header) + 1 + request.size
         if entry_size > self.max_bytes:
-            logger.error("event of %d bytes is larger than the whole spool (%d bytes): not spooled", entry_size, self.max_bytes)
+            logger.error(
+                "event of %d bytes is larger than the whole spool (%d bytes): not spooled", entry_size, self.max_bytes
+            )
             return False
         with self._mutex:
             self._evict_for(entry_size)  # make room first: the write itself needs the space
@@ -201,7 +203,9 @@ class Spool:
             raise CorruptEntry(f"{entry.name}: damaged header") from None
         body = data[header_end + 1 :]
         if len(body) != size or _checksum(url, headers, size, [body]) != crc:
-            raise CorruptEntry(f"{entry.name}: body is {len(body)} bytes, checksum mismatch or truncated (expected {size})")
+            raise CorruptEntry(
+                f"{entry.name}: body is {len(body)} bytes, checksum mismatch or truncated (expected {size})"
+            )
         return Request(url, headers, [body], size)
 
     def load_or_quarantine(self, entry: SpoolEntry) -> Request | None:

@@ -9,8 +9,9 @@ Base64 needs no JSON escaping, so splicing it between two quotes is exact.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -103,7 +104,9 @@ def build_envelope(
         head = orjson.dumps(before)[:-1] + b',"images":[{"base64Image":"'
         rest = orjson.dumps(entry)
     except orjson.JSONEncodeError as exc:
-        raise ValidationError("annotations", str(exc), "must be JSON-serializable (str class names, finite numbers)") from None
+        raise ValidationError(
+            "annotations", str(exc), "must be JSON-serializable (str class names, finite numbers)"
+        ) from None
     entry_rest = b"}" if rest == b"{}" else b"," + rest[1:]
     return Envelope(head=head, tail=entry_rest + b"]," + orjson.dumps(after)[1:])
 
