@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_BODY_BUDGET_BYTES",
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
+    "body_bytes_held",
     "create_app",
     "event_json",
     "set_faults",
@@ -174,6 +175,11 @@ def create_app(
 def set_faults(app: web.Application, faults: Faults | None) -> None:
     """Replace the fault settings (and restart their random sequence); call on the app's loop."""
     app[_STATE].faults = FaultInjector(faults)
+
+
+def body_bytes_held(app: web.Application) -> int:
+    """Bytes of request bodies the app holds now, against its body budget."""
+    return app[_STATE].body_budget.in_use
 
 
 def event_json(event: StoredEvent) -> dict[str, Any]:
