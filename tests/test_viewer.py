@@ -6,7 +6,13 @@ The browser tests skip (with the reason) when selenium, /usr/bin/chromium or
 
 from __future__ import annotations
 
+import queue
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ import numpy as np
 import pytest
 import requests
 import simplejpeg
+from service_process import python_env
 from viewer_support import GREY, browser_missing, grey_jpeg, post_event, start_chromium
 
 import fastsend
@@ -491,3 +498,47 @@ def test_every_resource_comes_from_the_service(browser: Any, service: ReferenceS
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(r => r.name)")
     assert resources and all(name.startswith(service.url + "/") for name in resources)
     assert browser.execute_script("return document.styleSheets[0].cssRules.length") > 10  # the stylesheet applied
+
+
+# ---------------------------------------------------------------- fastsend demo --keep
+
+
+def _lines_to(stream: Any, lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line)
+
+
+def test_demo_prints_the_viewer_url_and_keeps_serving_until_interrupted() -> None:
+    command = [sys.executable, "-m", "fastsend", "demo", "--frames", "6", "--width", "160", "--height", "120", "--keep"]
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=python_env())
+    try:
+        assert demo.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        # A reader thread: select() on a buffered text pipe misses lines already read into the buffer.
+        threading.Thread(target=_lines_to, args=(demo.stdout, lines), daemon=True).start()
+        viewer = None
+        deadline = time.monotonic() + 60
+        while viewer is None and time.monotonic() < deadline:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if line.startswith("viewer"):
+                viewer = line.split()[-1]
+        assert viewer is not None and viewer.startswith("http://127.0.0.1:") and viewer.endswith("/")
+        assert "fastsend" in requests.get(viewer, timeout=10).text
+        assert _events(viewer.rstrip("/"))["total"] == 6  # still serving after the demo ended
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(TIMEOUT) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(TIMEOUT)
+
+
+def test_demo_keep_needs_the_embedded_service() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastsend", "demo", "--url", "http://127.0.0.1:9", "--keep"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+        env=python_env(),
+    )
+    assert done.returncode == 2 and "--keep" in done.stderr
