@@ -114,6 +114,19 @@ def test_filters_and_paging(service: ReferenceService) -> None:
     assert [e["inference_timestamp"] for e in second["events"]] == [_hour(1), _hour(0)]
 
 
+def test_text_search_reads_metadata_keys_and_values_as_text(service: ReferenceService) -> None:
+    quoted = post_event(service.url, metadata={"note": 'said "stop" \\ twice', "checked": True})
+    plain = post_event(service.url, event_data={"result": "pass", "externalId": 'lot "7"'}, metadata={"count": 12})
+
+    def found(text: str) -> list[str]:
+        return [event["id"] for event in _events(service.url, q=text)["events"]]
+
+    assert found('"stop" \\') == [quoted]  # quotes and backslashes as written, not as JSON escapes them
+    assert found("true") == [quoted] and found("CHECKED") == [quoted]
+    assert found('lot "7"') == [plain] and found("12") == [plain]
+    assert found("note:") == [] and found('":"') == []  # never the JSON punctuation between them
+
+
 @pytest.mark.parametrize(
     ("params", "named"),
     [

@@ -13,7 +13,7 @@ Routes (added to the service's app by :func:`add_viewer_routes`):
 - ``GET /viewer/api/newest`` → ``{"newest"}``: the sequence number of the
   last stored event (0 when none); the page polls it to show new events.
 - ``GET /viewer/api/events/{id}/thumbnail`` → a JPEG at most
-  :data:`THUMBNAIL_SIDE` pixels on its longer side (see :mod:`.thumbnails`).
+  256 pixels on its longer side, made once and cached (see :mod:`.thumbnails`).
 
 The full event and its images come from the v2 API (``GET /v2/events/{id}``).
 
@@ -46,9 +46,9 @@ from aiohttp import web
 
 from fastsend.events import EVENT_SCHEMAS
 from fastsend.server.store import EventStore
-from fastsend.server.thumbnails import THUMBNAIL_SIDE, ThumbnailCache
+from fastsend.server.thumbnails import ThumbnailCache
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "THUMBNAIL_SIDE", "EventQuery", "ViewerIndex", "add_viewer_routes"]
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "EventQuery", "ViewerIndex", "add_viewer_routes", "parse_query"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_PAGE_SIZE = 50
@@ -94,15 +94,35 @@ class EventQuery:
             clauses.append("julianday(inference_timestamp) < julianday(?)")
             params.append(self.until)
         if self.text:
-            pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            # json_each reads the metadata's keys and values as text, not as JSON with its quoting and escapes.
-            clauses.append(
-                "(json_extract(event_data, '$.externalId') LIKE ? ESCAPE '\\'"
-                " OR EXISTS (SELECT 1 FROM json_each(custom_metadata)"
-                " WHERE key LIKE ? ESCAPE '\\' OR CAST(value AS TEXT) LIKE ? ESCAPE '\\'))"
-            )
-            params += [pattern] * 3
+            clause, count = _text_clause(self.text)
+            clauses.append(clause)
+            params += [_like_pattern(self.text)] * count
         return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+_IN_EXTERNAL_ID = "json_extract(event_data, '$.externalId') LIKE ? ESCAPE '\\'"
+# json_each reads the metadata's keys and values as text, not as JSON with its quoting and escapes;
+# true and false read as words, not as SQLite's 1 and 0.
+_IN_METADATA = (
+    "EXISTS (SELECT 1 FROM json_each(custom_metadata) WHERE key LIKE ? ESCAPE '\\'"
+    " OR (CASE type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE value END) LIKE ? ESCAPE '\\')"
+)
+_IN_TEXT = "event_data LIKE ? ESCAPE '\\'", "custom_metadata LIKE ? ESCAPE '\\'"
+
+
+def _text_clause(text: str) -> tuple[str, int]:
+    """The SQL matching ``text`` in the external id or the metadata, and how many LIKE patterns it takes."""
+    if any(char in '"\\' or char < " " for char in text):
+        return f"({_IN_EXTERNAL_ID} OR {_IN_METADATA})", 3
+    # Text that JSON writes as it is: first look for it in the stored JSON text, which is cheap,
+    # and parse only the rows that have it.
+    in_data, in_metadata = _IN_TEXT
+    return f"(({in_data} AND {_IN_EXTERNAL_ID}) OR ({in_metadata} AND {_IN_METADATA}))", 5
 
 
 _SUMMARY_COLUMNS = ", ".join(
