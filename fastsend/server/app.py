@@ -235,7 +235,11 @@ async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamRes
     except _HttpError as exc:
         response = _error(exc.status, exc.detail, exc.headers)
         if exc.close:
+            # Send it now and drop the connection, rather than let aiohttp wait for the rest of the body.
             response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
         return response
     except web.HTTPException as exc:  # routing: unknown path, wrong method
         if exc.status < 400:
