@@ -315,6 +315,18 @@ def test_query_parameter_rules(make_service: Any) -> None:
     assert asyncio.run(exchange(port, request_head("GET", "/healthz?probe=1"))).status == 200
 
 
+def test_an_unexpected_error_is_a_json_500(make_service: Any) -> None:
+    service = make_service()
+    port = port_of(service)
+    data = body_bytes()
+    event_id = asyncio.run(exchange(port, request_head("POST", "/v2/events", length=len(data)) + data)).json()["id"]
+    (service.data_dir / "images" / f"{event_id}.output.jpg").unlink()  # the row now names a missing file
+    answer = asyncio.run(exchange(port, request_head("GET", f"/v2/events/{event_id}/images/output")))
+    assert answer.status == 500
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.json() == {"detail": "internal error; the service log has the details"}
+
+
 # --- 5. the body memory budget ---------------------------------------------------------
 
 

@@ -175,7 +175,7 @@ class EventStore:
     def remove_orphan_images(self) -> int:
         """Remove image files no row names (left by a crash between file and commit); returns how many.
 
-        Safe only while nothing writes: the store calls it when it opens.
+        The store calls it when it opens. It holds the write lock, so no write is half done while it looks.
         """
         with self._write_lock:
             named = set()
