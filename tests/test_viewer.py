@@ -480,6 +480,7 @@ def test_new_events_appear_without_a_reload(browser: Any, service: ReferenceServ
     post_event(service.url, event_data={"result": "pass", "externalId": "before"})
     _open_page(browser, service.url, 1)
     browser.execute_script("window.__samePage = true")
+    browser.find_element("name", "q").send_keys("typed, not applied")  # the refresh keeps the applied filters
     late = post_event(service.url, event_data={"result": "fail", "externalId": "arrived-later"})
     cards = _wait_for_cards(browser, 2, "the new event shown")
     assert cards[0]["id"] == late and "arrived-later" in cards[0]["text"]

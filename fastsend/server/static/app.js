@@ -17,6 +17,7 @@ const status = $("status");
 const newEvents = $("new-events");
 
 const state = {
+  filters: new URLSearchParams(), // as last applied, not as being typed
   offset: 0,
   total: 0,
   newest: 0, // seq of the newest stored event when the list was loaded
@@ -100,7 +101,7 @@ function filterParams() {
 }
 
 function saveToUrl() {
-  const params = filterParams();
+  const params = new URLSearchParams(state.filters);
   if (state.offset) params.set("offset", state.offset);
   if (state.selected) params.set("event", state.selected);
   const query = params.toString();
@@ -147,7 +148,7 @@ function fillSchemas(schemas) {
 // ---------------------------------------------------------------- the list
 
 async function loadList({ fresh = false } = {}) {
-  const params = filterParams();
+  const params = new URLSearchParams(state.filters);
   params.set("limit", PAGE_SIZE);
   params.set("offset", state.offset);
   const request = getJson("/viewer/api/events", params);
@@ -350,15 +351,21 @@ async function poll() {
 // ---------------------------------------------------------------- wiring
 
 restoreFromUrl();
+state.filters = filterParams();
 
 filtersForm.addEventListener("submit", (event) => {
   event.preventDefault();
+  state.filters = filterParams();
   state.offset = 0;
   loadList();
 });
 filtersForm.addEventListener("reset", () => {
-  state.offset = 0;
-  setTimeout(loadList); // after the form has cleared its fields
+  // After the form has cleared its fields.
+  setTimeout(() => {
+    state.filters = filterParams();
+    state.offset = 0;
+    loadList();
+  });
 });
 $("newer").addEventListener("click", () => {
   state.offset = Math.max(0, state.offset - PAGE_SIZE);
