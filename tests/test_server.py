@@ -38,7 +38,7 @@ TIMEOUT = 10.0
 
 def make_jpeg(height: int = 8, width: int = 8) -> bytes:
     pixels = np.arange(height * width * 3, dtype=np.uint8).reshape(height, width, 3)
-    return simplejpeg.encode_jpeg(pixels, quality=95, colorspace="BGR")
+    return bytes(simplejpeg.encode_jpeg(pixels, quality=95, colorspace="BGR"))
 
 
 def make_png(width: int = 2, height: int = 2) -> bytes:
