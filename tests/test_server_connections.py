@@ -7,6 +7,7 @@ and every wait is bounded by a generous multiple of them.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
@@ -26,7 +27,9 @@ import pytest
 import simplejpeg
 from service_process import TIMEOUT, python_env
 
+from fastsend.events import ValidationError
 from fastsend.server import Faults, ReferenceService
+from fastsend.server.options import add_service_arguments, config_from_arguments
 
 JPEG = simplejpeg.encode_jpeg(np.full((8, 8, 3), 90, np.uint8), quality=95, colorspace="BGR")
 BODY = json.dumps(
@@ -257,3 +260,25 @@ def test_descriptor_exhaustion_is_logged_once_and_clears(tmp_path: Path) -> None
     assert 1 <= len(accept_reports) <= 3, errors
     assert "Too many open files" in accept_reports[0]
     assert "Traceback" not in errors
+
+
+def test_limits_are_serve_options(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_service_arguments(parser, default_data_dir=str(tmp_path))
+    defaults = config_from_arguments(parser.parse_args([]))
+    assert (defaults.header_timeout, defaults.body_timeout, defaults.idle_timeout) == (10.0, 60.0, 75.0)
+    assert (defaults.max_connections, defaults.body_budget_bytes) == (1000, 256 * 1024 * 1024)
+    flags = "--header-timeout 2 --body-timeout 3 --idle-timeout 4 --max-connections 5 --body-budget-bytes 70000000"
+    given = config_from_arguments(parser.parse_args(flags.split()))
+    assert (given.header_timeout, given.body_timeout, given.idle_timeout, given.max_connections) == (2, 3, 4, 5)
+    assert given.body_budget_bytes == 70_000_000
+    for flag, value in [
+        ("--header-timeout", "0"),
+        ("--body-timeout", "-1"),
+        ("--idle-timeout", "inf"),
+        ("--max-connections", "0"),
+        ("--body-budget-bytes", "1000"),  # below --max-body-bytes
+    ]:
+        with pytest.raises(ValidationError) as raised:
+            config_from_arguments(parser.parse_args([flag, value]))
+        assert raised.value.field == flag
