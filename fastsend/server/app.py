@@ -364,9 +364,10 @@ async def _over_budget(request: web.Request, held: _Held) -> _HttpError:
     # Read the rest and drop it (memory stays flat) so the client is able to read the answer.
     while await request.content.readany():
         pass
+    size = f"of {request.content_length} bytes" if request.content_length is not None else "(chunked)"
     return _at_capacity(
         f"service at capacity: request bodies in progress hold {budget.in_use} of {budget.limit} bytes;"
-        f" this body ({request.content_length or 'chunked'}) does not fit"
+        f" this body {size} does not fit"
     )
 
 
