@@ -158,7 +158,7 @@ def test_stalled_connections_are_closed_while_a_real_client_is_served(make_servi
 
 def test_a_slow_request_is_not_cut_by_the_header_timeout(make_service: Any) -> None:
     # Headers arrive in pieces within the timeout, and the write takes longer than it.
-    service = make_service(header_timeout=1.0, faults=Faults(latency=2.0))
+    service = make_service(header_timeout=2.0, faults=Faults(latency=3.0))
     port = port_of(service)
 
     async def scenario() -> tuple[int, dict[str, str], bytes]:
