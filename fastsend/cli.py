@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, default=1280)
     demo.add_argument("--height", type=int, default=720)
     demo.add_argument("--fps", type=float, default=0.0, help="frames per second (0: as fast as possible)")
+    demo.add_argument("--keep", action="store_true", help="keep the embedded service running to browse the events (Ctrl-C stops)")
     demo.set_defaults(command=_demo)
     return parser
 
@@ -161,10 +162,23 @@ def _send(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     if args.url:
-        return _run_demo(args, args.url, verify=None)
+        if args.keep:
+            raise ValidationError("--keep", True, "keeps the embedded service; it cannot be used with --url")
+        code = _run_demo(args, args.url, verify=None)
+        print(f"viewer        {args.url.rstrip('/')}/")
+        return code
     with tempfile.TemporaryDirectory(prefix="fastsend-demo-") as data_dir, ReferenceService(data_dir) as service:
         print(f"embedded reference service on {service.url} (data in {data_dir})")
-        return _run_demo(args, service.url, verify=service.get_event)
+        code = _run_demo(args, service.url, verify=service.get_event)
+        print(f"viewer        {service.url}/")
+        if args.keep:
+            print("keeping the service running to browse the events; Ctrl-C stops it", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print()
+        return code
 
 
 def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:

@@ -345,3 +345,24 @@ def unexpected_keyword_message(callable_name: str, name: str, known: list[str]) 
     message = f"{callable_name} got an unexpected keyword argument {name!r}"
     close = difflib.get_close_matches(name, known, n=1)
     return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+SOLUTION_MAX_CHARS = 1000
+
+
+def validate_inference_timestamp(value: Any) -> str:
+    """An inference timestamp as UTC ISO-8601 text, the form sent on the wire.
+
+    Accepts a timezone-aware ``datetime`` or an ISO-8601 string carrying an
+    offset (any offset; ``Z`` from Python 3.11, whose ``fromisoformat`` knows
+    it); both are converted to UTC. A naive value, or one outside years 1 to
+    9999 once in UTC, is refused.
+    """
+    if value is None:
+        raise ValidationError("inference_timestamp", value, "must be a datetime or an ISO-8601 string")
+    return _timestamp(value)
+
+
+def validate_solution(value: Any) -> str:
+    """A ``solution`` (use-case id): a string of at most 1 000 characters."""
+    return validate_text("solution", value, max_chars=SOLUTION_MAX_CHARS)

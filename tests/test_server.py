@@ -11,6 +11,7 @@ import http.client
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.error
@@ -37,7 +38,7 @@ TIMEOUT = 10.0
 
 def make_jpeg(height: int = 8, width: int = 8) -> bytes:
     pixels = np.arange(height * width * 3, dtype=np.uint8).reshape(height, width, 3)
-    return simplejpeg.encode_jpeg(pixels, quality=95, colorspace="BGR")
+    return bytes(simplejpeg.encode_jpeg(pixels, quality=95, colorspace="BGR"))
 
 
 def make_png(width: int = 2, height: int = 2) -> bytes:
@@ -174,7 +175,6 @@ ACCEPTED: dict[str, Mutation] = {
     ),
     "custom value 10000 chars": set_data("custom", value="v" * 10_000, externalId="e"),
     "operator_feedback": set_data("operator_feedback", relatedEventId="abc", feedback="inconclusive"),
-    "timestamp Z": set_top(inference_timestamp="2026-11-26T04:44:12Z"),
     "timestamp +05:30": set_top(inference_timestamp="2026-11-26T10:14:12+05:30"),
     "metadata empty": set_top(custom_metadata={}),
     "metadata 100 keys": set_top(custom_metadata=metadata(100)),
@@ -191,6 +191,9 @@ ACCEPTED: dict[str, Mutation] = {
     "instanceSegmentations 3 points": set_image(instanceSegmentations=[{**DETECTION, "points": POLYGON}]),
     "keypoints 1 point": set_image(keypoints=[{**DETECTION, "keypoints": [KEYPOINT]}]),
 }
+
+if sys.version_info >= (3, 11):  # the library's rule is datetime.fromisoformat's, which learned "Z" in 3.11
+    ACCEPTED["timestamp Z"] = set_top(inference_timestamp="2026-11-26T04:44:12Z")
 
 # id -> (mutation, field the detail must start with)
 REJECTED: dict[str, tuple[Mutation, str]] = {
@@ -574,7 +577,7 @@ def test_listing_order_paging_and_filter(make_service: Callable[..., ReferenceSe
     filtered = get(service, "/v2/events?event_schema=quality_check").json()
     assert filtered["total"] == 3
     assert [event["id"] for event in filtered["events"]] == [ids[4], ids[2], ids[0]]
-    assert get(service, "/v2/events?event_schema=nope").json() == {"events": [], "total": 0}
+    assert get(service, "/v2/events?event_schema=operator_feedback").json() == {"events": [], "total": 0}
     assert [event["id"] for event in service.list_events(event_schema="custom")] == [ids[1]]
 
 

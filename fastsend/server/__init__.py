@@ -1,9 +1,13 @@
 """Reference Event Ingestion Service (v2 API) for testing and local use.
 
 A small aiohttp service that validates bodies strictly against the v2 wire
-contract, stores events durably (SQLite WAL + fsynced image files), honours
-``Idempotency-Key`` and can inject latency, errors, dropped connections and
-capacity limits.
+contract (with the rules of :mod:`fastsend.events`), stores events durably
+(SQLite WAL + fsynced image files), honours ``Idempotency-Key`` and can
+inject latency, errors, dropped connections and capacity limits. It bounds
+what a client can hold: header, body and idle timeouts, a cap on open
+connections and a memory budget for bodies in progress.
+
+It is a reference for development and tests, not a production ingestion backend.
 
 - :class:`ReferenceService` runs it on a background thread (tests, embedding).
 - :func:`run` serves in the foreground until Ctrl-C / SIGTERM (``fastsend serve``).

@@ -5,6 +5,9 @@ takes everything queued at that moment (up to ``max_batch``) and stores it with
 one :meth:`EventStore.add` call, so concurrent requests share a single fsync
 and commit. Serialising writes on one thread also makes idempotency checks
 race-free: a duplicate key is either in the same batch or already committed.
+
+A batch that fails is retried one event at a time, so one bad event fails
+only its own request, never the others it was grouped with.
 """
 
 from __future__ import annotations
@@ -79,9 +82,14 @@ class Committer:
         try:
             results = self._store.add([(pending.event, pending.idempotency_key) for pending in batch])
         except Exception as exc:
-            logger.exception("could not store a batch of %d events", len(batch))
-            for pending in batch:
-                _settle(pending, exception=exc)
+            if len(batch) > 1:
+                # The store rolled the batch back; find the culprit by storing each event alone.
+                logger.warning("could not store a batch of %d events (%s); storing them one by one", len(batch), exc)
+                for pending in batch:
+                    self._commit([pending])
+                return
+            logger.exception("could not store an event")
+            _settle(batch[0], exception=exc)
             return
         for pending, result in zip(batch, results, strict=True):
             _settle(pending, result=result)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,8 +20,24 @@ from typing import Any
 
 from aiohttp import web
 
-from fastsend.server.app import DEFAULT_MAX_BODY_BYTES, create_app, event_json, set_faults
+from fastsend.server.app import (
+    DEFAULT_BODY_BUDGET_BYTES,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    body_bytes_held,
+    create_app,
+    event_json,
+    set_faults,
+)
 from fastsend.server.committer import Committer
+from fastsend.server.connections import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionGuard,
+    ConnectionLimits,
+    QuietAcceptErrors,
+)
 from fastsend.server.faults import Faults
 from fastsend.server.store import EventStore
 
@@ -31,11 +49,19 @@ DEFAULT_PORT = 8001
 # In-flight requests get this long to finish when the service stops.
 _SHUTDOWN_TIMEOUT = 5.0
 _STARTUP_TIMEOUT = 30.0
+# Descriptors the service needs besides its connections: database, WAL, image files, listening sockets.
+_SPARE_DESCRIPTORS = 64
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Everything the service needs to start. ``port=0`` picks a free port."""
+    """Everything the service needs to start. ``port=0`` picks a free port.
+
+    Limits: ``max_body_bytes`` per body (413); ``body_budget_bytes`` for all
+    bodies held at once (529); ``header_timeout`` / ``body_timeout`` seconds
+    for a request's headers / body to arrive (408); ``idle_timeout`` seconds
+    between requests on a connection; ``max_connections`` open at once (503).
+    """
 
     data_dir: str | os.PathLike[str]
     host: str = "127.0.0.1"
@@ -43,6 +69,11 @@ class ServiceConfig:
     api_key: str | None = None
     capacity: int | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -50,6 +81,20 @@ class ServiceConfig:
             raise ValueError(f"capacity must be >= 0 or None, not {self.capacity!r}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, not {self.max_body_bytes!r}")
+        if self.body_budget_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"body_budget_bytes must be at least max_body_bytes ({self.max_body_bytes}),"
+                f" not {self.body_budget_bytes!r}"
+            )
+        if not (math.isfinite(self.body_timeout) and self.body_timeout > 0):
+            raise ValueError(f"body_timeout must be a positive number of seconds, not {self.body_timeout!r}")
+        self.connection_limits()  # checks the other three
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The header timeout, idle timeout and connection cap, checked."""
+        return ConnectionLimits(
+            header_timeout=self.header_timeout, idle_timeout=self.idle_timeout, max_connections=self.max_connections
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +106,9 @@ class _Running:
 
 @contextlib.asynccontextmanager
 async def _running(config: ServiceConfig) -> AsyncIterator[_Running]:
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(QuietAcceptErrors(loop))
     store = EventStore(config.data_dir)
     committer = Committer(store)
     try:
@@ -70,22 +118,31 @@ async def _running(config: ServiceConfig) -> AsyncIterator[_Running]:
             api_key=config.api_key,
             capacity=config.capacity,
             max_body_bytes=config.max_body_bytes,
+            body_budget_bytes=config.body_budget_bytes,
+            body_timeout=config.body_timeout,
             faults=config.faults,
         )
-        runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        guard = ConnectionGuard(config.connection_limits())
+        app.middlewares.insert(0, guard.middleware)  # first: it marks the end of a request's headers
+        runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT, keepalive_timeout=config.idle_timeout)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, config.host, config.port)
-            await site.start()
-            host, port = runner.addresses[0][:2]
-            url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-            logger.info("reference event ingestion service listening on %s (data in %s)", url, config.data_dir)
-            yield _Running(url, store, app)
+            # Our own listening socket rather than web.TCPSite, to put the guard in front of aiohttp's protocol.
+            assert runner.server is not None  # set by setup()
+            server = await loop.create_server(guard.protocol_factory(runner.server), config.host, config.port)
+            try:
+                host, port = server.sockets[0].getsockname()[:2]
+                url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+                logger.info("reference event ingestion service listening on %s (data in %s)", url, config.data_dir)
+                yield _Running(url, store, app)
+            finally:
+                server.close()  # stop accepting; runner.cleanup() then closes the open connections
         finally:
             await runner.cleanup()
     finally:
         committer.close()
         store.close()
+        loop.set_exception_handler(previous_handler)
 
 
 async def serve(config: ServiceConfig, *, on_started: Callable[[str], None] | None = None) -> None:
@@ -99,6 +156,8 @@ async def serve(config: ServiceConfig, *, on_started: Callable[[str], None] | No
 def run(config: ServiceConfig, *, on_started: Callable[[str], None] | None = None) -> None:
     """Serve ``config`` in the foreground until Ctrl-C or SIGTERM; the URL is logged at INFO."""
 
+    _raise_descriptor_limit(config.max_connections + _SPARE_DESCRIPTORS)
+
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -111,6 +170,28 @@ def run(config: ServiceConfig, *, on_started: Callable[[str], None] | None = Non
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     logger.info("reference event ingestion service stopped")
+
+
+def _raise_descriptor_limit(wanted: int) -> None:
+    """Raise this process's open-file limit towards ``wanted`` if it is lower (up to the hard limit)."""
+    if sys.platform == "win32":
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft < wanted:
+        logger.warning(
+            "the open-file limit (%d) is below --max-connections plus %d spare; expect accept errors under load",
+            soft,
+            _SPARE_DESCRIPTORS,
+        )
 
 
 class ReferenceService:
@@ -134,6 +215,11 @@ class ReferenceService:
         api_key: str | None = None,
         capacity: int | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         faults: Faults | None = None,
     ) -> None:
         self.config = ServiceConfig(
@@ -143,6 +229,11 @@ class ReferenceService:
             api_key=api_key,
             capacity=capacity,
             max_body_bytes=max_body_bytes,
+            body_budget_bytes=body_budget_bytes,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
             faults=faults or Faults(),
         )
         self._thread: threading.Thread | None = None
@@ -166,17 +257,18 @@ class ReferenceService:
         if self._thread is not None:
             raise RuntimeError("ReferenceService already started")
         ready = threading.Event()
-        self._startup_error = None
         self._thread = threading.Thread(
             target=self._serve, args=(ready,), name="fastsend-reference-service", daemon=True
         )
         self._thread.start()
         if not ready.wait(_STARTUP_TIMEOUT):
             raise RuntimeError(f"ReferenceService did not start within {_STARTUP_TIMEOUT} s")
-        if self._startup_error is not None:
+        error = self._startup_error
+        if error is not None:
+            self._startup_error = None
             self._thread.join()
             self._thread = None
-            raise self._startup_error
+            raise error
         return self
 
     def stop(self) -> None:
@@ -209,6 +301,10 @@ class ReferenceService:
 
         self._loop.call_soon_threadsafe(apply)
         done.wait(_STARTUP_TIMEOUT)
+
+    def body_bytes_held(self) -> int:
+        """Bytes of request bodies held now (being received, parsed or stored) against the body budget."""
+        return body_bytes_held(self._require_running().app)
 
     def stored_count(self) -> int:
         """How many events the database holds."""

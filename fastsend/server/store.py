@@ -11,13 +11,19 @@ fsyncs the WAL on every commit, so an acknowledged event survives power loss
 too. :class:`~fastsend.server.committer.Committer` batches concurrent writes
 into one commit to keep that cost per batch rather than per event.
 
+Orphans: image files are written before their rows. When a batch fails
+its files are removed; files left by a process killed between the two (no
+row names them) are removed when the store opens.
+
 Connections are shared across threads, each behind its own lock: one for
 writes, one for reads (WAL lets readers run while a write is in progress).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -33,7 +39,11 @@ from fastsend.server.validation import EventBody, Image
 
 __all__ = ["EventStore", "StoredEvent"]
 
+logger = logging.getLogger("fastsend.server")
+
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+# The names _write_image gives; the orphan sweep touches nothing else in images/.
+_IMAGE_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(output|input)\.(jpg|png)")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -97,6 +107,7 @@ class EventStore:
         self._reader = self._connect(db_path)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self.remove_orphan_images()
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -120,30 +131,66 @@ class EventStore:
         with ``created`` False and stores nothing.
         """
         with self._write_lock:
-            received_at = datetime.now(timezone.utc).isoformat()
-            results: list[tuple[str, bool]] = []
-            rows: list[tuple[Any, ...]] = []
-            ids_by_key: dict[str, str] = {}
-            for event, key in items:
-                existing = self._id_for_key(key, ids_by_key)
-                if existing is not None:
-                    results.append((existing, False))
-                    continue
-                event_id = str(uuid.uuid4())
-                if key is not None:
-                    ids_by_key[key] = event_id
-                rows.append(self._row(event_id, key, received_at, event))
-                results.append((event_id, True))
-            if rows:
-                _fsync_directory(self.images_dir)
-                self._writer.execute("BEGIN IMMEDIATE")
-                try:
-                    self._writer.executemany(_INSERT, rows)
-                except BaseException:
-                    self._writer.execute("ROLLBACK")
-                    raise
+            written: list[Path] = []
+            try:
+                return self._add(items, written)
+            except BaseException:
+                self._remove_files(written)
+                raise
+
+    def _add(self, items: Sequence[tuple[EventBody, str | None]], written: list[Path]) -> list[tuple[str, bool]]:
+        received_at = datetime.now(timezone.utc).isoformat()
+        results: list[tuple[str, bool]] = []
+        rows: list[tuple[Any, ...]] = []
+        ids_by_key: dict[str, str] = {}
+        for event, key in items:
+            existing = self._id_for_key(key, ids_by_key)
+            if existing is not None:
+                results.append((existing, False))
+                continue
+            event_id = str(uuid.uuid4())
+            if key is not None:
+                ids_by_key[key] = event_id
+            rows.append(self._row(event_id, key, received_at, event, written))
+            results.append((event_id, True))
+        if rows:
+            _fsync_directory(self.images_dir)
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                self._writer.executemany(_INSERT, rows)
                 self._writer.execute("COMMIT")
-            return results
+            except BaseException:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise
+        return results
+
+    def _remove_files(self, paths: list[Path]) -> None:
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                logger.warning("could not remove %s after a failed write; the next start removes it", path)
+
+    def remove_orphan_images(self) -> int:
+        """Remove image files no row names (left by a crash between file and commit); returns how many.
+
+        The store calls it when it opens. It holds the write lock, so no write is half done while it looks.
+        """
+        with self._write_lock:
+            named = set()
+            for output_file, input_file in self._writer.execute("SELECT output_file, input_file FROM events"):
+                named.add(output_file)
+                named.add(input_file)
+            orphans = [
+                path
+                for path in self.images_dir.iterdir()
+                if _IMAGE_NAME.fullmatch(path.name) and path.name not in named and path.is_file()
+            ]
+            self._remove_files(orphans)
+        if orphans:
+            logger.warning("removed %d image files of events that were never committed", len(orphans))
+        return len(orphans)
 
     def _id_for_key(self, key: str | None, ids_by_key: dict[str, str]) -> str | None:
         if key is None:
@@ -153,9 +200,11 @@ class EventStore:
         row = self._writer.execute("SELECT id FROM events WHERE idempotency_key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def _row(self, event_id: str, key: str | None, received_at: str, event: EventBody) -> tuple[Any, ...]:
-        output_file = self._write_image(event_id, "output", event.output_image)
-        input_file = self._write_image(event_id, "input", event.input_image) if event.input_image else None
+    def _row(
+        self, event_id: str, key: str | None, received_at: str, event: EventBody, written: list[Path]
+    ) -> tuple[Any, ...]:
+        output_file = self._write_image(event_id, "output", event.output_image, written)
+        input_file = self._write_image(event_id, "input", event.input_image, written) if event.input_image else None
         return (
             event_id,
             key,
@@ -173,9 +222,11 @@ class EventStore:
             input_file,
         )
 
-    def _write_image(self, event_id: str, role: str, image: Image) -> str:
+    def _write_image(self, event_id: str, role: str, image: Image, written: list[Path]) -> str:
         name = f"{event_id}.{role}.{_EXTENSIONS[image.content_type]}"
-        with open(self.images_dir / name, "xb") as file:
+        path = self.images_dir / name
+        written.append(path)  # before opening: a partly written file is removed too
+        with open(path, "xb") as file:
             file.write(image.data)
             file.flush()
             os.fsync(file.fileno())

@@ -1,8 +1,9 @@
 """The rules for a ``POST /v2/events`` body, on top of :mod:`fastsend.events`.
 
-``fastsend.events`` owns the schema, ``event_data`` and ``custom_metadata``
-rules; this module adds the envelope: the exact top-level keys, the
-timestamp, the single image entry, its images and its annotation lists.
+``fastsend.events`` owns the schema, ``event_data``, ``custom_metadata``,
+timestamp and ``solution`` rules, so a body the library builds is one the
+service accepts; this module adds the envelope: the exact top-level keys,
+the single image entry, its images and its annotation lists.
 Everything is strict: unknown keys are rejected at every level, numbers must
 be finite and not bools, and a list the client should have omitted (empty)
 is an error. Every failure is a :class:`~fastsend.events.ValidationError`
@@ -15,7 +16,6 @@ import binascii
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import pybase64
@@ -26,13 +26,13 @@ from fastsend.events import (
     ValidationError,
     validate_custom_metadata,
     validate_event_data,
+    validate_inference_timestamp,
+    validate_solution,
     validate_text,
 )
 from fastsend.jpeg import check_image_file
 
 __all__ = ["EventBody", "Image", "validate_body"]
-
-SOLUTION_MAX_CHARS = 1000
 
 _REQUIRED_KEYS = ("inference_timestamp", "event_schema", "event_data", "images", "displayImagePosition")
 _OPTIONAL_KEYS = ("custom_metadata", "solution")
@@ -67,6 +67,8 @@ class Image:
 class EventBody:
     """A body that passed every rule, with its images decoded.
 
+    ``inference_timestamp`` is in UTC, as the library writes it (a body sent
+    with ``+05:30`` or ``Z`` is stored as the same moment in ``+00:00``).
     ``image_details`` is the image entry without its base64 fields: ``label``
     and the annotation lists, exactly as sent. ``custom_metadata`` and
     ``solution`` are ``None`` when the body did not carry them.
@@ -93,7 +95,7 @@ def validate_body(body: Any) -> EventBody:
     if isinstance(position, bool) or not isinstance(position, int) or position != 0:
         raise ValidationError("displayImagePosition", position, "must be the integer 0 (the only image)")
     metadata = validate_custom_metadata(body["custom_metadata"]) if "custom_metadata" in body else None
-    solution = validate_text("solution", body["solution"], max_chars=SOLUTION_MAX_CHARS) if "solution" in body else None
+    solution = validate_solution(body["solution"]) if "solution" in body else None
     return EventBody(
         inference_timestamp=timestamp,
         event_schema=body["event_schema"],
@@ -124,15 +126,10 @@ def _check_keys(field: str, value: Any, required: tuple[str, ...], optional: tup
 
 
 def _timestamp(value: Any) -> str:
-    text = validate_text("inference_timestamp", value)
-    try:
-        # Python 3.10's fromisoformat does not know the "Z" suffix.
-        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise ValidationError("inference_timestamp", value, "must be an ISO-8601 timestamp") from None
-    if parsed.tzinfo is None:
-        raise ValidationError("inference_timestamp", value, "must carry a UTC offset, e.g. +00:00")
-    return text
+    # JSON has no datetime: on the wire only the library's string form applies.
+    if not isinstance(value, str):
+        raise ValidationError("inference_timestamp", value, f"must be an ISO-8601 string, not {type(value).__name__}")
+    return validate_inference_timestamp(value)
 
 
 def _single_image_entry(images: Any) -> tuple[Image, Image | None, dict[str, Any]]:
