@@ -220,8 +220,14 @@ def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy:
         return _prepare_base64_text(image, field)
     if image is None:
         raise ValidationError(field, image, "is required")
-    # inference's WorkflowImageData computes these lazily: prefer what it already holds.
-    for attribute in ("_base64_image", "_numpy_image", "base64_image", "numpy_image"):
+    # inference's WorkflowImageData: the JPEG/PNG it arrived as is sent as it is; otherwise its
+    # pixels. Its base64_image property would JPEG-encode on this thread, so only simpler objects'
+    # is read (the real class is told apart by its private cache).
+    cached = getattr(image, "_base64_image", None)
+    if isinstance(cached, str) and _looks_like_encoded_image(cached):
+        return _prepare_base64_text(cached, field)
+    lazy = hasattr(image, "_numpy_image")
+    for attribute in ("_numpy_image", "numpy_image") if lazy else ("base64_image", "numpy_image"):
         value = getattr(image, attribute, None)
         if value is not None:
             return prepare_image(value, field=field, color=color, copy=copy)
@@ -332,6 +338,13 @@ def check_image_file(data: bytes, field: str, shown: Any) -> str:
     if not data.rstrip(b"\x00").endswith(_JPEG_EOI):
         raise ValidationError(field, shown, "must be a complete JPEG (no end-of-image marker; truncated?)")
     return "image/jpeg"
+
+
+def _looks_like_encoded_image(text: str) -> bool:
+    """Whether base64 text starts like a JPEG or PNG file (a data URL prefix allowed), without decoding it."""
+    if text.startswith("data:") and _DATA_URL_SEPARATOR in text:
+        text = text.split(_DATA_URL_SEPARATOR, 1)[1]
+    return text.startswith(("/9j/", "iVBORw0KGgo"))
 
 
 def _prepare_base64_text(text: str, field: str) -> EncodedImage:

@@ -1,0 +1,29 @@
+"""Workflows plugin: ``WORKFLOWS_PLUGINS=fastsend.workflows`` adds ``fastsend/event_writer_sink@v1``.
+
+The block takes every field of ``roboflow_enterprise/event_writer_sink@v1``, so
+replacing the ``type`` string is the whole migration; it sends through fastsend's
+writer (shared queue, encoders, connection pool and spool per URL and settings).
+
+Importing this module does not import inference; ``load_blocks()`` does.
+Needs ``pip install "fastsend[inference]"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BLOCKS_SOURCE", "BLOCK_TYPE", "load_blocks"]
+
+BLOCK_TYPE = "fastsend/event_writer_sink@v1"
+
+# The engine hands a plugin the server's per-request init parameters
+# (`workflows_core.disable_sinks` above all) only under this source. The plugin
+# registers no initializers, so it cannot overwrite a core one.
+BLOCKS_SOURCE = "workflows_core"
+
+
+def load_blocks() -> list[type[Any]]:
+    """The plugin's blocks; called by inference's blocks loader, possibly many times."""
+    from .event_writer import FastsendEventWriterSinkBlockV1
+
+    return [FastsendEventWriterSinkBlockV1]
