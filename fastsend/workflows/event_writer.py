@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from inference.core.workflows.execution_engine.entities.base import OutputDefinition
 from inference.core.workflows.execution_engine.entities.types import (
@@ -65,11 +65,11 @@ If the Event Ingestion Service requires an API key, set `EVENT_INGESTION_API_KEY
 Other sender settings come from `FASTSEND_*` environment variables.
 """
 
-QUALITY_CHECK_RELEVANT = {"event_schema": {"values": ["quality_check"], "required": True}}
-INVENTORY_COUNT_RELEVANT = {"event_schema": {"values": ["inventory_count"], "required": True}}
-SAFETY_ALERT_RELEVANT = {"event_schema": {"values": ["safety_alert"], "required": True}}
-CUSTOM_RELEVANT = {"event_schema": {"values": ["custom"], "required": True}}
-ALL_DATA_SCHEMAS_RELEVANT = {
+QUALITY_CHECK_RELEVANT: dict[str, Any] = {"event_schema": {"values": ["quality_check"], "required": True}}
+INVENTORY_COUNT_RELEVANT: dict[str, Any] = {"event_schema": {"values": ["inventory_count"], "required": True}}
+SAFETY_ALERT_RELEVANT: dict[str, Any] = {"event_schema": {"values": ["safety_alert"], "required": True}}
+CUSTOM_RELEVANT: dict[str, Any] = {"event_schema": {"values": ["custom"], "required": True}}
+ALL_DATA_SCHEMAS_RELEVANT: dict[str, Any] = {
     "event_schema": {"values": ["quality_check", "inventory_count", "safety_alert", "custom"]},
 }
 
@@ -91,7 +91,7 @@ class BlockManifest(WorkflowBlockManifest):  # type: ignore[misc]
     type: Literal["fastsend/event_writer_sink@v1"]
 
     # The fields below repeat the Event Writer's, declaration for declaration.
-    event_ingestion_url: Union[Selector(kind=[STRING_KIND]), str] = Field(  # type: ignore[valid-type]
+    event_ingestion_url: Selector(kind=[STRING_KIND]) | str = Field(  # type: ignore[valid-type]
         default="http://localhost:8001",
         description="Base URL of the Event Ingestion Service.",
         examples=["http://localhost:8001", "$inputs.event_ingestion_url"],
@@ -104,114 +104,114 @@ class BlockManifest(WorkflowBlockManifest):  # type: ignore[misc]
         description="The output/visualization image. Sent as the primary display image.",
         json_schema_extra={"always_visible": True},
     )
-    input_image: Optional[Selector(kind=[IMAGE_KIND])] = Field(  # type: ignore[valid-type]
+    input_image: Selector(kind=[IMAGE_KIND]) | None = Field(  # type: ignore[valid-type]
         default=None,
         description="The original input image (optional). Sent as the source image.",
     )
-    image_label: Optional[Union[Selector(kind=[STRING_KIND]), str]] = Field(  # type: ignore[valid-type]
+    image_label: Selector(kind=[STRING_KIND]) | str | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Label for the image entry.",
         examples=["defect-analysis", "$inputs.image_label"],
     )
-    custom_metadata: dict[str, Union[Selector(), str, float, bool, int]] = Field(  # type: ignore[valid-type]
+    custom_metadata: dict[str, Selector() | str | float | bool | int] = Field(  # type: ignore[valid-type]
         default_factory=dict,
         description="Flat key-value metadata (max 100 keys, values must be str/int/float/bool).",
         examples=[{"line": "A1", "shift": "morning"}],
         json_schema_extra={"always_visible": True},
     )
-    qc_result: Optional[Union[Selector(kind=[STRING_KIND]), Literal["pass", "fail"]]] = Field(  # type: ignore[valid-type]
+    qc_result: Selector(kind=[STRING_KIND]) | Literal["pass", "fail"] | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Quality check result: pass or fail.",
         examples=["pass", "fail", "$steps.qc_logic.result"],
         json_schema_extra={"relevant_for": QUALITY_CHECK_RELEVANT, "always_visible": True},
     )
-    external_id: Optional[Union[Selector(kind=[STRING_KIND]), str]] = Field(  # type: ignore[valid-type]
+    external_id: Selector(kind=[STRING_KIND]) | str | None = Field(  # type: ignore[valid-type]
         default=None,
         description="External identifier for correlation with other systems (max 1000 chars).",
         examples=["batch-2025-001", "$inputs.external_id"],
         json_schema_extra={"relevant_for": ALL_DATA_SCHEMAS_RELEVANT},
     )
-    location: Optional[Union[Selector(kind=[STRING_KIND]), str]] = Field(  # type: ignore[valid-type]
+    location: Selector(kind=[STRING_KIND]) | str | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Location identifier for inventory count.",
         examples=["warehouse-A", "$inputs.location"],
         json_schema_extra={"relevant_for": INVENTORY_COUNT_RELEVANT},
     )
-    item_count: Optional[Union[Selector(kind=[INTEGER_KIND]), int]] = Field(  # type: ignore[valid-type]
+    item_count: Selector(kind=[INTEGER_KIND]) | int | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Number of items counted.",
         examples=[42, "$steps.counter.count"],
         json_schema_extra={"relevant_for": INVENTORY_COUNT_RELEVANT},
     )
-    item_type: Optional[Union[Selector(kind=[STRING_KIND]), str]] = Field(  # type: ignore[valid-type]
+    item_type: Selector(kind=[STRING_KIND]) | str | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Type of item being counted.",
         examples=["widget", "$inputs.item_type"],
         json_schema_extra={"relevant_for": INVENTORY_COUNT_RELEVANT},
     )
-    alert_type: Optional[Union[Selector(kind=[STRING_KIND]), str]] = Field(  # type: ignore[valid-type]
+    alert_type: Selector(kind=[STRING_KIND]) | str | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Alert type identifier (alphanumeric, underscores, hyphens).",
         examples=["no_hardhat", "$steps.classifier.top_class"],
         json_schema_extra={"relevant_for": SAFETY_ALERT_RELEVANT},
     )
-    severity: Optional[Union[Selector(kind=[STRING_KIND]), Literal["low", "medium", "high"]]] = Field(  # type: ignore[valid-type]
+    severity: Selector(kind=[STRING_KIND]) | Literal["low", "medium", "high"] | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Severity level for the safety alert.",
         examples=["high", "$inputs.severity"],
         json_schema_extra={"relevant_for": SAFETY_ALERT_RELEVANT},
     )
-    alert_description: Optional[Union[Selector(kind=[STRING_KIND]), str]] = Field(  # type: ignore[valid-type]
+    alert_description: Selector(kind=[STRING_KIND]) | str | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Description of the safety alert (max 10000 chars).",
         examples=["Worker detected without hardhat in zone B"],
         json_schema_extra={"relevant_for": SAFETY_ALERT_RELEVANT},
     )
-    custom_value: Optional[Union[Selector(kind=[STRING_KIND]), str]] = Field(  # type: ignore[valid-type]
+    custom_value: Selector(kind=[STRING_KIND]) | str | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Arbitrary value for custom events (max 10000 chars).",
         examples=["anomaly detected at 14:32"],
         json_schema_extra={"relevant_for": CUSTOM_RELEVANT},
     )
-    object_detections: Optional[Selector(kind=[OBJECT_DETECTION_PREDICTION_KIND])] = Field(  # type: ignore[valid-type]
+    object_detections: Selector(kind=[OBJECT_DETECTION_PREDICTION_KIND]) | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Object detection predictions to attach to the image.",
         json_schema_extra={"additional_section": True},
     )
-    classifications: Optional[Selector(kind=[CLASSIFICATION_PREDICTION_KIND])] = Field(  # type: ignore[valid-type]
+    classifications: Selector(kind=[CLASSIFICATION_PREDICTION_KIND]) | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Classification predictions to attach to the image.",
         json_schema_extra={"additional_section": True},
     )
-    instance_segmentations: Optional[Selector(kind=[INSTANCE_SEGMENTATION_PREDICTION_KIND])] = Field(  # type: ignore[valid-type]
+    instance_segmentations: Selector(kind=[INSTANCE_SEGMENTATION_PREDICTION_KIND]) | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Instance segmentation predictions to attach to the image.",
         json_schema_extra={"additional_section": True},
     )
-    keypoint_detections: Optional[Selector(kind=[KEYPOINT_DETECTION_PREDICTION_KIND])] = Field(  # type: ignore[valid-type]
+    keypoint_detections: Selector(kind=[KEYPOINT_DETECTION_PREDICTION_KIND]) | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Keypoint detection predictions to attach to the image.",
         json_schema_extra={"additional_section": True},
     )
-    fire_and_forget: Union[bool, Selector(kind=[BOOLEAN_KIND])] = Field(  # type: ignore[valid-type]
+    fire_and_forget: bool | Selector(kind=[BOOLEAN_KIND]) = Field(  # type: ignore[valid-type]
         default=True,
         description="If True, send the event asynchronously (no event_id returned). "
         "If False, wait for the response and return the event_id.",
         examples=[True, False, "$inputs.fire_and_forget"],
     )
-    disable_sink: Union[bool, Selector(kind=[BOOLEAN_KIND])] = Field(  # type: ignore[valid-type]
+    disable_sink: bool | Selector(kind=[BOOLEAN_KIND]) = Field(  # type: ignore[valid-type]
         default=False,
         description="If True, skip sending the event entirely.",
         examples=[False, "$inputs.disable_event_writer"],
     )
-    request_timeout: Union[int, Selector(kind=[INTEGER_KIND])] = Field(  # type: ignore[valid-type]
+    request_timeout: int | Selector(kind=[INTEGER_KIND]) = Field(  # type: ignore[valid-type]
         default=5,
         description="HTTP request timeout in seconds.",
         examples=[5, 10],
     )
 
     # fastsend's own, off by default so the Event Writer's behaviour is kept.
-    cooldown_seconds: Union[NonNegativeInt, NonNegativeFloat, Selector(kind=[INTEGER_KIND, FLOAT_KIND])] = Field(  # type: ignore[valid-type]
+    cooldown_seconds: NonNegativeInt | NonNegativeFloat | Selector(kind=[INTEGER_KIND, FLOAT_KIND]) = Field(  # type: ignore[valid-type]
         default=0,
         title="Cooldown",
         description="Minimum number of seconds between consecutive events sent by this step. Events "
@@ -230,7 +230,7 @@ class BlockManifest(WorkflowBlockManifest):  # type: ignore[misc]
         ]
 
     @classmethod
-    def get_execution_engine_compatibility(cls) -> Optional[str]:
+    def get_execution_engine_compatibility(cls) -> str | None:
         return ">=1.3.0,<2.0.0"
 
 
@@ -312,7 +312,9 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
             pending = list(self._pending)
         _, not_done = wait_for_futures(pending, timeout=timeout)
         if not_done:
-            logger.warning("%s: %d event(s) still queued at close; the writer keeps sending them", BLOCK_TYPE, len(not_done))
+            logger.warning(
+                "%s: %d event(s) still queued at close; the writer keeps sending them", BLOCK_TYPE, len(not_done)
+            )
         return len(not_done)
 
 
@@ -322,7 +324,7 @@ def _outputs(result: Result, *, throttled: bool = False) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- shared writers
 
-_writers: dict[tuple[str, Optional[str], float], EventWriter] = {}
+_writers: dict[tuple[str, str | None, float], EventWriter] = {}
 _writers_lock = threading.Lock()
 
 
