@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["ENTERPRISE_PLUGIN", "INFERENCE_REASON", "require_inference"]
+__all__ = ["ENTERPRISE_PLUGIN", "INFERENCE_REASON", "OFFLINE_ENVIRONMENT", "require_inference"]
 
 INFERENCE_REASON = 'needs the real inference package: pip install "fastsend[inference]"'
 # The Event Writer block comes with inference's enterprise blocks; this is how inference loads them.

@@ -199,9 +199,9 @@ def inference(monkeypatch):
     return module
 
 
-def test_init_with_workflow_stores_one_event_per_frame(inference, service, tmp_path):
-    video = write_video(tmp_path / "clip.avi", frames=5)
-    workflow = {
+def block_workflow(url: str) -> dict[str, Any]:
+    """A workflow with no model: the fastsend block sends every frame; the frame is an output too."""
+    return {
         "version": "1.0",
         "inputs": [{"type": "WorkflowImage", "name": "image"}],
         "steps": [
@@ -211,7 +211,7 @@ def test_init_with_workflow_stores_one_event_per_frame(inference, service, tmp_p
                 "event_schema": "custom",
                 "custom_value": "from the block",
                 "output_image": "$inputs.image",
-                "event_ingestion_url": service.url,
+                "event_ingestion_url": url,
             }
         ],
         "outputs": [
@@ -219,6 +219,11 @@ def test_init_with_workflow_stores_one_event_per_frame(inference, service, tmp_p
             {"type": "JsonField", "name": "picture", "selector": "$inputs.image"},
         ],
     }
+
+
+def test_init_with_workflow_stores_one_event_per_frame(inference, service, tmp_path):
+    video = write_video(tmp_path / "clip.avi", frames=5)
+    workflow = block_workflow(service.url)
     # The same run also feeds the sink: its image is a workflow output (a WorkflowImageData).
     sink = EventSink(service.url, event=lambda outputs, frame: Event.custom(value="from the sink"), image="picture")
     pipeline = inference.InferencePipeline.init_with_workflow(
@@ -230,6 +235,22 @@ def test_init_with_workflow_stores_one_event_per_frame(inference, service, tmp_p
     values = [e["event_data"]["value"] for e in stored(service)]
     assert values.count("from the block") == 5
     assert values.count("from the sink") == 5
+
+
+def test_pipeline_disable_sinks_reaches_the_block(inference, service, tmp_path):
+    video = write_video(tmp_path / "clip.avi", frames=3)
+    seen: list[dict[str, Any]] = []
+    pipeline = inference.InferencePipeline.init_with_workflow(
+        video_reference=str(video),
+        workflow_specification=block_workflow(service.url),
+        on_prediction=lambda outputs, frame: seen.append(outputs["sent"]),
+        disable_sinks=True,
+    )
+    pipeline.start()
+    pipeline.join()
+    assert len(seen) == 3
+    assert {result["message"] for result in seen} == {"Sink was disabled by workflow execution policy"}
+    assert service.stored_count() == 0
 
 
 def test_init_with_custom_logic_feeds_the_sink_through_multi_sink(inference, service, tmp_path):

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
-from inference_support import ENTERPRISE_PLUGIN, require_inference
+from inference_support import ENTERPRISE_PLUGIN, OFFLINE_ENVIRONMENT, require_inference
+from service_process import python_env
 
 require_inference()
 
@@ -380,3 +383,34 @@ def test_load_blocks_gives_the_same_classes_every_time():
     assert fastsend.workflows.load_blocks() == fastsend.workflows.load_blocks()
     (block,) = fastsend.workflows.load_blocks()
     assert block.get_manifest().model_json_schema()["properties"]["type"]["const"] == FASTSEND
+
+
+EXIT_SCRIPT = """
+import sys
+import numpy as np
+from inference.core.workflows.execution_engine.core import ExecutionEngine
+
+url, count = sys.argv[1], int(sys.argv[2])
+definition = {
+    "version": "1.0",
+    "inputs": [{"type": "WorkflowImage", "name": "image"}],
+    "steps": [{"type": "fastsend/event_writer_sink@v1", "name": "events", "event_schema": "custom",
+               "custom_value": "at exit", "output_image": "$inputs.image", "event_ingestion_url": url}],
+    "outputs": [{"type": "JsonField", "name": "sent", "selector": "$steps.events.*"}],
+}
+engine = ExecutionEngine.init(workflow_definition=definition, init_parameters={})
+for index in range(count):
+    engine.run(runtime_parameters={"image": np.full((48, 64, 3), index, np.uint8)})
+# No close(): the queued events are delivered at interpreter exit.
+"""
+
+
+def test_queued_events_are_delivered_at_interpreter_exit(service):
+    env = {**python_env(), **OFFLINE_ENVIRONMENT, "WORKFLOWS_PLUGINS": "fastsend.workflows"}
+    env.pop(API_KEY_ENV, None)
+    before = service.stored_count()
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, service.url, "4"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert service.stored_count() - before == 4
