@@ -414,3 +414,19 @@ def test_queued_events_are_delivered_at_interpreter_exit(service):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert service.stored_count() - before == 4
+
+
+def test_bad_values_from_selectors_are_reported_by_the_step_not_raised(service):
+    fields = {"event_schema": "safety_alert", "alert_type": "$inputs.tag", "severity": "low"}
+    definition = workflow(step("fs", FASTSEND, fields))
+    engine = ExecutionEngine.init(workflow_definition=definition, init_parameters={})
+    before = service.stored_count()
+    for fire_and_forget in (False, True):
+        results = outputs_of(
+            engine.run(runtime_parameters=runtime(service.url, "no helmet!", ff=fire_and_forget)), "fs"
+        )
+        for result in results:
+            assert result["error_status"] is True and result["event_id"] == ""
+            assert "alertType" in result["message"] and "no helmet!" in result["message"]
+    engine.close()
+    assert service.stored_count() == before

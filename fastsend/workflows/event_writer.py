@@ -245,6 +245,7 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
         self._disable_sinks = bool(disable_sinks)
         self._last_sent: float | None = None
         self._pending: set[Future[Result]] = set()
+        self._failures = 0
         self._lock = threading.Lock()
 
     @classmethod
@@ -271,10 +272,8 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
             by_policy = self._disable_sinks
             reason = "workflow execution policy" if by_policy else "parameter `disable_sink`"
             return _outputs(Result(False, "", f"Sink was disabled by {reason}"))
-        now = time.monotonic()
         # Selector-resolved values skip the manifest's validation: a negative cooldown is none.
-        cooldown = max(float(cooldown_seconds or 0), 0.0)
-        if cooldown and self._last_sent is not None and now - self._last_sent < cooldown:
+        if not self._take_cooldown_slot(max(float(cooldown_seconds or 0), 0.0)):
             return _outputs(Result(False, "", "Sink cooldown applies"), throttled=True)
         try:
             writer = shared_writer(event_ingestion_url, os.environ.get(API_KEY_ENV) or None, request_timeout)
@@ -288,23 +287,40 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
                 **params,
             )
             if not fire_and_forget:
-                self._last_sent = now
                 return _outputs(writer.send_prepared(block_event.prepared))
             future = writer.submit_prepared(block_event.prepared)
         except (ValidationError, TypeError, QueueFullError) as exc:
-            logger.warning("%s: event not sent: %s", BLOCK_TYPE, exc)
+            self._log_failure("event not sent", exc)
             return _outputs(Result(True, "", f"Event not sent: {exc}"))
-        self._last_sent = now
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._settled)
         return _outputs(Result(False, "", "Event queued for background delivery"))
 
+    def _take_cooldown_slot(self, cooldown: float) -> bool:
+        """Whether this call may send; if so, the cooldown restarts now (steps may run concurrently)."""
+        now = time.monotonic()
+        with self._lock:
+            if cooldown and self._last_sent is not None and now - self._last_sent < cooldown:
+                return False
+            self._last_sent = now
+            return True
+
     def _settled(self, future: Future[Result]) -> None:
         with self._lock:
             self._pending.discard(future)
-        if not future.cancelled() and future.exception() is None and future.result().error_status:
-            logger.warning("%s: background event failed: %s", BLOCK_TYPE, future.result().message)
+        if future.cancelled() or future.exception() is not None:
+            self._log_failure("background event lost", "cancelled" if future.cancelled() else future.exception())
+        elif future.result().error_status:
+            self._log_failure("background event failed", future.result().message)
+
+    def _log_failure(self, what: str, detail: object) -> None:
+        with self._lock:
+            self._failures += 1
+            count = self._failures
+        # A failure that repeats on every frame is logged at 1, 10, 100, … occurrences.
+        if count == 10 ** (len(str(count)) - 1):
+            logger.warning("%s: %s (%d failure(s) so far): %s", BLOCK_TYPE, what, count, detail)
 
     def close(self, timeout: float = CLOSE_FLUSH_SECONDS) -> int:
         """Wait up to ``timeout`` seconds for this step's queued events; how many are still pending."""
