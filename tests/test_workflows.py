@@ -430,3 +430,14 @@ def test_bad_values_from_selectors_are_reported_by_the_step_not_raised(service):
             assert "alertType" in result["message"] and "no helmet!" in result["message"]
     engine.close()
     assert service.stored_count() == before
+
+
+def test_flush_waits_for_every_queued_event_without_closing_the_engine(both_blocks, service):
+    import fastsend.workflows
+
+    results = outputs_of(both_blocks.run(runtime_parameters=runtime(service.url, "flushed", ff=True)), "fs_annotated")
+    assert [r["event_id"] for r in results] == ["", ""]
+    assert fastsend.workflows.flush(timeout=20) == 0
+    flushed = [e for e in service.list_events() if e["event_data"].get("externalId") == "flushed"]
+    # Ten steps over two images; the Event Writer's steps, with no thread pool here, sent theirs at once.
+    assert len(flushed) == 20

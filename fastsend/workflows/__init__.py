@@ -10,9 +10,10 @@ Needs ``pip install "fastsend[inference]"``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-__all__ = ["BLOCKS_SOURCE", "BLOCK_TYPE", "load_blocks"]
+__all__ = ["BLOCKS_SOURCE", "BLOCK_TYPE", "flush", "load_blocks"]
 
 BLOCK_TYPE = "fastsend/event_writer_sink@v1"
 
@@ -27,3 +28,17 @@ def load_blocks() -> list[type[Any]]:
     from .event_writer import FastsendEventWriterSinkBlockV1
 
     return [FastsendEventWriterSinkBlockV1]
+
+
+def flush(timeout: float | None = None) -> int:
+    """Wait for the events the plugin's blocks queued; how many are still pending.
+
+    The engine's ``close()`` does this per step on inference 1.8; call it yourself
+    where the engine has no ``close()`` (1.7 and older) and waiting for the
+    interpreter's exit is too late.
+    """
+    block_module = sys.modules.get(f"{__name__}.event_writer")
+    if block_module is None:  # no block was ever loaded: nothing can be queued
+        return 0
+    pending: int = block_module.flush_shared_writers(timeout)
+    return pending
