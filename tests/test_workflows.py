@@ -441,3 +441,21 @@ def test_flush_waits_for_every_queued_event_without_closing_the_engine(both_bloc
     flushed = [e for e in service.list_events() if e["event_data"].get("externalId") == "flushed"]
     # Ten steps over two images; the Event Writer's steps, with no thread pool here, sent theirs at once.
     assert len(flushed) == 20
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png", ".bmp"])
+def test_workflow_image_data_sends_jpeg_or_png_as_it_came_and_other_formats_as_pixels(extension):
+    from inference.core.workflows.execution_engine.entities.base import ImageParentMetadata, WorkflowImageData
+
+    from fastsend.jpeg import EncodedImage, RawImage, prepare_image
+
+    picture = frames()[0]
+    ok, encoded = cv2.imencode(extension, picture)
+    assert ok
+    text = base64.b64encode(bytes(encoded)).decode()
+    image = WorkflowImageData(parent_metadata=ImageParentMetadata(parent_id="x"), base64_image=text)
+    source = prepare_image(image, field="output_image")
+    if extension == ".bmp":  # not a format the service stores: decoded, and the pixels encoded
+        assert isinstance(source, RawImage) and np.array_equal(source.array, picture)
+    else:
+        assert isinstance(source, EncodedImage) and source.base64 == text.encode()
