@@ -220,9 +220,9 @@ def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy:
         return _prepare_base64_text(image, field)
     if image is None:
         raise ValidationError(field, image, "is required")
-    # inference's WorkflowImageData: the JPEG/PNG it arrived as is sent as it is; otherwise its
-    # pixels. Its base64_image property would JPEG-encode on this thread, so only simpler objects'
-    # is read (the real class is told apart by its private cache).
+    # inference's WorkflowImageData: the JPEG/PNG it arrived as is sent as it is, otherwise its pixels.
+    # Its base64_image property would JPEG-encode on this thread, so that is read only from simpler
+    # stand-ins; the real class is recognised by its private pixel cache.
     cached = getattr(image, "_base64_image", None)
     if isinstance(cached, str) and _looks_like_encoded_image(cached):
         return _prepare_base64_text(cached, field)

@@ -269,10 +269,9 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
         **params: Any,
     ) -> dict[str, Any]:
         if self._disable_sinks or disable_sink:
-            by_policy = self._disable_sinks
-            reason = "workflow execution policy" if by_policy else "parameter `disable_sink`"
+            reason = "workflow execution policy" if self._disable_sinks else "parameter `disable_sink`"
             return _outputs(Result(False, "", f"Sink was disabled by {reason}"))
-        # Selector-resolved values skip the manifest's validation: a negative cooldown is none.
+        # A value from another step's output may bypass the manifest's bounds: a negative cooldown is none.
         if not self._take_cooldown_slot(max(float(cooldown_seconds or 0), 0.0)):
             return _outputs(Result(False, "", "Sink cooldown applies"), throttled=True)
         try:
