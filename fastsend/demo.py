@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .dispatch import Result
+from .results import Result
 from .events import Event
 from .writer import EventWriter
 

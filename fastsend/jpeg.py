@@ -241,8 +241,16 @@ def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy:
         raise ValidationError(field, image, f"is required; {_ACCEPTED_INPUTS}")
     if _is_pil_image(image):
         return _prepare_pil(image, field)
-    # inference's WorkflowImageData computes these lazily: prefer what it already holds.
-    for attribute in ("_base64_image", "_numpy_image", "base64_image", "numpy_image"):
+    # inference's WorkflowImageData: the JPEG/PNG it arrived as is sent as it is, otherwise its pixels.
+    # Its base64_image property would JPEG-encode on this thread, so that is read only from simpler
+    # stand-ins; the real class is recognised by its private pixel cache.
+    cached = getattr(image, "_base64_image", None)
+    if isinstance(cached, str) and _looks_like_encoded_image(cached):
+        encoded = _base64_image(cached, field)
+        if encoded is not None:
+            return encoded
+    lazy = hasattr(image, "_numpy_image")
+    for attribute in ("_numpy_image", "numpy_image") if lazy else ("base64_image", "numpy_image"):
         value = getattr(image, attribute, None)
         if value is not None:
             return prepare_image(value, field=field, color=color, copy=copy)
@@ -413,6 +421,13 @@ def _prepare_text(text: str, field: str) -> ImageSource:
         raise ValidationError(field, text, f"must be the path of an existing image file{where}")
     rule = "is neither standard padded base64 of a JPEG/PNG file nor the path of an existing file"
     raise ValidationError(field, text, f"{rule}; {_ACCEPTED_INPUTS}")
+
+
+def _looks_like_encoded_image(text: str) -> bool:
+    """Whether base64 text starts like a JPEG or PNG file (a data URL prefix allowed), without decoding it."""
+    if text.startswith("data:") and _DATA_URL_SEPARATOR in text:
+        text = text.split(_DATA_URL_SEPARATOR, 1)[1]
+    return text.startswith(("/9j/", "iVBORw0KGgo"))
 
 
 def _base64_image(text: str, field: str) -> EncodedImage | None:

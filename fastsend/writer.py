@@ -214,7 +214,7 @@ class EventWriterSink:
     ) -> dict[str, Any]:
         if disable_sink:
             return Result(False, "", "Sink was disabled by the disable_sink parameter").as_dict()
-        writer = self._writer_for(event_ingestion_url, Settings.one("api_key"), request_timeout)
+        writer = self.writer_for(event_ingestion_url, Settings.one("api_key"), request_timeout)
         # A synchronous call encodes before it returns: the images need no snapshot.
         block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
         if fire_and_forget:
@@ -222,7 +222,7 @@ class EventWriterSink:
             return Result(False, "", "Event sent in the background").as_dict()
         return writer.send_prepared(block_event.prepared).as_dict()
 
-    def _writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
+    def writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
         """The writer for ``url``; a new API key or timeout replaces it (the old one flushes first, and
         what it spools the new one drains: a spool directory is named by its URL alone)."""
         target = writer_base_url(url)
@@ -239,6 +239,12 @@ class EventWriterSink:
                 settings["spool_dir"] = os.path.join(spool_dir, _writer_spool_name(target))
             writer = self._writers[target] = EventWriter(url.rstrip("/") if url else None, **settings)
             return writer
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for every writer's queued events; returns how many are still pending."""
+        with self._lock:
+            writers = list(self._writers.values())
+        return sum(writer.flush(timeout) for writer in writers)
 
     def close(self, timeout: float | None = None) -> int:
         with self._lock:
