@@ -84,7 +84,7 @@ class Admission:
         self._queue: deque[Job] = deque()
         self._queued_bytes = 0
         self._in_flight = 0
-        self._closed = False
+        self._closed = False  # no new events admitted; what is queued still moves on until close()
 
     def admit(self, job: Job) -> list[Refusal]:
         """Queue ``job`` under the overflow policy; returns the events refused or pushed out, to settle.
@@ -195,8 +195,14 @@ class Admission:
             self._idle.wait_for(lambda: not self._queue and self._in_flight == 0, timeout=timeout)
             return len(self._queue) + self._in_flight
 
+    def refuse_new(self) -> None:
+        """Admit no new event from now on; the queued ones keep moving to the encoders."""
+        with self._lock:
+            self._closed = True
+            self._room.notify_all()
+
     def close(self) -> list[Job]:
-        """Refuse new events from now on; returns the queued ones, to settle."""
+        """Refuse new events, and take the queued ones out: returns them, to settle."""
         with self._lock:
             self._closed = True
             leftovers = list(self._queue)

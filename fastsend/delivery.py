@@ -70,6 +70,10 @@ class LoopThread:
         if failure:
             raise RuntimeError(f"fastsend could not start its event loop: {failure[0]}") from failure[0]
 
+    def is_current(self) -> bool:
+        """Whether the caller runs on this loop's thread."""
+        return self._thread is threading.current_thread()
+
     @property
     def running(self) -> bool:
         return self.loop is not None and self._thread is not None and self._thread.is_alive()

@@ -68,6 +68,8 @@ class Dispatcher:
         settings = self.settings
         self._start_lock = threading.Lock()
         self._started = False
+        self._close_lock = threading.Lock()
+        self._closed = False
         self._closed_unsent = 0  # events pending at close() that it spooled or settled closed
         self._closed_unsent_lock = threading.Lock()
         self.ledger = Ledger(on_cancelled=self._cancelled)
@@ -230,6 +232,8 @@ class Dispatcher:
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every submitted event has its Result; returns how many are still pending."""
+        if self.loop.is_current():
+            raise RuntimeError("flush() on fastsend's loop thread would wait for itself; call it from another thread")
         return self.admission.wait_idle(timeout)
 
     def drain(self, timeout: float | None = None) -> int:
@@ -259,8 +263,20 @@ class Dispatcher:
 
         When it returns, every event submitted before it has its Result.
         """
-        if self.admission.closed:
-            return 0
+        if self.loop.is_current():
+            raise RuntimeError(
+                "close() called on fastsend's loop thread (from a Result's done-callback?) would wait for itself; "
+                "call it from another thread"
+            )
+        with self._close_lock:  # one close at a time: a concurrent one waits for it, then finds it done
+            if self._closed:
+                return 0
+            unsent = self._close(timeout)
+            self._closed = True
+            return unsent
+
+    def _close(self, timeout: float | None) -> int:
+        self.admission.refuse_new()  # what is submitted from now on is refused, not counted here
         self.flush(timeout)
         leftovers = self.admission.close()
         closing = Outcome(Cause.CLOSED, "writer closed before the event could be sent")

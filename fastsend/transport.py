@@ -184,6 +184,11 @@ def classify(request: Request, status: int, body: bytes, headers: Mapping[str, s
         message = f"HTTP 401: {detail} ({_KEY_HINT})"
     elif status == 403:
         message = f"HTTP 403: {detail} (the API key was refused; {_KEY_HINT})"
+    elif status == 407:
+        message = (
+            f"HTTP 407 from the proxy: {detail} (give the proxy's credentials in HTTP_PROXY / HTTPS_PROXY, "
+            "as http://user:password@proxy:port)"
+        )
     elif status == 404:
         message = f"HTTP 404: {detail} (posted to {request.url}; is the writer's url the service's base URL?)"
     elif 300 <= status < 400:

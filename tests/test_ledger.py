@@ -327,11 +327,6 @@ def test_a_cancelled_queued_event_frees_its_queue_place(overflow: str, make_writ
     assert adds_up(stats) and stats["cancelled"] == 1 and stats["pending"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher.close() flushes before it closes admission: events other threads submit during the "
-    "flush are queued, then settled closed and counted in its return value",
-)
 def test_close_counts_no_more_than_the_events_pending_when_it_was_called(make_writer: Any) -> None:
     with ScriptedServer(Reply(hold=True)) as server:
         writer = make_writer(server.base_url, max_in_flight=2, queue_size=10_000, request_timeout=30, deadline=60)
@@ -382,12 +377,6 @@ def test_a_burst_of_drops_is_logged_with_its_full_count(caplog: pytest.LogCaptur
     assert sum(counts) == 120, lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher.close() is not safe to call from two threads at once: each passes the 'closed' check "
-    "during its flush, each reports the same unsent events, and a later one may raise 'Event loop is closed' "
-    "(LoopThread.stop) or wait for ever on a coroutine sent to the stopped loop",
-)
 def test_concurrent_closes_report_the_unsent_events_once(make_writer: Any) -> None:
     with ScriptedServer(Reply(hold=True)) as server:
         writer = make_writer(server.base_url, request_timeout=10, deadline=20)

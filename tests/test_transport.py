@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,13 +198,11 @@ def test_a_process_with_an_event_in_flight_to_a_hostile_server_exits_within_its_
             assert child.stdout is not None
             readable, _, _ = select.select([child.stdout], [], [], 30)
             assert readable and child.stdout.readline().strip() == "submitted"
-            exited_by = time.monotonic() + flush + SLACK
             _, stderr = child.communicate(timeout=flush + SLACK)
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait(10)
-        assert time.monotonic() <= exited_by + 1  # communicate's own bound, restated
         assert child.returncode == 0, stderr
         assert server.connections >= 1  # the event was on its way when the process ended
         assert "closed with 1 event(s) not sent" in stderr
@@ -322,11 +319,6 @@ def test_a_proxy_refusing_a_tunnel_says_so(make_writer: Any, monkeypatch: pytest
         assert [r.line for r in proxy.requests] == [f"CONNECT {PROXIED_HOST}:8443 HTTP/1.1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="through a proxy, a plain-http 407 is an ordinary answer and classify() has no 407 case: the "
-    "message is 'HTTP 407: (empty body)', naming neither the proxy nor its credentials",
-)
 def test_a_proxy_refusing_a_plain_http_request_says_it_was_the_proxy(
     make_writer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
