@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["ForwardProxy", "Handler", "RawRequest", "RawServer", "answer", "read_request", "trickle"]
+__all__ = ["ENDLESS_SECONDS", "ForwardProxy", "Handler", "RawRequest", "RawServer", "answer", "read_request", "trickle"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="RawServer")

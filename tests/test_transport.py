@@ -8,6 +8,7 @@ asserts how fast anything is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import select
 import socket
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trustme
-from hostile_server import ForwardProxy, Handler, RawServer, answer, trickle
+from hostile_server import ENDLESS_SECONDS, ForwardProxy, Handler, RawRequest, RawServer, answer, trickle
 from scripted_server import Reply, ScriptedServer
 from service_process import python_env
 
@@ -220,6 +221,45 @@ def test_an_endless_201_body_is_read_only_up_to_its_bound(framing: bytes, make_w
         assert "201 without a usable id" in result.message  # not a timeout: reading stopped at the bound
         assert writer.stats()["failed_by_cause"] == {"bad_response": 1}
         assert len(server.requests) == 1
+
+
+LARGE_FRAME = np.random.default_rng(0).integers(0, 256, size=(1500, 1500, 3), dtype=np.uint8)  # megabytes of JPEG
+TOO_LARGE = b'{"detail":"request body too large"}'
+
+
+async def refuse_before_the_body(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer 413 on the request head alone, then reset the connection with the body unread."""
+    server.record(RawRequest((await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")[0], {}, b""))
+    writer.write(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(TOO_LARGE), TOO_LARGE)
+    )
+    await writer.drain()
+    await asyncio.sleep(0.05)
+
+
+def test_an_answer_sent_before_the_body_was_read_is_reported_as_it_was(make_writer: Any) -> None:
+    with RawServer(refuse_before_the_body) as server:
+        writer = make_writer(server.base_url, retries=2, request_timeout=5, jpeg_quality=100)
+        result = writer.submit(event(), LARGE_FRAME).result(timeout=5 * 3 + SLACK)
+        assert result.error_status is True
+        assert "HTTP 413" in result.message and "request body too large" in result.message, result.message
+        assert writer.stats()["failed_by_cause"] == {"http_413": 1}
+        assert server.connections == 1  # a 413 is not retried
+
+
+async def never_read(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(ENDLESS_SECONDS)  # the body stalls once the socket buffers are full; no answer ever comes
+
+
+def test_a_server_that_never_reads_the_request_times_the_attempt_out(make_writer: Any) -> None:
+    with RawServer(never_read) as server:
+        writer = make_writer(server.base_url, retries=0, jpeg_quality=100)
+        result = writer.submit(event(), LARGE_FRAME).result(timeout=REQUEST_TIMEOUT + SLACK)
+        assert result.error_status is True and "timed out" in result.message, result.message
+        assert writer.stats()["failed_by_cause"] == {"timeout": 1}
+        assert server.connections == 1
+        assert close_within(writer, 1 + SLACK, timeout=1) == 0
 
 
 # ---------------------------------------------------------------- well-formed answers the writer must not trust
