@@ -9,6 +9,7 @@ asserts how fast anything is.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import select
 import socket
@@ -331,6 +332,15 @@ def test_http_proxy_from_the_environment_carries_the_events(
     assert [r.target for r in proxied.requests] == [f"http://{PROXIED_HOST}:{server.port}/v2/events"] * 3
     assert len(server.requests) == 3
     assert all(r.path == "/v2/events" and r.json is not None for r in server.requests)
+
+
+def test_credentials_in_http_proxy_go_to_the_proxy(
+    server: ScriptedServer, proxied: ForwardProxy, make_writer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://relay:s3cret@127.0.0.1:{proxied.port}")
+    result = make_writer(f"http://{PROXIED_HOST}:{server.port}").send(event(), FRAME)
+    assert result.error_status is False, result.message
+    assert proxied.requests[0].headers["proxy-authorization"] == "Basic " + base64.b64encode(b"relay:s3cret").decode()
 
 
 def test_no_proxy_bypasses_the_proxy(
