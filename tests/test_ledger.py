@@ -39,6 +39,13 @@ URL = events_url("http://fake.invalid")
 WAIT = 10.0
 OUTCOMES = ("delivered", "retried then delivered", "refused", "timeout")
 CANCELS = ("never", "right after submit", "after its first attempt began")
+# Each overflow policy, and the stats() key its refusals are counted under.
+DROP_REASONS = {
+    "drop_oldest": "queue_full_drop_oldest",
+    "drop_newest": "queue_full_drop_newest",
+    "raise": "queue_full_raise",
+    "block": "queue_full_block_timeout",
+}
 
 
 def adds_up(stats: dict[str, Any]) -> bool:
@@ -174,7 +181,7 @@ plans = st.lists(
     plans=plans,
     max_in_flight=st.integers(1, 3),
     queue_size=st.integers(1, 4),
-    overflow=st.sampled_from(["drop_oldest", "drop_newest"]),
+    overflow=st.sampled_from(sorted(DROP_REASONS)),
     held_at_first=st.booleans(),
 )
 def test_every_event_settles_once_and_the_books_balance(
@@ -186,21 +193,28 @@ def test_every_event_settles_once_and_the_books_balance(
     fake.held = {i for i, plan in numbered if plan.cancel == "after its first attempt began"}
     if not held_at_first:
         fake.gate.set()
-    dispatcher = dispatcher_over(fake, max_in_flight=max_in_flight, queue_size=queue_size, overflow=overflow)
+    dispatcher = dispatcher_over(
+        fake, max_in_flight=max_in_flight, queue_size=queue_size, overflow=overflow, block_timeout=0.02
+    )
     completions: dict[str, int] = dict.fromkeys(ids, 0)
     cancel_accepted: dict[str, bool] = {}
+    refused_at_submit: set[str] = set()  # the raise policy's: no Future, counted dropped
     try:
         with SnapshotWatcher(dispatcher) as watcher:
             futures: dict[str, Future[Result]] = {}
             for i, plan in numbered:
-                future = dispatcher.submit(prepare_event(event(i), FRAME), URL)
+                try:
+                    future = dispatcher.submit(prepare_event(event(i), FRAME), URL)
+                except QueueFullError:
+                    refused_at_submit.add(i)
+                    continue
                 future.add_done_callback(counter(completions, i))
                 futures[i] = future
                 if plan.cancel == "right after submit":
                     cancel_accepted[i] = future.cancel()
             fake.gate.set()
             for i, plan in numbered:  # in order: the earlier ones hold the slots the later ones wait for
-                if plan.cancel != "after its first attempt began":
+                if plan.cancel != "after its first attempt began" or i in refused_at_submit:
                     continue
                 started = fake.started_event(i)
                 limit = time.monotonic() + WAIT
@@ -216,7 +230,8 @@ def test_every_event_settles_once_and_the_books_balance(
 
     assert watcher.taken > 0 and watcher.wrong == []
     assert all(f.done() for f in futures.values())
-    assert completions == dict.fromkeys(ids, 1), "a Future completed other than exactly once"
+    assert completions == {i: 0 if i in refused_at_submit else 1 for i in ids}, "a Future completed twice"
+    assert not refused_at_submit or overflow == "raise"
     assert (stats["pending"], stats["in_flight"], stats["queued"], stats["queued_bytes"]) == (0, 0, 0, 0)
     assert stats["submitted"] == len(plans) and adds_up(stats)
 
@@ -233,8 +248,9 @@ def test_every_event_settles_once_and_the_books_balance(
     sent = {i for i, r in results.items() if not r.error_status}
     dropped = {i for i, r in results.items() if r.error_status and "queue full" in r.message}
     failed = set(results) - sent - dropped
-    assert (stats["sent"], stats["dropped"], stats["failed"]) == (len(sent), len(dropped), len(failed))
-    assert set(stats["dropped_by_reason"]) <= {f"queue_full_{overflow}"}
+    dropped_count = len(dropped) + len(refused_at_submit)
+    assert (stats["sent"], stats["dropped"], stats["failed"]) == (len(sent), dropped_count, len(failed))
+    assert set(stats["dropped_by_reason"]) <= {DROP_REASONS[overflow]}
     assert stats["spooled"] == 0
     for i in sent:
         assert results[i].event_id == f"id-{i}"
@@ -246,7 +262,7 @@ def test_every_event_settles_once_and_the_books_balance(
         key = "http_422" if plans[int(i)].outcome == "refused" else "timeout"
         expected_failures[key] = expected_failures.get(key, 0) + 1
     assert stats["failed_by_cause"] == expected_failures
-    for i in dropped:
+    for i in dropped | refused_at_submit:
         assert i not in fake.attempts
     assert fake.closed
 
