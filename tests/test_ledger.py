@@ -432,3 +432,26 @@ def test_a_cancelled_event_is_never_spooled(make_writer: Any, tmp_path: Path) ->
     stats = writer.stats()
     assert (stats["spooled"], stats["cancelled"], stats["spool_pending"], stats["pending"]) == (1, 1, 1, 0)
     assert adds_up(stats)
+
+
+def test_close_from_a_results_done_callback_refuses_instead_of_waiting_for_itself(
+    server: ScriptedServer, make_writer: Any
+) -> None:
+    writer = make_writer(server.base_url)
+    raised: list[Exception] = []
+
+    def close_in_callback(_: Future[Result]) -> None:
+        try:
+            writer.close(timeout=1)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    server.script = Reply(hold=True)  # the callback is added before the Result can exist
+    future = writer.submit(event("cb"), FRAME)
+    future.add_done_callback(close_in_callback)
+    server.release()
+    assert future.result(timeout=WAIT).error_status is False
+    assert writer.flush(timeout=WAIT) == 0
+    assert len(raised) == 1 and "loop thread" in str(raised[0])
+    assert writer.send(event("after"), FRAME, deadline=5).error_status is False  # still open
+    assert close_within(writer, WAIT) == 0
