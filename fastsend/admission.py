@@ -108,7 +108,9 @@ class Admission:
         """Apply the overflow policy to a full queue; False if ``job`` itself is refused."""
         policy = self._overflow
         if policy == "drop_newest":
-            refused.append(Refusal(job, Cause.QUEUE_FULL_DROP_NEWEST, "queue full: dropped the newest event (drop_newest)"))
+            refused.append(
+                Refusal(job, Cause.QUEUE_FULL_DROP_NEWEST, "queue full: dropped the newest event (drop_newest)")
+            )
             return False
         if policy == "raise":
             refused.append(Refusal(job, Cause.QUEUE_FULL_RAISE, "queue full: refused (overflow policy raise)"))
@@ -126,7 +128,9 @@ class Admission:
         # drop_oldest, or spill: the oldest leave the queue (spill sends them to the spool)
         while self._queue and self._is_full(job):
             oldest = self._pop_oldest()
-            refused.append(Refusal(oldest, Cause.QUEUE_FULL_DROP_OLDEST, f"queue full: dropped the oldest event ({policy})"))
+            refused.append(
+                Refusal(oldest, Cause.QUEUE_FULL_DROP_OLDEST, f"queue full: dropped the oldest event ({policy})")
+            )
         return True
 
     def queue_full_error(self) -> QueueFullError:

@@ -112,7 +112,6 @@ def prepare_block_event(
     return BlockEvent(events_url(event_ingestion_url), prepared)
 
 
-
 def build_block_request(*, jpeg: JpegOptions | None = None, **params: Any) -> Request:
     """The whole request for one block call, encoded on this thread.
 

@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, default=1280)
     demo.add_argument("--height", type=int, default=720)
     demo.add_argument("--fps", type=float, default=0.0, help="frames per second (0: as fast as possible)")
-    demo.add_argument("--keep", action="store_true", help="keep the embedded service running to browse the events (Ctrl-C stops)")
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the embedded service running to browse the events (Ctrl-C stops)"
+    )
     demo.set_defaults(command=_demo)
     return parser
 
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
+
     def announce(url: str) -> None:
         print(f"fastsend reference service on {url} (data in {config.data_dir}); Ctrl-C stops", flush=True)
 
@@ -182,7 +185,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
-    print(f"streaming {args.frames} frames of {args.width}×{args.height} (output + input image, JPEG via {jpeg_backend()})")
+    size = f"{args.width}×{args.height}"
+    print(f"streaming {args.frames} frames of {size} (output + input image, JPEG via {jpeg_backend()})")
     # block: the demo shows throughput with every frame delivered; a live camera would rather drop_oldest.
     with EventWriter(url, overflow="block") as writer:
         progress = _progress(args.frames)
@@ -191,7 +195,8 @@ def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
         )
     stats = summary.stats
     print(f"events        {summary.events} in {summary.seconds:.2f}s = {summary.events_per_second:.1f} events/s")
-    print(f"acknowledged  {len(summary.acknowledged)}   failed {stats['failed']}   dropped {stats['dropped']}   retries {stats['retried']}")
+    counts = f"failed {stats['failed']}   dropped {stats['dropped']}   retries {stats['retried']}"
+    print(f"acknowledged  {len(summary.acknowledged)}   {counts}")
     print(f"latency       submit→201 {_latencies(stats)}")
     print(f"bytes sent    {stats['bytes_sent'] / 1e6:.1f} MB   encode {stats['encode_ms_per_image']:.2f} ms/image")
     for message, count in summary.failures.items():
@@ -199,7 +204,8 @@ def _run_demo(args: argparse.Namespace, url: str, verify: Any) -> int:
     if verify is None:
         return EXIT_OK if not summary.failures else EXIT_FAILED
     missing = [event_id for event_id in summary.acknowledged if verify(event_id) is None]
-    print(f"verified      {len(summary.acknowledged) - len(missing)}/{len(summary.acknowledged)} acknowledged events are in the service's database")
+    found = len(summary.acknowledged) - len(missing)
+    print(f"verified      {found}/{len(summary.acknowledged)} acknowledged events are in the service's database")
     return EXIT_OK if not missing and not summary.failures else EXIT_FAILED
 
 

@@ -8,13 +8,14 @@ value and what is accepted.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .events import ValidationError
 from .urls import check_base_url
 
-__all__ = ["Settings", "OVERFLOW_POLICIES", "SETTING_ENV_VARS"]
+__all__ = ["OVERFLOW_POLICIES", "SETTING_ENV_VARS", "Settings"]
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block", "raise", "spill")
 LOOPS = ("auto", "uvloop", "asyncio")
@@ -195,7 +196,10 @@ class Settings:
     jpeg_quality: int = _knob("FASTSEND_JPEG_QUALITY", _quality, 95, "JPEG quality")
     jpeg_subsampling: str = _knob("FASTSEND_JPEG_SUBSAMPLING", _choice(SUBSAMPLINGS), "420", "chroma subsampling")
     jpeg_max_side: int | None = _knob(
-        "FASTSEND_JPEG_MAX_SIDE", _number(int, low=1, optional=True), None, "downscale frames whose longer side exceeds it"
+        "FASTSEND_JPEG_MAX_SIDE",
+        _number(int, low=1, optional=True),
+        None,
+        "downscale frames whose longer side exceeds it",
     )
     encode_threads: int = _knob(
         "FASTSEND_ENCODE_THREADS", _number(int, low=1), max(2, os.cpu_count() or 2), "JPEG encoder threads"
@@ -204,7 +208,9 @@ class Settings:
     exit_flush_timeout: float = _knob(
         "FASTSEND_EXIT_FLUSH_TIMEOUT", _number(float, low=0), 5.0, "seconds spent flushing at interpreter exit"
     )
-    spool_dir: str | None = _knob("FASTSEND_SPOOL_DIR", _optional_text, None, "durable outbox directory (off when unset)")
+    spool_dir: str | None = _knob(
+        "FASTSEND_SPOOL_DIR", _optional_text, None, "durable outbox directory (off when unset)"
+    )
     spool_max_bytes: int = _knob(
         "FASTSEND_SPOOL_MAX_BYTES", _number(int, low=1), 1024 * MiB, "bytes the spool may hold; oldest go first"
     )
@@ -228,7 +234,6 @@ class Settings:
         if settings.overflow == "spill" and settings.spool_dir is None:
             raise ValidationError("overflow", "spill", "needs a spool: set spool_dir or FASTSEND_SPOOL_DIR")
         return settings
-
 
     @classmethod
     def one(cls, name: str, argument: Any = None, environ: Mapping[str, str] | None = None) -> Any:

@@ -53,7 +53,7 @@ class LoopThread:
                 loop.set_default_executor(_ExitSafeExecutor(thread_name_prefix="fastsend-io"))
                 self.loop = loop
                 loop.run_until_complete(on_start())
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the thread that started the loop
                 failure.append(exc)
                 ready.set()
                 return
@@ -110,7 +110,7 @@ class _ExitSafeExecutor(ThreadPoolExecutor):
             done: Future[T] = Future()
             try:
                 done.set_result(fn(*args, **kwargs))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - carried by the future, as an executor would
                 done.set_exception(exc)
             return done
 
@@ -246,4 +246,6 @@ class Delivery:
 
 
 def _with_reason(outcome: Outcome, reason: str) -> Outcome:
-    return Outcome(outcome.cause, f"{outcome.message} ({reason})", outcome.event_id, outcome.status, outcome.retry_after)
+    return Outcome(
+        outcome.cause, f"{outcome.message} ({reason})", outcome.event_id, outcome.status, outcome.retry_after
+    )

@@ -8,14 +8,16 @@ Nothing here prints: the CLI renders progress and the summary.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from .results import Result
 from .events import Event
+from .results import Result
 from .writer import EventWriter
 
 __all__ = ["DemoSummary", "SyntheticVideo", "run_demo"]
@@ -61,7 +63,7 @@ class SyntheticVideo:
             for i in range(shapes)
         ]
 
-    def frames(self, count: int) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+    def frames(self, count: int) -> Iterator[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], list[dict[str, Any]]]]:
         """Yield ``(frame, annotated, predictions)`` for ``count`` frames."""
         for _ in range(count):
             frame = self._background.copy()
@@ -93,7 +95,7 @@ class SyntheticVideo:
             shape.y = min(max(shape.y, 0), self.height - shape.h)
 
     @staticmethod
-    def _annotate(frame: np.ndarray, predictions: list[dict[str, Any]]) -> np.ndarray:
+    def _annotate(frame: npt.NDArray[np.uint8], predictions: list[dict[str, Any]]) -> npt.NDArray[np.uint8]:
         out = frame.copy()
         for p in predictions:
             x0, y0 = int(p["x"] - p["width"] / 2), int(p["y"] - p["height"] / 2)
@@ -107,11 +109,17 @@ def _event_for(index: int, predictions: list[dict[str, Any]]) -> Event:
     metadata = {"camera": "demo-cam-1", "frame": index}
     kind = index % 4
     if kind == 0:
-        return Event.quality_check(result="pass" if len(predictions) < 6 else "fail", external_id=f"frame-{index}", custom_metadata=metadata)
+        return Event.quality_check(
+            result="pass" if len(predictions) < 6 else "fail", external_id=f"frame-{index}", custom_metadata=metadata
+        )
     if kind == 1:
-        return Event.inventory_count(location="aisle-7", item_count=len(predictions), item_type="mixed", custom_metadata=metadata)
+        return Event.inventory_count(
+            location="aisle-7", item_count=len(predictions), item_type="mixed", custom_metadata=metadata
+        )
     if kind == 2:
-        return Event.safety_alert(alert_type="zone_intrusion", severity="medium", description="shape entered zone", custom_metadata=metadata)
+        return Event.safety_alert(
+            alert_type="zone_intrusion", severity="medium", description="shape entered zone", custom_metadata=metadata
+        )
     return Event.custom(value=f"{len(predictions)} shapes tracked", custom_metadata=metadata)
 
 

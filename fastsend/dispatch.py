@@ -135,7 +135,7 @@ class Dispatcher:
         if encode_first:
             try:
                 prepared = self.encoders.encode_now(prepared)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any encoder failure is the event's Result
                 logger.warning("encoding failed: %s", exc)
                 self.ledger.settle(ticket, Result(True, "", f"encoding failed: {exc}"), Cause.ENCODE_ERROR)
                 return ticket.future
@@ -248,7 +248,9 @@ class Dispatcher:
             self._wake_drainer()
         limit = None if timeout is None else started + timeout
         while len(outbox) and (limit is None or time.monotonic() < limit):
-            time.sleep(_DRAIN_POLL_SECONDS if limit is None else max(0.0, min(_DRAIN_POLL_SECONDS, limit - time.monotonic())))
+            time.sleep(
+                _DRAIN_POLL_SECONDS if limit is None else max(0.0, min(_DRAIN_POLL_SECONDS, limit - time.monotonic()))
+            )
         return self.ledger.pending + len(outbox)
 
     def snapshot(self) -> dict[str, Any]:

@@ -67,7 +67,9 @@ def settle_undelivered(
             if job.request is None and job.prepared is not None:
                 build_request(job)  # refused before it reached the encoders: encode it here
             if job.request is not None and outbox.put(job.request):
-                ledger.settle(job.ticket, Result(True, "", f"{outcome.message}; spooled for a later retry", True), Cause.SPOOLED)
+                ledger.settle(
+                    job.ticket, Result(True, "", f"{outcome.message}; spooled for a later retry", True), Cause.SPOOLED
+                )
                 wake_drainer()
                 return
         except OSError as exc:
@@ -76,7 +78,7 @@ def settle_undelivered(
             failure = Outcome(Cause.SPOOL_WRITE_FAILED, f"{outcome.message}; the spool write failed: {exc}")
             ledger.settle(job.ticket, Result(True, "", failure.message), failure)
             return
-        except Exception as exc:  # the event cannot be encoded: it can never be sent
+        except Exception as exc:  # noqa: BLE001 - the event cannot be encoded: it can never be sent
             logger.warning("encoding failed: %s", exc)
             ledger.settle(job.ticket, Result(True, "", f"encoding failed: {exc}"), Cause.ENCODE_ERROR)
             return
@@ -143,7 +145,9 @@ class Drainer:
         if request is None or transport is None:
             return failures
         if self._api_key:  # never stored: the current key goes with every drained entry
-            request = Request(request.url, {**request.headers, "X-API-Key": self._api_key}, request.chunks, request.size)
+            request = Request(
+                request.url, {**request.headers, "X-API-Key": self._api_key}, request.chunks, request.size
+            )
         outcome = await transport.post(request, self._request_timeout)
         if outcome.delivered:
             await off_loop(self._outbox.remove, entry)

@@ -123,7 +123,7 @@ class Encoders:
             return None
         try:
             self.build_request(job)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any encoder failure is the event's Result
             logger.warning("encoding failed: %s", exc)
             return Outcome(Cause.ENCODE_ERROR, f"encoding failed: {exc}")
         return None
@@ -139,7 +139,7 @@ class Encoders:
         if not job.ticket.settled and halves.error is None:
             try:
                 encoded = self.encode_counted(source)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any encoder failure is the event's Result
                 error = exc
         release_frame(source)
         with self._lock:
@@ -181,7 +181,9 @@ class Encoders:
         assert prepared is not None
         try:
             encoded = self._encode_here(prepared)
-            job.request = self._request(job, splice(encoded.envelope, _b64(encoded.output), _b64_or_none(encoded.input)))
+            job.request = self._request(
+                job, splice(encoded.envelope, _b64(encoded.output), _b64_or_none(encoded.input))
+            )
         finally:
             release_frames(prepared)
             job.prepared = None

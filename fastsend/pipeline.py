@@ -24,8 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from .results import QueueFullError, Result
 from .events import Event, ValidationError
+from .results import QueueFullError, Result
 from .writer import EventWriter
 
 __all__ = ["EventBuilder", "EventSink", "Pick"]

@@ -9,9 +9,10 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .block import prepare_block_event
 from .config import Settings

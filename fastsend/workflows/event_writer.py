@@ -32,8 +32,8 @@ from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
 from ..block import prepare_block_event
 from ..config import Settings
-from ..results import QueueFullError, Result
 from ..events import ValidationError
+from ..results import QueueFullError, Result
 from ..writer import EventWriter, EventWriterSink
 from . import BLOCK_TYPE
 
