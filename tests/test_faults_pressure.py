@@ -197,6 +197,8 @@ def test_a_burst_larger_than_the_queue_while_the_service_is_down_is_spilled_then
     assert writer.flush(DRAIN_SECONDS) == 0, writer.stats()  # 60 events × 30 s over 2 slots if they kept them
     outage = writer.stats()
     assert (outage["spooled"], outage["dropped"], outage["failed"]) == (60, 0, 0), outage
+    spilled = [result.message for result in ledger.results().values() if "queue full" in result.message]
+    assert spilled and all("(spill)" in message and message.endswith(SPOOLED) for message in spilled)  # it overflowed
     assert len(entries(spool_dir)) == 60
 
     with ReferenceService(tmp_path / "service", port=port) as service:
