@@ -16,12 +16,14 @@ chosen per request. Settings are tight so that each scenario takes a few seconds
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import multiprocessing
 import queue
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -34,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trustme
+from aiohttp import web
 from scripted_server import Received, Reply, ScriptedServer, unused_port
 from service_process import TIMEOUT, python_env, wait_until
 from test_faults import FRAME, SPOOLED, TIGHT, Ledger, entries, quality_check, rows_of, settle
@@ -629,6 +633,67 @@ class Phases:
     def created(self) -> Counter[str]:
         with self._lock:
             return Counter(x for _, x, _, status in self.answers if status == 201)
+
+
+class HttpsService:
+    """A loopback HTTPS endpoint on ``port`` that answers every POST 201, recording each event's external id."""
+
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        self.port, self._context = port, context
+        self.received: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> HttpsService:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(TIMEOUT)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(TIMEOUT)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(TIMEOUT)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v2/events", self._post)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._context).start()
+
+    async def _post(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.received.append(body["event_data"]["externalId"])
+        return web.json_response({"id": len(self.received)}, status=201)
+
+
+def test_a_tls_failure_during_a_drain_keeps_the_entry_for_a_writer_that_trusts_the_service(
+    tmp_path: Path, make_writer: WriterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    port = unused_port()
+    url = f"https://127.0.0.1:{port}"
+    untrusting = make_writer(url)  # the system's CAs: the service's certificate is not trusted
+    ledger = Ledger()
+    ledger.submit(untrusting, "tls", 3)
+    assert wait_until(lambda: untrusting.stats()["spooled"] == 3, DRAIN_SECONDS), untrusting.stats()
+    with HttpsService(port, context) as service:
+        paused = "spool drain paused: TLS certificate verification failed"
+        assert wait_until(lambda: caplog.text.count(paused) >= 2, DRAIN_SECONDS), caplog.text[-500:]  # asked again
+        refused = untrusting.stats()
+        assert (refused["spool_pending"], refused["quarantined"], refused["drained"]) == (3, 0, 0), refused
+        untrusting.close(timeout=1)
+        trusting = make_writer(url, ca_file=str(ca_file))  # the same spool, now with the service's CA
+        stats = drain_all(trusting, 3)
+        received = list(service.received)
+    assert sorted(received) == ["tls-0", "tls-1", "tls-2"]
+    assert (stats["quarantined"], stats["spool_pending"]) == (0, 0)
+    assert all(result.spooled for result in ledger.results().values())
 
 
 @pytest.mark.parametrize("status", [301, 307, 308, 401, 403, 404, 405, 407])
