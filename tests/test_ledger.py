@@ -421,17 +421,18 @@ def test_concurrent_closes_report_the_unsent_events_once(make_writer: Any) -> No
 
 
 def test_a_cancelled_event_is_never_spooled(make_writer: Any, tmp_path: Path) -> None:
-    down = f"http://127.0.0.1:{unused_port()}"
-    writer = make_writer(down, spool_dir=str(tmp_path / "spool"), max_in_flight=1, retries=1000, deadline=1)
-    first = writer.submit(event("A"), FRAME)
-    second = writer.submit(event("B"), FRAME)
-    assert writer.stats()["queued"] == 1  # A holds the only slot
-    assert second.cancel() is True
+    with ScriptedServer(Reply(hold=True)) as server:
+        writer = make_writer(server.base_url, spool_dir=str(tmp_path / "spool"), max_in_flight=1, request_timeout=30)
+        first = writer.submit(event("A"), FRAME)
+        server.wait_for_requests(1)  # A holds the only slot, on the wire
+        second = writer.submit(event("B"), FRAME)
+        assert writer.stats()["queued"] == 1
+        assert second.cancel() is True
+        assert close_within(writer, WAIT, timeout=0.2) == 1  # A: spooled at close
     assert first.result(timeout=WAIT).spooled is True
-    assert close_within(writer, WAIT, timeout=1) == 0
     stats = writer.stats()
     assert (stats["spooled"], stats["cancelled"], stats["spool_pending"], stats["pending"]) == (1, 1, 1, 0)
-    assert adds_up(stats)
+    assert adds_up(stats) and len(server.requests) == 1
 
 
 def test_close_from_a_results_done_callback_refuses_instead_of_waiting_for_itself(
