@@ -20,6 +20,7 @@ import asyncio
 import builtins
 import json
 import multiprocessing
+import multiprocessing.util
 import queue
 import shutil
 import signal
@@ -567,10 +568,36 @@ def test_concurrent_spool_writes_stay_within_the_spools_bound(tmp_path: Path, mo
 # ---------------------------------------------------------------- 5. forked workers that never close
 
 
-def _submit_and_return(writer: EventWriter, prefix: str, count: int) -> None:
+BOOKS = ("submitted", "sent", "failed", "dropped", "spooled", "cancelled", "pending", "failed_by_cause")
+
+
+def _submit_and_return(writer: EventWriter, prefix: str, count: int, reports: Any) -> None:
+    # Runs after the writer's own exit hook (a lower priority runs later): the books as the worker ends.
+    multiprocessing.util.Finalize(
+        None, lambda: reports.put({name: writer.stats()[name] for name in BOOKS}), exitpriority=0
+    )
     for number in range(count):
         writer.submit(quality_check(f"{prefix}-{number}"), FRAME)
     # No close(): the worker ends with os._exit, its events still on the wire.
+
+
+def run_forked_workers(writer: EventWriter, workers: int, count: int) -> list[dict[str, Any]]:
+    """Fork ``workers`` processes that each submit ``count`` events on ``writer`` and return; their books."""
+    context = multiprocessing.get_context("fork")
+    reports = context.SimpleQueue()
+    children = [
+        context.Process(target=_submit_and_return, args=(writer, f"worker{w}", count, reports)) for w in range(workers)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(TIMEOUT)
+    assert [child.exitcode for child in children] == [0] * workers
+    books: list[dict[str, Any]] = []
+    for _ in range(workers):  # each worker reported before it ended: nothing to wait for
+        assert not reports.empty(), f"{len(books)} of {workers} workers reported"
+        books.append(reports.get())
+    return books
 
 
 def test_forked_workers_that_exit_without_close_deliver_what_they_submitted(
@@ -582,24 +609,41 @@ def test_forked_workers_that_exit_without_close_deliver_what_they_submitted(
         writer = make_writer(service.url, request_timeout=2.0, deadline=10.0)
         ledger = Ledger()
         ledger.submit(writer, "parent", 3)  # the parent's threads are running when it forks
-        context = multiprocessing.get_context("fork")
-        children = [
-            context.Process(target=_submit_and_return, args=(writer, f"worker{w}", count)) for w in range(workers)
-        ]
-        for child in children:
-            child.start()
-        for child in children:
-            child.join(TIMEOUT)
-        assert [child.exitcode for child in children] == [0] * workers
-        expected = {f"worker{w}-{n}" for w in range(workers) for n in range(count)} | {f"parent-{n}" for n in range(3)}
-        assert wait_until(lambda: service.stored_count() >= len(expected), DRAIN_SECONDS), service.stored_count()
+        books = run_forked_workers(writer, workers, count)
+        children_rows = {x for x in stored_once(rows_of(service)) if x.startswith("worker")}
         assert writer.flush(DRAIN_SECONDS) == 0
         stats = writer.stats()
         rows = rows_of(service)
-    assert stored_once(rows) == expected
+    # Every worker's events were stored before it ended, and its books say so.
+    assert children_rows == {f"worker{w}-{n}" for w in range(workers) for n in range(count)}
+    assert all((b["submitted"], b["sent"], b["pending"]) == (count, count, 0) for b in books), books
+    assert stored_once(rows) == children_rows | {f"parent-{n}" for n in range(3)}
     assert_balanced(stats)
     assert (stats["submitted"], stats["sent"], stats["spool_pending"]) == (3, 3, 0)  # the children's are theirs
     assert entries(spool_dir) == []
+
+
+def test_forked_workers_facing_an_outage_report_every_event_and_leave_the_parents_spool_alone(
+    tmp_path: Path, spool_dir: Path, make_writer: WriterFactory
+) -> None:
+    workers, count = 2, 5
+    port = unused_port()
+    writer = make_writer(f"http://127.0.0.1:{port}", exit_flush_timeout=3.0)
+    ledger = Ledger()
+    ledger.submit(writer, "parent", 3)
+    assert wait_until(lambda: writer.stats()["spooled"] == 3, DRAIN_SECONDS), writer.stats()
+    books = run_forked_workers(writer, workers, count)
+    # Without the spool (it stays with the parent) a worker's events fail, each with its reason, by the exit.
+    for book in books:
+        assert (book["submitted"], book["pending"], book["spooled"], book["sent"]) == (count, 0, 0, 0), book
+        assert book["failed"] + book["dropped"] + book["cancelled"] == count, book
+        assert book["failed"] == sum(book["failed_by_cause"].values()), book
+    assert len(entries(spool_dir)) == 3 and writer.stats()["spool_pending"] == 3
+    with ReferenceService(tmp_path / "service", port=port) as service:
+        stats = drain_all(writer, 3)
+        books_here = settle(ledger.results(), rows_of(service))
+    assert_balanced(stats)
+    assert books_here.spooled == {"parent-0", "parent-1", "parent-2"}
 
 
 # ---------------------------------------------------------------- 6. answers during a drain
