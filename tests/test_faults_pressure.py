@@ -860,3 +860,18 @@ def test_drain_waits_bounded_while_the_service_is_down_and_returns_zero_once_sen
         books = settle(ledger.results(), rows_of(service))
     assert_balanced(stats)
     assert books.spooled == {f"waiting-{n}" for n in range(4)} and stats["drained"] == 4
+
+
+def test_drain_counts_the_events_still_on_the_wire_and_returns_zero_once_answered(make_writer: WriterFactory) -> None:
+    with ScriptedServer(Reply(hold=True)) as server:
+        writer = make_writer(server.base_url, request_timeout=5.0, deadline=10.0)
+        ledger = Ledger()
+        ledger.submit(writer, "held", 3)
+        server.wait_for_requests(3)
+        assert writer.drain(0.3) == 3  # pending, none spooled
+        assert writer.stats()["spooled"] == 0
+        server.release()
+        assert writer.drain(DRAIN_SECONDS) == 0
+        stats = writer.stats()
+    assert_balanced(stats)
+    assert stats["sent"] == 3 and all(not result.error_status for result in ledger.results().values())
