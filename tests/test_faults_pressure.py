@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.util
+import os
 import queue
 import shutil
 import signal
@@ -644,6 +646,59 @@ def test_forked_workers_facing_an_outage_report_every_event_and_leave_the_parent
         books_here = settle(ledger.results(), rows_of(service))
     assert_balanced(stats)
     assert books_here.spooled == {"parent-0", "parent-1", "parent-2"}
+
+
+FORKING_SENDER = textwrap.dedent(
+    """
+    import multiprocessing, os, signal, sys, time
+    import numpy as np
+    from fastsend import Event, EventWriter
+
+    url, spool_dir = sys.argv[1:]
+    writer = EventWriter(url, spool_dir=spool_dir, connect_timeout=0.1, deadline=0.5)
+    frame = np.zeros((16, 16, 3), np.uint8)
+    result = writer.submit(Event.quality_check(result="pass", external_id="parent-0"), frame).result(10)
+    assert result.spooled, result
+
+    def worker():
+        time.sleep(20)  # a long-lived worker; the test kills it sooner
+
+    child = multiprocessing.get_context("fork").Process(target=worker)
+    child.start()
+    print(child.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the parent dies; its worker lives on
+    """
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a forked worker keeps the parent's spool lock open: after the parent dies the spool cannot be reopened",
+)
+def test_a_restarted_parent_reopens_its_spool_while_the_dead_parents_workers_live_on(
+    tmp_path: Path, spool_dir: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    port = unused_port()
+    url = f"http://127.0.0.1:{port}"
+    parent = run_script(tmp_path, "forking_sender.py", FORKING_SENDER, url, str(spool_dir))
+    processes.append(parent)
+    reader = LineReader(parent)
+    worker_pid = reader.next()
+    assert parent.wait(TIMEOUT) == -signal.SIGKILL
+    assert worker_pid is not None and worker_pid.isdigit(), reader.rest()
+    try:
+        assert len(entries(spool_dir)) == 1
+        with ReferenceService(tmp_path / "service", port=port) as service:
+            writer = EventWriter(url, spool_dir=str(spool_dir), backoff_base=0.03, backoff_max=0.2)
+            try:
+                stats = drain_all(writer, 1)
+            finally:
+                writer.close(timeout=1)
+            rows = rows_of(service)
+        assert stored_once(rows) == {"parent-0"} and stats["drained"] == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(worker_pid), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- 6. answers during a drain
