@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from fastsend import Event, EventWriter, QueueFullError, Result
 from fastsend.config import Settings
 from fastsend.dispatch import Dispatcher
 from fastsend.results import Cause, Outcome
+from fastsend.spool import Spool
 from fastsend.wire import Request, events_url, prepare_event
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,6 +47,7 @@ DROP_REASONS = {
     "drop_newest": "queue_full_drop_newest",
     "raise": "queue_full_raise",
     "block": "queue_full_block_timeout",
+    "spill": "queue_full_drop_oldest",  # with a spool: the oldest go to it instead
 }
 
 
@@ -109,7 +112,7 @@ class FakeTransport:
         self.closed = True
 
 
-def dispatcher_over(fake: FakeTransport, **overrides: Any) -> Dispatcher:
+def dispatcher_over(fake: FakeTransport, outbox: Spool | None = None, **overrides: Any) -> Dispatcher:
     options: dict[str, Any] = {
         "url": "http://fake.invalid",
         "retries": 1,
@@ -120,7 +123,7 @@ def dispatcher_over(fake: FakeTransport, **overrides: Any) -> Dispatcher:
         "encode_threads": 2,
         **overrides,
     }
-    return Dispatcher(Settings.resolve(environ={}, **options), transport=lambda settings: fake)
+    return Dispatcher(Settings.resolve(environ={}, **options), outbox, transport=lambda settings: fake)
 
 
 class SnapshotWatcher:
@@ -183,10 +186,21 @@ plans = st.lists(
     queue_size=st.integers(1, 4),
     overflow=st.sampled_from(sorted(DROP_REASONS)),
     held_at_first=st.booleans(),
+    spool=st.booleans(),
 )
 def test_every_event_settles_once_and_the_books_balance(
-    plans: list[Plan], max_in_flight: int, queue_size: int, overflow: str, held_at_first: bool
+    plans: list[Plan], max_in_flight: int, queue_size: int, overflow: str, held_at_first: bool, spool: bool
 ) -> None:
+    spool = spool or overflow == "spill"  # spill needs one
+    with tempfile.TemporaryDirectory() as directory:
+        outbox = Spool(directory, 64 * 1024 * 1024) if spool else None
+        check_the_books(plans, max_in_flight, queue_size, overflow, held_at_first, outbox)
+
+
+def check_the_books(
+    plans: list[Plan], max_in_flight: int, queue_size: int, overflow: str, held_at_first: bool, outbox: Spool | None
+) -> None:
+    """Run ``plans`` through a dispatcher over a fake transport (and ``outbox``), then audit every count."""
     numbered = [(str(index), plan) for index, plan in enumerate(plans)]
     ids = [i for i, _ in numbered]
     fake = FakeTransport({i: plan.outcome for i, plan in numbered})
@@ -194,7 +208,13 @@ def test_every_event_settles_once_and_the_books_balance(
     if not held_at_first:
         fake.gate.set()
     dispatcher = dispatcher_over(
-        fake, max_in_flight=max_in_flight, queue_size=queue_size, overflow=overflow, block_timeout=0.02
+        fake,
+        outbox,
+        max_in_flight=max_in_flight,
+        queue_size=queue_size,
+        overflow=overflow,
+        block_timeout=0.02,
+        spool_dir=str(outbox.directory) if outbox is not None else None,
     )
     completions: dict[str, int] = dict.fromkeys(ids, 0)
     cancel_accepted: dict[str, bool] = {}
@@ -246,17 +266,22 @@ def test_every_event_settles_once_and_the_books_balance(
 
     results = {i: f.result() for i, f in futures.items() if not f.cancelled()}
     sent = {i for i, r in results.items() if not r.error_status}
-    dropped = {i for i, r in results.items() if r.error_status and "queue full" in r.message}
-    failed = set(results) - sent - dropped
+    spooled = {i for i, r in results.items() if r.spooled}
+    dropped = {i for i, r in results.items() if r.error_status and not r.spooled and "queue full" in r.message}
+    failed = set(results) - sent - spooled - dropped
     dropped_count = len(dropped) + len(refused_at_submit)
     assert (stats["sent"], stats["dropped"], stats["failed"]) == (len(sent), dropped_count, len(failed))
-    assert set(stats["dropped_by_reason"]) <= {DROP_REASONS[overflow]}
-    assert stats["spooled"] == 0
+    assert stats["spooled"] == len(spooled)
+    assert set(stats["dropped_by_reason"]) <= ({DROP_REASONS[overflow]} if overflow != "spill" else set())
+    if outbox is None:
+        assert spooled == set()
+    for i in spooled:  # a timeout is worth another try later, and so is an event pushed out by spill
+        assert plans[int(i)].outcome == "timeout" or "queue full" in results[i].message, results[i]
     for i in sent:
         assert results[i].event_id == f"id-{i}"
         assert plans[int(i)].outcome in ("delivered", "retried then delivered")
     for i in failed:
-        assert plans[int(i)].outcome in ("refused", "timeout"), results[i]
+        assert plans[int(i)].outcome in (("refused",) if outbox else ("refused", "timeout")), results[i]
     expected_failures: dict[str, int] = {}
     for i in failed:
         key = "http_422" if plans[int(i)].outcome == "refused" else "timeout"
