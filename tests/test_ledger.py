@@ -1,8 +1,9 @@
 """The books: every event settles exactly once, every in-flight slot comes back, every snapshot adds up.
 
-A property test drives a ``Dispatcher`` over a scripted fake ``Transport`` (with or without a spool) through random
-mixes of outcomes, cancellations and queue overflows; direct tests replay the reported
-cancellation and close() problems through ``EventWriter`` against loopback servers.
+A property test drives a ``Dispatcher`` over a scripted fake ``Transport`` (with or without
+a spool) through random mixes of outcomes, cancellations and queue overflows; direct tests
+replay the reported cancellation and close() problems through ``EventWriter`` against
+loopback servers.
 """
 
 from __future__ import annotations
