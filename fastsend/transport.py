@@ -95,7 +95,7 @@ class AiohttpTransport:
             ssl=ssl_context(options),
             ttl_dns_cache=300,
         )
-        self._routes: dict[str, tuple[URL, URL | None, aiohttp.BasicAuth | None]] = {}
+        self._routes: dict[str, tuple[URL, URL | None, str | None]] = {}
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -107,15 +107,21 @@ class AiohttpTransport:
     async def post(self, request: Request, timeout: float) -> Outcome:
         per_attempt = aiohttp.ClientTimeout(total=timeout, sock_connect=min(self._connect_timeout, timeout))
         try:
-            url, proxy, proxy_auth = self._route(request.url)
+            url, proxy, proxy_authorization = self._route(request.url)
+            headers, proxy_headers = request.headers, None
+            if proxy_authorization is not None:  # the proxy's credentials, given in HTTP(S)_PROXY
+                if url.scheme == "https":  # on the CONNECT; a fresh dict, as aiohttp adds to it
+                    proxy_headers = {"Proxy-Authorization": proxy_authorization}
+                else:  # on the request itself, which the proxy forwards
+                    headers = {**request.headers, "Proxy-Authorization": proxy_authorization}
             async with self._session.post(
                 url,
                 data=ChunksPayload(request.chunks, request.size),
-                headers=request.headers,
+                headers=headers,
                 timeout=per_attempt,
                 allow_redirects=False,
                 proxy=proxy,
-                proxy_auth=proxy_auth,
+                proxy_headers=proxy_headers,
             ) as response:
                 body = await _read_bounded(response)
                 return classify(request, response.status, body, response.headers)
@@ -128,24 +134,25 @@ class AiohttpTransport:
         except aiohttp.InvalidURL as exc:
             return Outcome(Cause.INVALID_URL, f"invalid URL {request.url!r}: {exc}; check the writer's url")
         except aiohttp.ClientHttpProxyError as exc:
-            return Outcome(Cause.CONNECTION, f"the proxy refused the connection ({exc.status} {exc.message})")
+            refusal = _one_line(f"{exc.status} {exc.message}")
+            return Outcome(Cause.CONNECTION, f"the proxy refused the connection ({refusal})")
         except aiohttp.ClientResponseError as exc:  # raised by aiohttp's parser: no status was answered
-            return Outcome(Cause.CONNECTION, f"malformed answer from the service: {exc.message}")
+            return Outcome(Cause.CONNECTION, f"malformed answer from the service: {_one_line(exc.message)}")
         except aiohttp.ClientPayloadError as exc:
             return Outcome(Cause.CONNECTION, f"the answer's body was cut off or malformed: {exc}")
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome(Cause.CONNECTION, f"connection error: {_describe(exc)}")
 
-    def _route(self, url: str) -> tuple[URL, URL | None, aiohttp.BasicAuth | None]:
+    def _route(self, url: str) -> tuple[URL, URL | None, str | None]:
         """``url`` parsed, and its proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``: once per URL."""
         route = self._routes.get(url)
         if route is None:
             parsed = URL(url, encoded=True)  # checked and percent-encoded when the settings were built
             try:
-                proxy, proxy_auth = get_env_proxy_for_url(parsed)
+                proxy, auth = get_env_proxy_for_url(parsed)
             except LookupError:  # no proxy set for this scheme, or NO_PROXY names the host
-                proxy, proxy_auth = None, None
-            route = self._routes[url] = (parsed, proxy, proxy_auth)
+                proxy, auth = None, None
+            route = self._routes[url] = (parsed, proxy, auth.encode() if auth is not None else None)
         return route
 
     async def close(self) -> None:
@@ -219,6 +226,12 @@ def _detail(body: bytes) -> str:
         text = body.decode("utf-8", "replace")
     text = text.strip() or "(empty body)"
     return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
+
+
+def _one_line(text: str) -> str:
+    """The first line of a library's message, bounded: parser errors quote the offending bytes at length."""
+    line = text.strip().split("\n", 1)[0].strip()
+    return line if len(line) <= _DETAIL_CHARS else line[:_DETAIL_CHARS] + "…"
 
 
 def _tls_message(url: str, error: BaseException) -> str:
