@@ -313,6 +313,7 @@ class Dispatcher:
         # The spool and its lock stay the parent's: a child draining it would send entries twice,
         # and closing it would unlock the directory under the running parent.
         if self._outbox is not None:
+            self._outbox.leave_to_parent()  # else a child outliving its parent keeps the spool locked
             self._outbox = None
             logger.warning("forked process: this writer sends without the spool, which stays with the parent")
         self._build()

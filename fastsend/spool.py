@@ -88,6 +88,7 @@ class Spool:
         self.quarantined = 0
         self._entries: dict[str, int] = {}
         self._total = 0
+        self._reserved = 0  # bytes of writes in progress: room they have claimed but not yet filled
         self._recover()
 
     def _recover(self) -> None:
@@ -118,6 +119,7 @@ class Spool:
             return False
         with self._mutex:
             self._evict_for(entry_size)  # make room first: the write itself needs the space
+            self._reserved += entry_size  # so that concurrent writes do not count the same room
         temporary = self.directory / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             with open(temporary, "wb") as file:
@@ -128,8 +130,11 @@ class Spool:
                 os.fsync(file.fileno())
         except BaseException:
             temporary.unlink(missing_ok=True)  # a full disk must not also leak the half-written file
+            with self._mutex:
+                self._reserved -= entry_size
             raise
         with self._mutex:
+            self._reserved -= entry_size
             name = self._next_name()
             os.rename(temporary, self.directory / name)
             self._entries[name] = entry_size
@@ -164,7 +169,7 @@ class Spool:
 
     def _evict_for(self, incoming: int) -> None:
         capacity = self._capacity()
-        while self._entries and self._total + incoming > capacity:
+        while self._entries and self._total + self._reserved + incoming > capacity:
             oldest = min(self._entries)
             (self.directory / oldest).unlink(missing_ok=True)
             self._total -= self._entries.pop(oldest)
@@ -222,7 +227,11 @@ class Spool:
 
     def _forget(self, entry: SpoolEntry) -> None:
         with self._mutex:
-            self._total -= self._entries.pop(entry.name, 0)
+            if entry.name in self._entries:
+                self._total -= self._entries.pop(entry.name)
+            elif not (self.directory / entry.name).exists():
+                # Evicted while it was being sent, then delivered all the same: not lost after all.
+                self.evicted -= 1
 
     def quarantine(self, entry: SpoolEntry, reason: str) -> None:
         """Move a damaged or rejected entry aside so it is never retried."""
@@ -251,6 +260,11 @@ class Spool:
                 "spool_evicted": self.evicted,
                 "quarantined": self.quarantined,
             }
+
+    def leave_to_parent(self) -> None:
+        """In a forked child: drop this process's copy of the lock without unlocking it for the parent."""
+        if not self._lock_file.closed:
+            self._lock_file.close()  # closing a copy never releases a flock; LOCK_UN would, for both
 
     def close(self) -> None:
         if not self._lock_file.closed:

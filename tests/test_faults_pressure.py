@@ -14,9 +14,6 @@ fixed port once the outage is over), ``ScriptedServer`` where each answer is
 chosen per request, or a small HTTPS endpoint with a certificate of its own. The
 small-disk cases mount a 4 MiB tmpfs, and are skipped where mounting is not
 allowed (it needs root). Settings are tight so that each scenario takes a few seconds.
-
-The cases marked ``xfail`` show where the books still slip under pressure; each
-reason says how.
 """
 
 from __future__ import annotations
@@ -487,10 +484,6 @@ def test_a_spool_write_that_finds_no_room_fails_the_event_with_its_cause(tmp_pat
     assert (stats["spool_write_failures"], stats["drained"]) == (3, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="concurrent spool writes do not reserve their room: each evicts for itself alone, and the last fail ENOSPC",
-)
 def test_concurrent_spool_writes_on_a_nearly_full_disk_evict_the_oldest_rather_than_fail(
     small_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -537,10 +530,6 @@ def test_concurrent_spool_writes_on_a_nearly_full_disk_evict_the_oldest_rather_t
     assert stats["spool_pending"] + stats["spool_evicted"] == 6 + writers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="concurrent spool writes do not reserve their room: together they overrun spool_max_bytes",
-)
 def test_concurrent_spool_writes_stay_within_the_spools_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writers, body = 2, b"x" * 10_000
 
@@ -678,10 +667,6 @@ FORKING_SENDER = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a forked worker keeps the parent's spool lock open: after the parent dies the spool cannot be reopened",
-)
 def test_a_restarted_parent_reopens_its_spool_while_the_dead_parents_workers_live_on(
     tmp_path: Path, spool_dir: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -859,10 +844,6 @@ def test_an_entry_the_service_keeps_refusing_moves_behind_the_others(make_writer
     assert (stats["drained"], stats["quarantined"], stats["spool_evicted"]) == (5, 0, 0), stats
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an entry evicted while the drainer is sending it is delivered, yet counted in spool_evicted as well",
-)
 def test_an_entry_evicted_while_it_is_being_drained_is_counted_once(tmp_path: Path, make_writer: WriterFactory) -> None:
     port = unused_port()
     probe = make_writer(f"http://127.0.0.1:{port}", spool_dir=str(tmp_path / "probe"))
