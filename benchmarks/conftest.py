@@ -30,7 +30,7 @@ Layout:
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -22,8 +22,8 @@ import supervision as sv
 
 __all__ = [
     "CLASS_NAMES",
-    "EventInputs",
     "SIZES",
+    "EventInputs",
     "annotate",
     "event_inputs",
     "make_detections",
@@ -37,8 +37,22 @@ TEXTURE = 16.0
 GRAIN = 1.0
 
 CLASS_NAMES = (
-    "person", "car", "truck", "bicycle", "forklift", "pallet", "box", "helmet",
-    "vest", "bottle", "crate", "label", "defect", "scratch", "dent", "bolt",
+    "person",
+    "car",
+    "truck",
+    "bicycle",
+    "forklift",
+    "pallet",
+    "box",
+    "helmet",
+    "vest",
+    "bottle",
+    "crate",
+    "label",
+    "defect",
+    "scratch",
+    "dent",
+    "bolt",
 )
 
 
@@ -78,8 +92,16 @@ def make_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
             cv2.ellipse(frame, (x1, y1), (w // 2 + 2, h // 3 + 2), float(rng.uniform(0, 180)), 0, 360, color, 2)
     for i in range(12):
         origin = (int(rng.integers(0, max(width - 200, 1))), int(rng.integers(20, height)))
-        cv2.putText(frame, f"ZONE-{seed}-{i:02d} 12:34:{i:02d}", origin, cv2.FONT_HERSHEY_SIMPLEX,
-                    0.9 * max(scale, 0.5), (235, 235, 235), 2, cv2.LINE_AA)
+        cv2.putText(
+            frame,
+            f"ZONE-{seed}-{i:02d} 12:34:{i:02d}",
+            origin,
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.9 * max(scale, 0.5),
+            (235, 235, 235),
+            2,
+            cv2.LINE_AA,
+        )
     return frame
 
 

@@ -11,33 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
 import fastsend
+from benchmarks.frames import EventInputs
 from fastsend.config import Settings
 from fastsend.transport import AiohttpTransport
 from fastsend.wire import Request
-from benchmarks.frames import EventInputs
 
 __all__ = [
-    "AiohttpPoster",
-    "Poster",
-    "TRANSFER_CONCURRENCY",
-    "new_loop",
-    "real_body",
     "BATCH",
     "ENCODE_ONLY",
+    "NOTES",
     "REFERENCE_FIRE_AND_FORGET",
     "REFERENCE_SYNC",
-    "NOTES",
     "RESULTS",
     "SMOKE_BATCH",
+    "TRANSFER_CONCURRENCY",
     "TRANSFER_ONLY",
+    "AiohttpPoster",
+    "Poster",
     "batch_size",
     "encode_transfer_bound",
     "measure_throughput",
+    "new_loop",
+    "real_body",
 ]
 
 #: Events per round, per scenario: short rounds, many of them, so the median shrugs off
@@ -174,7 +175,10 @@ class Poster:
 
 
 class AiohttpPoster(Poster):
-    """The same job through an aiohttp session as its documentation shows it: what fastsend's tuning is measured against."""
+    """The same job through an aiohttp session as its documentation shows it.
+
+    What fastsend's tuned transport is measured against.
+    """
 
     async def _open(self) -> aiohttp.ClientSession:  # type: ignore[override]
         connector = aiohttp.TCPConnector(limit=self.concurrency)

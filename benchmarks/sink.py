@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["running_sink", "sink_stats"]
 
@@ -52,7 +52,7 @@ _READS_PER_WAKEUP = 16
 
 
 class _Counters:
-    __slots__ = ("requests", "body_bytes")
+    __slots__ = ("body_bytes", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -386,7 +386,9 @@ def _wait_ready(proc: subprocess.Popen, base_url: str, timeout: float, errors) -
     while True:
         if proc.poll() is not None:
             errors.seek(0)
-            raise RuntimeError(f"benchmark sink exited with {proc.returncode}: {errors.read().decode(errors='replace')}")
+            raise RuntimeError(
+                f"benchmark sink exited with {proc.returncode}: {errors.read().decode(errors='replace')}"
+            )
         try:
             sink_stats(base_url, timeout=0.5)
             return

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import pytest
 
@@ -27,8 +27,8 @@ from benchmarks.harness import (
     ENCODE_ONLY,
     REFERENCE_FIRE_AND_FORGET,
     REFERENCE_SYNC,
-    TRANSFER_CONCURRENCY,
     SMOKE_BATCH,
+    TRANSFER_CONCURRENCY,
     TRANSFER_ONLY,
     AiohttpPoster,
     Poster,

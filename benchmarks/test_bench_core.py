@@ -74,10 +74,14 @@ def test_body_build_1080p(benchmark, implementation):
             return fastsend.render_body(prepared, options)
 
     else:
-        benchmark.extra_info["note"] = "cv2.imencode x2, base64.b64encode, dict, json.dumps(...).encode() as requests does"
+        benchmark.extra_info["note"] = (
+            "cv2.imencode x2, base64.b64encode, dict, json.dumps(...).encode() as requests does"
+        )
 
         def build():
-            body = reference_body(reference_encode_b64(out), reference_encode_b64(inp), reference_detections_to_wire(dets))
+            body = reference_body(
+                reference_encode_b64(out), reference_encode_b64(inp), reference_detections_to_wire(dets)
+            )
             return reference_body_bytes(body)
 
     result = benchmark(build)

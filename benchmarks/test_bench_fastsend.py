@@ -21,9 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -117,7 +117,9 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
 
     benchmark.group = f"interleaved-{scenario}"
     try:
-        benchmark.pedantic(one_round, rounds=1 if benchmark.disabled else INTERLEAVED_ROUNDS, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(
+            one_round, rounds=1 if benchmark.disabled else INTERLEAVED_ROUNDS, iterations=1, warmup_rounds=0
+        )
     finally:
         poster.close()
         encoders.shutdown()

@@ -97,7 +97,7 @@ def test_reference_annotations_match_fastsend():
     ours = fastsend.object_detections_to_wire(detections)
     theirs = reference_detections_to_wire(detections)
     assert [d["class"] for d in ours] == [d["class"] for d in theirs]
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         for key in ("x", "y", "width", "height", "confidence"):
             assert a[key] == pytest.approx(b[key], rel=1e-6)
 

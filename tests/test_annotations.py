@@ -193,8 +193,14 @@ PREDICTIONS = {
 
 def test_inference_predictions_are_already_centre_based():
     expected = [
-        {"class": p.get("class", "unknown"), "x": p["x"], "y": p["y"], "width": p["width"], "height": p["height"],
-         "confidence": p.get("confidence", 0.0)}
+        {
+            "class": p.get("class", "unknown"),
+            "x": p["x"],
+            "y": p["y"],
+            "width": p["width"],
+            "height": p["height"],
+            "confidence": p.get("confidence", 0.0),
+        }
         for p in PREDICTIONS["predictions"]
     ]
     assert object_detections_to_wire(PREDICTIONS) == expected
@@ -242,7 +248,9 @@ def masks_scene() -> tuple[np.ndarray, np.ndarray]:
 def test_polygons_are_the_largest_external_contour_of_each_mask():
     masks, xyxy = masks_scene()
     det = sv.Detections(
-        xyxy=xyxy, mask=masks, confidence=np.linspace(0.1, 0.9, 5, dtype=np.float32),
+        xyxy=xyxy,
+        mask=masks,
+        confidence=np.linspace(0.1, 0.9, 5, dtype=np.float32),
         data={"class_name": np.array(list("abcde"))},
     )
     expected = [
@@ -310,8 +318,15 @@ def test_inference_segmentation_predictions():
         ]
     }
     assert instance_segmentations_to_wire(predictions) == [
-        {"class": "leaf", "x": 3.0, "y": 4.0, "width": 4.5, "height": 5.25, "confidence": 0.7,
-         "points": [[p["x"], p["y"]] for p in points]}
+        {
+            "class": "leaf",
+            "x": 3.0,
+            "y": 4.0,
+            "width": 4.5,
+            "height": 5.25,
+            "confidence": 0.7,
+            "points": [[p["x"], p["y"]] for p in points],
+        }
     ]
 
 
@@ -352,7 +367,9 @@ def test_without_keypoint_names_every_slot_is_real():
     det = keypoint_scene(with_names=False)
     xy = det.data["keypoints_xy"]
     assert keypoints_to_wire(det) == [
-        dict(reference_box(det, i), keypoints=[{"id": j, "x": float(x), "y": float(y)} for j, (x, y) in enumerate(xy[i])])
+        dict(
+            reference_box(det, i), keypoints=[{"id": j, "x": float(x), "y": float(y)} for j, (x, y) in enumerate(xy[i])]
+        )
         for i in range(len(det))
     ]
 
@@ -381,8 +398,15 @@ def test_inference_keypoint_predictions():
         ]
     }
     assert keypoints_to_wire(predictions) == [
-        {"class": "person", "x": 10.0, "y": 20.0, "width": 4.0, "height": 8.0, "confidence": 0.6,
-         "keypoints": [{"id": kp["class_id"], "x": kp["x"], "y": kp["y"]} for kp in keypoints]}
+        {
+            "class": "person",
+            "x": 10.0,
+            "y": 20.0,
+            "width": 4.0,
+            "height": 8.0,
+            "confidence": 0.6,
+            "keypoints": [{"id": kp["class_id"], "x": kp["x"], "y": kp["y"]} for kp in keypoints],
+        }
     ]
 
 
@@ -404,13 +428,22 @@ def test_inference_keypoints_with_nan_are_rejected():
         ({"class_name": ["cat", "dog"], "confidence": [0.5]}, [("cat", 0.5), ("dog", 0.0)]),
         ({"class_name": []}, []),
         (
-            {"predictions": [{"class": "cat", "class_id": 0, "confidence": 0.875}, {"class": "dog", "confidence": 0.125}]},
+            {
+                "predictions": [
+                    {"class": "cat", "class_id": 0, "confidence": 0.875},
+                    {"class": "dog", "confidence": 0.125},
+                ]
+            },
             [("cat", 0.875), ("dog", 0.125)],
         ),
         ([{"class": "cat", "confidence": 0.5}, {"class": "dog"}], [("cat", 0.5), ("dog", 0.0)]),
         (
             {
-                "predictions": {"cat": {"confidence": 0.75, "class_id": 0}, "dog": {"confidence": 0.5}, "eel": {"confidence": 0.1}},
+                "predictions": {
+                    "cat": {"confidence": 0.75, "class_id": 0},
+                    "dog": {"confidence": 0.5},
+                    "eel": {"confidence": 0.1},
+                },
                 "predicted_classes": ["dog", "cat"],
             },
             [("dog", 0.5), ("cat", 0.75)],
@@ -420,8 +453,18 @@ def test_inference_keypoints_with_nan_are_rejected():
         ({"top": "cat"}, [("cat", 0.0)]),
     ],
     ids=[
-        "class_name-dict", "numpy-dict", "no-confidence", "null-confidence", "short-confidence", "empty",
-        "inference-list", "bare-list", "multi-label", "multi-label-unfiltered", "top", "top-no-confidence",
+        "class_name-dict",
+        "numpy-dict",
+        "no-confidence",
+        "null-confidence",
+        "short-confidence",
+        "empty",
+        "inference-list",
+        "bare-list",
+        "multi-label",
+        "multi-label-unfiltered",
+        "top",
+        "top-no-confidence",
     ],
 )
 def test_classification_shapes(predictions, expected):

@@ -679,7 +679,6 @@ def test_an_encoded_image_is_sent_as_given() -> None:
     assert base64.b64decode(source.base64) == JPEG + b"\x00\x00"
 
 
-
 def test_a_missing_image_file_is_refused_by_submit_on_the_callers_thread(tmp_path: Path) -> None:
     missing = tmp_path / "frame.jpg"
     with EventWriter("http://127.0.0.1:9", retries=0) as writer:
@@ -704,6 +703,7 @@ def test_block_errors_name_the_blocks_parameters() -> None:
         sink.close(timeout=1.0)
     assert (info.value.field, info.value.wire_field) == ("alert_type", "event_data.alertType")
     assert str(info.value).startswith("alert_type (event_data.alertType): 'no hardhat!' must match")
+
 
 # ---------------------------------------------------------------- annotations
 
@@ -768,7 +768,9 @@ def send_annotations(name: str, predictions: Any) -> None:
     validate_body(orjson.loads(rendered(prepared)))
 
 
-@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # a strategy holding long texts: its repr is tens of kB
+@pytest.mark.filterwarnings(
+    "ignore:Generating overly large repr"
+)  # a strategy holding long texts: its repr is tens of kB
 @examples(200)
 @given(name=st.sampled_from(list(CONVERTERS)), predictions=PREDICTIONS)
 @example(name="object_detections", predictions=[{"x": math.nan, "y": 1, "width": 1, "height": 1}])

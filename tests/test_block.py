@@ -55,7 +55,12 @@ def params(make_frame) -> dict:
         ("inventory_count", {"location": "dock 4", "itemCount": 12, "itemType": "pallet", "externalId": "line-7/0042"}),
         (
             "safety_alert",
-            {"alertType": "no_helmet", "severity": "high", "description": "worker without helmet", "externalId": "line-7/0042"},
+            {
+                "alertType": "no_helmet",
+                "severity": "high",
+                "description": "worker without helmet",
+                "externalId": "line-7/0042",
+            },
         ),
         ("custom", {"value": "anything at all", "externalId": "line-7/0042"}),
     ],
@@ -68,7 +73,9 @@ def test_each_schema_takes_its_own_parameters_and_ignores_the_rest(params, schem
 
 
 def test_parameters_of_other_schemas_are_not_even_validated(params):
-    body = body_of(build_block_request(event_schema="quality_check", qc_result="pass", item_count="many", severity="??", **params))
+    body = body_of(
+        build_block_request(event_schema="quality_check", qc_result="pass", item_count="many", severity="??", **params)
+    )
     assert body["event_data"] == {"result": "pass"}
 
 
@@ -80,7 +87,9 @@ def test_the_whole_request(params, make_frame):
         input_image=original,
         image_label="cam 3",
         custom_metadata={"camera": "north", "frame": 17},
-        object_detections={"predictions": [{"x": 5, "y": 6, "width": 2, "height": 4, "confidence": 0.5, "class": "flame"}]},
+        object_detections={
+            "predictions": [{"x": 5, "y": 6, "width": 2, "height": 4, "confidence": 0.5, "class": "flame"}]
+        },
         classifications={"class_name": ["fire"], "confidence": [0.875]},
         **params,
     )
@@ -98,7 +107,9 @@ def test_the_whole_request(params, make_frame):
                 "base64Image": base64.b64encode(encode_jpeg(params["output_image"])).decode(),
                 "inputBase64Image": base64.b64encode(encode_jpeg(original)).decode(),
                 "label": "cam 3",
-                "objectDetections": [{"class": "flame", "x": 5.0, "y": 6.0, "width": 2.0, "height": 4.0, "confidence": 0.5}],
+                "objectDetections": [
+                    {"class": "flame", "x": 5.0, "y": 6.0, "width": 2.0, "height": 4.0, "confidence": 0.5}
+                ],
                 "classifications": [{"class": "fire", "confidence": 0.875}],
             }
         ],
@@ -124,7 +135,9 @@ def test_an_already_encoded_output_image_is_sent_as_is(params):
     assert body_of(build_block_request(event_schema="custom", **params))["images"][0]["base64Image"] == text
 
 
-@pytest.mark.parametrize("value, header", [("s3cret", "s3cret"), ("", None), (None, None)], ids=["set", "empty", "unset"])
+@pytest.mark.parametrize(
+    "value, header", [("s3cret", "s3cret"), ("", None), (None, None)], ids=["set", "empty", "unset"]
+)
 def test_api_key_from_the_environment(monkeypatch, params, value, header):
     if value is not None:
         monkeypatch.setenv(API_KEY_ENV, value)

@@ -112,7 +112,9 @@ def test_serve_answers_send_and_stops_on_sigterm(tmp_path: Path, jpeg_file: Path
         banner = server.stdout.readline() if readable else ""
         match = re.search(r"on (http://\S+)", banner)
         assert match, f"no URL in {banner!r}"
-        done = fastsend_cli("send", "--url", match.group(1), "--image", str(jpeg_file), "--schema", "quality_check", "--result", "pass")
+        done = fastsend_cli(
+            "send", "--url", match.group(1), "--image", str(jpeg_file), "--schema", "quality_check", "--result", "pass"
+        )
         assert done.returncode == 0, done.stderr
         assert re.fullmatch(r"[0-9a-f-]{36}", done.stdout.strip())
     finally:

@@ -182,7 +182,9 @@ def test_bad_environment_values_name_the_variable(name, raw):
     assert str(info.value).startswith(f"{env}: {raw!r} must be ")
 
 
-@pytest.mark.parametrize("name, raw", BAD_VALUES + [("queue_size", True), ("jpeg_quality", False), ("url", 8001), ("spool_dir", 5)])
+@pytest.mark.parametrize(
+    "name, raw", [*BAD_VALUES, ("queue_size", True), ("jpeg_quality", False), ("url", 8001), ("spool_dir", 5)]
+)
 def test_bad_arguments_name_the_argument(name, raw):
     with pytest.raises(ValidationError) as info:
         Settings.resolve(environ={}, **{name: raw})
@@ -194,14 +196,19 @@ def test_a_bad_variable_is_ignored_when_the_argument_wins():
     assert Settings.resolve(environ={"FASTSEND_QUEUE_SIZE": "x"}, queue_size=5).queue_size == 5
 
 
-@pytest.mark.parametrize("name, raw", [("retries", "0"), ("block_timeout", "0"), ("jpeg_quality", "1"), ("jpeg_quality", "100")])
+@pytest.mark.parametrize(
+    "name, raw", [("retries", "0"), ("block_timeout", "0"), ("jpeg_quality", "1"), ("jpeg_quality", "100")]
+)
 def test_boundary_values_are_accepted(name, raw):
     assert getattr(Settings.resolve(environ={SETTING_ENV_VARS[name]: raw}), name) == float(raw)
 
 
 @pytest.mark.parametrize("raw", ["key\r\nX-Admin: yes", "clé", "tab\tkey"])
 def test_a_bad_api_key_is_refused_without_showing_it(raw):
-    for environ, arguments, field in (({"EVENT_INGESTION_API_KEY": raw}, {}, "EVENT_INGESTION_API_KEY"), ({}, {"api_key": raw}, "api_key")):
+    for environ, arguments, field in (
+        ({"EVENT_INGESTION_API_KEY": raw}, {}, "EVENT_INGESTION_API_KEY"),
+        ({}, {"api_key": raw}, "api_key"),
+    ):
         with pytest.raises(ValidationError) as info:
             Settings.resolve(environ=environ, **arguments)
         assert info.value.field == field

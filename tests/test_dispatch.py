@@ -213,7 +213,9 @@ def test_idempotency_key_is_kept_across_retries_and_new_per_event(server, make_w
         (None, None, None),
     ],
 )
-def test_api_key_header_present_only_when_a_key_is_set(server, make_writer, monkeypatch, argument, environment, expected):
+def test_api_key_header_present_only_when_a_key_is_set(
+    server, make_writer, monkeypatch, argument, environment, expected
+):
     if environment is not None:
         monkeypatch.setenv("EVENT_INGESTION_API_KEY", environment)
     writer = make_writer(server.base_url, api_key=argument)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -33,7 +33,11 @@ def rejects(field: str, wire: str | None = None) -> Iterator[pytest.ExceptionInf
 @pytest.mark.parametrize(
     "build, schema, expected",
     [
-        (lambda: Event.quality_check(result="pass", external_id="e1"), "quality_check", {"result": "pass", "externalId": "e1"}),
+        (
+            lambda: Event.quality_check(result="pass", external_id="e1"),
+            "quality_check",
+            {"result": "pass", "externalId": "e1"},
+        ),
         (
             lambda: Event.inventory_count(location="dock 4", item_count=12, item_type="box", external_id="e2"),
             "inventory_count",
@@ -218,7 +222,9 @@ def test_item_count_accepts_non_negative_integers(value):
     assert type(count) is int
 
 
-@pytest.mark.parametrize("value", [-1, np.int64(-1), UINT64_MAX + 1, True, False, np.bool_(True), 1.0, 2.5, "3", np.float64(3)])
+@pytest.mark.parametrize(
+    "value", [-1, np.int64(-1), UINT64_MAX + 1, True, False, np.bool_(True), 1.0, 2.5, "3", np.float64(3)]
+)
 def test_item_count_rejects(value):
     with rejects("item_count", "event_data.itemCount"):
         Event.inventory_count(item_count=value)
@@ -297,7 +303,9 @@ def test_metadata_values_keep_their_json_type(value, expected_type):
     assert stored == value
 
 
-@pytest.mark.parametrize("value, ok", [(INT64_MIN, True), (INT64_MIN - 1, False), (UINT64_MAX, True), (UINT64_MAX + 1, False)])
+@pytest.mark.parametrize(
+    "value, ok", [(INT64_MIN, True), (INT64_MIN - 1, False), (UINT64_MAX, True), (UINT64_MAX + 1, False)]
+)
 def test_metadata_integers_fit_in_64_bits(value, ok):
     if ok:
         assert Event.custom(custom_metadata={"k": value}).custom_metadata == {"k": value}
@@ -435,7 +443,9 @@ def test_a_supplied_aware_datetime_is_honoured_in_utc(when):
     assert datetime.fromisoformat(stamp) == when
 
 
-@pytest.mark.parametrize("text", ["2026-11-26T04:44:12.123456+00:00", "2026-11-26T06:44:12+02:00", "2026-11-26T04:44:12Z"])
+@pytest.mark.parametrize(
+    "text", ["2026-11-26T04:44:12.123456+00:00", "2026-11-26T06:44:12+02:00", "2026-11-26T04:44:12Z"]
+)
 def test_a_supplied_iso_string_with_offset_is_sent_in_utc(text):
     stamp = Event.custom(inference_timestamp=text).inference_timestamp
     assert stamp.endswith("+00:00")

@@ -645,7 +645,7 @@ def _child_closes_its_copy(writer: EventWriter, results: Any) -> None:
         result = writer.submit(quality_check("child"), FRAME).result(TIMEOUT)
         writer.close(1)
         results.put((has_spool, result.error_status, result.message.endswith(SPOOLED)))
-    except BaseException as exc:  # report, do not hang the parent
+    except BaseException as exc:  # noqa: BLE001 - report it, do not hang the parent
         results.put(("error", repr(exc)))
 
 

@@ -452,7 +452,14 @@ def test_lower_quality_is_smaller(make_frame):
 
 @pytest.mark.parametrize(
     "shape, max_side",
-    [((300, 500, 3), 100), ((500, 300, 3), 100), ((300, 500, 3), 499), ((301, 97), 50), ((2, 500, 3), 10), ((40, 4000), 10)],
+    [
+        ((300, 500, 3), 100),
+        ((500, 300, 3), 100),
+        ((300, 500, 3), 499),
+        ((301, 97), 50),
+        ((2, 500, 3), 10),
+        ((40, 4000), 10),
+    ],
 )
 def test_max_side_downscales(shape, max_side):
     image = np.full(shape, 255, np.uint8)

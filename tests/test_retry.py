@@ -24,7 +24,9 @@ def ceiling(policy: RetryPolicy, attempt: int) -> float:
 # ---------------------------------------------------------------- backoff
 
 
-@pytest.mark.parametrize("policy", [RetryPolicy(), RetryPolicy(backoff_base=1.0, backoff_max=30.0), RetryPolicy(backoff_base=0.0)])
+@pytest.mark.parametrize(
+    "policy", [RetryPolicy(), RetryPolicy(backoff_base=1.0, backoff_max=30.0), RetryPolicy(backoff_base=0.0)]
+)
 def test_backoff_stays_within_full_jitter_bounds(policy):
     rng = random.Random(1234)
     for attempt in range(1, 13):
@@ -141,8 +143,21 @@ def test_decide_honours_retry_after_and_gives_up_when_the_deadline_comes_first()
     assert policy.decide(http(400), 1, remaining=10) == Decision(False, reason="not retryable")
 
 
-@pytest.mark.parametrize("status, blamed", [(301, True), (307, True), (401, True), (403, True), (404, True),
-                                            (405, True), (407, True), (400, False), (422, False), (503, False)])
+@pytest.mark.parametrize(
+    "status, blamed",
+    [
+        (301, True),
+        (307, True),
+        (401, True),
+        (403, True),
+        (404, True),
+        (405, True),
+        (407, True),
+        (400, False),
+        (422, False),
+        (503, False),
+    ],
+)
 def test_blames_sender_for_redirects_and_key_or_url_answers(status, blamed):
     assert RetryPolicy.blames_sender(http(status)) is blamed
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-
-import fastsend
 import pytest
 import supervision as sv
 from scripted_server import Reply, ScriptedServer
 
+import fastsend
 from fastsend import EventWriterSink
 
 pytestmark = pytest.mark.timeout(30)
@@ -139,7 +138,12 @@ ALL_SCHEMA_PARAMETERS = {
         ("inventory_count", {"location": "dock 4", "itemCount": 12, "itemType": "pallet", "externalId": "ext-9"}),
         (
             "safety_alert",
-            {"alertType": "no_helmet", "severity": "high", "description": "worker without helmet", "externalId": "ext-9"},
+            {
+                "alertType": "no_helmet",
+                "severity": "high",
+                "description": "worker without helmet",
+                "externalId": "ext-9",
+            },
         ),
         ("custom", {"value": "anything", "externalId": "ext-9"}),
     ],
@@ -206,8 +210,10 @@ def test_a_new_timeout_or_key_replaces_the_writer_and_keeps_its_spool_directory(
         (newest,) = sink._writers.values()
         assert newest is not old and newest.settings.request_timeout == 2.5 and newest.settings.api_key == "rotated"
         assert newest.settings.spool_dir == old.settings.spool_dir  # named by the URL alone
-        assert old.submit(fastsend.Event.custom(), np.zeros((4, 4, 3), np.uint8)).result(5).message.startswith(
-            "writer is closed"
+        assert (
+            old.submit(fastsend.Event.custom(), np.zeros((4, 4, 3), np.uint8))
+            .result(5)
+            .message.startswith("writer is closed")
         )
         assert server.requests[-1].headers.get("x-api-key") == "rotated"
     finally:

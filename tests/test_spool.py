@@ -391,7 +391,11 @@ def test_a_spooled_result_says_so_and_is_not_an_ordinary_failure(tmp_path):
     from scripted_server import unused_port
 
     with EventWriter(
-        f"http://127.0.0.1:{unused_port()}", spool_dir=str(tmp_path / "spool"), retries=0, deadline=2, request_timeout=0.3
+        f"http://127.0.0.1:{unused_port()}",
+        spool_dir=str(tmp_path / "spool"),
+        retries=0,
+        deadline=2,
+        request_timeout=0.3,
     ) as writer:
         result = writer.send(Event.custom(value="later"), np.zeros((8, 8, 3), np.uint8))
         assert result.error_status and result.spooled

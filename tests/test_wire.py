@@ -65,12 +65,23 @@ def test_body_with_nasty_text_everywhere_parses_to_the_expected_dict(jpeg_bytes,
         jpeg_bytes,
         input_image=input_frame,
         label=NASTY,
-        object_detections={"predictions": [{"x": 10.5, "y": 20, "width": 4, "height": 6, "confidence": 0.9, "class": NASTY}]},
+        object_detections={
+            "predictions": [{"x": 10.5, "y": 20, "width": 4, "height": 6, "confidence": 0.9, "class": NASTY}]
+        },
         classifications={"class_name": [NASTY, "plain"], "confidence": [0.75, 0.25]},
-        instance_segmentations=[{"x": 3, "y": 4, "width": 4.5, "height": 5.25, "confidence": 0.5, "class": NASTY, "points": points}],
+        instance_segmentations=[
+            {"x": 3, "y": 4, "width": 4.5, "height": 5.25, "confidence": 0.5, "class": NASTY, "points": points}
+        ],
         keypoint_detections=[
-            {"x": 8, "y": 9, "width": 2, "height": 2, "confidence": 0.125, "class": NASTY,
-             "keypoints": [{"x": 7.5, "y": 8.5, "class_id": 4}]}
+            {
+                "x": 8,
+                "y": 9,
+                "width": 2,
+                "height": 2,
+                "confidence": 0.125,
+                "class": NASTY,
+                "keypoints": [{"x": 7.5, "y": 8.5, "class_id": 4}],
+            }
         ],
     )
     expected = {
@@ -82,15 +93,31 @@ def test_body_with_nasty_text_everywhere_parses_to_the_expected_dict(jpeg_bytes,
                 "base64Image": b64(jpeg_bytes),
                 "inputBase64Image": b64(encode_jpeg(input_frame)),
                 "label": NASTY,
-                "objectDetections": [{"class": NASTY, "x": 10.5, "y": 20.0, "width": 4.0, "height": 6.0, "confidence": 0.9}],
+                "objectDetections": [
+                    {"class": NASTY, "x": 10.5, "y": 20.0, "width": 4.0, "height": 6.0, "confidence": 0.9}
+                ],
                 "classifications": [{"class": NASTY, "confidence": 0.75}, {"class": "plain", "confidence": 0.25}],
                 "instanceSegmentations": [
-                    {"class": NASTY, "x": 3.0, "y": 4.0, "width": 4.5, "height": 5.25, "confidence": 0.5,
-                     "points": [[1.0, 2.0], [5.5, 2.0], [3.0, 7.25]]}
+                    {
+                        "class": NASTY,
+                        "x": 3.0,
+                        "y": 4.0,
+                        "width": 4.5,
+                        "height": 5.25,
+                        "confidence": 0.5,
+                        "points": [[1.0, 2.0], [5.5, 2.0], [3.0, 7.25]],
+                    }
                 ],
                 "keypoints": [
-                    {"class": NASTY, "x": 8.0, "y": 9.0, "width": 2.0, "height": 2.0, "confidence": 0.125,
-                     "keypoints": [{"id": 4, "x": 7.5, "y": 8.5}]}
+                    {
+                        "class": NASTY,
+                        "x": 8.0,
+                        "y": 9.0,
+                        "width": 2.0,
+                        "height": 2.0,
+                        "confidence": 0.125,
+                        "keypoints": [{"id": 4, "x": 7.5, "y": 8.5}],
+                    }
                 ],
             }
         ],
@@ -113,7 +140,10 @@ def test_body_with_nasty_text_everywhere_parses_to_the_expected_dict(jpeg_bytes,
             {"location": NASTY, "itemCount": 3, "itemType": NASTY},
         ),
         (Event.custom(value=NASTY), {"value": NASTY}),
-        (Event.operator_feedback(related_event_id=NASTY, feedback="correct"), {"relatedEventId": NASTY, "feedback": "correct"}),
+        (
+            Event.operator_feedback(related_event_id=NASTY, feedback="correct"),
+            {"relatedEventId": NASTY, "feedback": "correct"},
+        ),
         (Event.safety_alert(), {}),
     ],
     ids=["quality_check", "inventory_count", "custom", "operator_feedback", "empty"],
@@ -180,7 +210,6 @@ def test_property_any_text_round_trips(text, label, name):
     assert body["custom_metadata"] == {"v": text}
     assert body["images"][0]["label"] == label
     assert body["images"][0]["classifications"] == [{"class": name, "confidence": 1.0}]
-
 
 
 # ---------------------------------------------------------------- images and chunks

@@ -147,7 +147,9 @@ def test_an_image_that_fails_to_encode_fails_its_event_once(server, make_writer,
     futures = [writer.submit(event(n), frame(32, 32, BLUE), input_image=frame(24, 40, RED)) for n in range(3)]
     ok = writer.submit(event("ok"), frame(16, 16, (90, 90, 90)), input_image=frame(16, 16, (60, 60, 60)))
     assert writer.flush(10) == 0
-    assert all(f.result().error_status and f"encoding failed: {failing} exploded" in f.result().message for f in futures)
+    assert all(
+        f.result().error_status and f"encoding failed: {failing} exploded" in f.result().message for f in futures
+    )
     assert ok.result().error_status is False
     stats = writer.stats()
     assert (stats["submitted"], stats["sent"], stats["failed_by_cause"]) == (4, 1, {"encode_error": 3})
@@ -245,7 +247,7 @@ def _send_from_child(writer: EventWriter, results) -> None:
         result = future.result(timeout=10)
         results.put((fresh, pending, result.error_status, result.event_id))
         writer.close(5)
-    except BaseException as exc:  # report, do not hang the parent
+    except BaseException as exc:  # noqa: BLE001 - report it, do not hang the parent
         results.put(("error", repr(exc)))
 
 
@@ -407,7 +409,7 @@ def test_an_argument_beats_the_environment(monkeypatch):
 
 
 def test_a_bad_argument_names_the_argument_and_an_unknown_one_is_refused():
-    with pytest.raises(ValidationError, match="max_in_flight.*'zero'"):
+    with pytest.raises(ValidationError, match=r"max_in_flight.*'zero'"):
         EventWriter("http://h:1", max_in_flight="zero")
     with pytest.raises(ValidationError, match="url"):
         EventWriter("localhost:8001")

@@ -261,6 +261,11 @@ class QuietAcceptErrors:
         if isinstance(error, OSError) and error.errno in _RESOURCE_ERRNOS and "accept" in context.get("message", ""):
             self._report.count("cannot accept connections: %s", error)
             return
+        if isinstance(error, (ValueError, OSError)) and "_start_serving" in repr(context.get("handle")):
+            # After an accept error asyncio retries accepting a second later, even if the server has
+            # closed its socket meanwhile (the service stopping): nothing is wrong then.
+            logger.debug("accept retry after the listening socket closed: %s", error)
+            return
         if self._previous is not None:
             self._previous(loop, context)
         else:

@@ -46,6 +46,8 @@ __all__ = ["DEFAULT_PORT", "ReferenceService", "ServiceConfig", "run", "serve"]
 logger = logging.getLogger("fastsend.server")
 
 DEFAULT_PORT = 8001
+# asyncio retries a paused accept() after 1 s; the quiet handler outlives the server by more.
+_ACCEPT_RETRY_GRACE_SECONDS = 2.0
 # In-flight requests get this long to finish when the service stops.
 _SHUTDOWN_TIMEOUT = 5.0
 _STARTUP_TIMEOUT = 30.0
@@ -142,7 +144,8 @@ async def _running(config: ServiceConfig) -> AsyncIterator[_Running]:
     finally:
         committer.close()
         store.close()
-        loop.set_exception_handler(previous_handler)
+        # The handler stays while the loop runs: asyncio may still retry a paused accept after the socket closed.
+        loop.call_later(_ACCEPT_RETRY_GRACE_SECONDS, loop.set_exception_handler, previous_handler)
 
 
 async def serve(config: ServiceConfig, *, on_started: Callable[[str], None] | None = None) -> None:
