@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from scripted_server import ScriptedServer
 
 from fastsend.config import SETTING_ENV_VARS
+from fastsend.server import ReferenceService
 
 FrameBuilder = Callable[..., np.ndarray]
 
@@ -47,3 +49,18 @@ def server():
     """A scripted loopback server (``tests/scripted_server.py``), stopped after the test."""
     with ScriptedServer() as running:
         yield running
+
+
+@pytest.fixture
+def make_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ReferenceService]]:
+    """``make_service(**options)``: a started in-process reference service, each stopped after the test."""
+    started: list[ReferenceService] = []
+
+    def make(**options: Any) -> ReferenceService:
+        running = ReferenceService(tmp_path_factory.mktemp("service"), **options).start()
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()

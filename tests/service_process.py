@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["REPO_ROOT", "TIMEOUT", "python_env", "start_service", "wait_until"]
+from fastsend.server import ReferenceService
+
+__all__ = ["REPO_ROOT", "TIMEOUT", "port_of", "python_env", "start_service", "wait_until"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 20.0
@@ -55,3 +57,8 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
             break
         time.sleep(interval)
     return bool(predicate())
+
+
+def port_of(service: ReferenceService) -> int:
+    """The port an in-process reference service listens on."""
+    return int(service.url.rsplit(":", 1)[1])

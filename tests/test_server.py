@@ -119,20 +119,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterable[ReferenceServi
         yield running
 
 
-@pytest.fixture
-def make_service(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Callable[..., ReferenceService]]:
-    started: list[ReferenceService] = []
-
-    def make(**options: Any) -> ReferenceService:
-        running = ReferenceService(tmp_path_factory.mktemp("service"), **options).start()
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
-
-
 # --- validation table ----------------------------------------------------------
 
 Mutation = Callable[[dict[str, Any]], None]

@@ -18,17 +18,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import simplejpeg
-from service_process import TIMEOUT, python_env
+from service_process import TIMEOUT, port_of, python_env
 
 from fastsend.events import ValidationError
-from fastsend.server import Faults, ReferenceService
+from fastsend.server import Faults
 from fastsend.server.options import add_service_arguments, config_from_arguments
 
 JPEG = simplejpeg.encode_jpeg(np.full((8, 8, 3), 90, np.uint8), quality=95, colorspace="BGR")
@@ -87,24 +86,6 @@ class Client:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def port_of(service: ReferenceService) -> int:
-    return int(service.url.rsplit(":", 1)[1])
-
-
-@pytest.fixture
-def make_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    started: list[ReferenceService] = []
-
-    def make(**options: Any) -> ReferenceService:
-        running = ReferenceService(tmp_path_factory.mktemp("service"), **options).start()
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
 
 
 def test_stalled_connections_are_closed_while_a_real_client_is_served(make_service: Any) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import simplejpeg
+from service_process import port_of
 
 from fastsend.server import ReferenceService
 from fastsend.server.committer import Committer
@@ -105,24 +106,6 @@ async def exchange(port: int, data: bytes) -> Answer:
         return await asyncio.wait_for(read_answer(reader), TIMEOUT)
     finally:
         writer.close()
-
-
-def port_of(service: ReferenceService) -> int:
-    return int(service.url.rsplit(":", 1)[1])
-
-
-@pytest.fixture
-def make_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    started: list[ReferenceService] = []
-
-    def make(**options: Any) -> ReferenceService:
-        running = ReferenceService(tmp_path_factory.mktemp("service"), **options).start()
-        started.append(running)
-        return running
-
-    yield make
-    for running in started:
-        running.stop()
 
 
 # --- 1. one bad request never fails its commit group -------------------------------
