@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from books import adds_up, close_within
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scripted_server import Reply, ScriptedServer, unused_port
@@ -50,11 +51,6 @@ DROP_REASONS = {
     "block": "queue_full_block_timeout",
     "spill": "queue_full_drop_oldest",  # with a spool: the oldest go to it instead
 }
-
-
-def adds_up(stats: dict[str, Any]) -> bool:
-    settled = stats["sent"] + stats["failed"] + stats["dropped"] + stats["spooled"] + stats["cancelled"]
-    return bool(stats["submitted"] == settled + stats["pending"])
 
 
 def event(external_id: object) -> Event:
@@ -309,16 +305,6 @@ def make_writer() -> Iterator[Any]:
     yield make
     for writer in made:
         writer.close(timeout=1)
-
-
-def close_within(writer: EventWriter, seconds: float, timeout: float | None = None) -> int:
-    """``writer.close(timeout)`` on another thread; fails the test if it has not returned in ``seconds``."""
-    returned: list[int] = []
-    closer = threading.Thread(target=lambda: returned.append(writer.close(timeout)), daemon=True)
-    closer.start()
-    closer.join(seconds)
-    assert not closer.is_alive(), f"close({timeout}) did not return within {seconds}s"
-    return returned[0]
 
 
 def test_a_cancelled_submit_gives_its_only_slot_back(server: ScriptedServer, make_writer: Any) -> None:

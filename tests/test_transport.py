@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trustme
+from books import adds_up, close_within
 from hostile_server import ENDLESS_SECONDS, ForwardProxy, Handler, RawRequest, RawServer, answer, trickle
 from scripted_server import Reply, ScriptedServer
 from service_process import python_env
@@ -52,21 +52,6 @@ PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 def event() -> Event:
     return Event.quality_check(result="pass", external_id="hostile")
-
-
-def adds_up(stats: dict[str, Any]) -> bool:
-    settled = stats["sent"] + stats["failed"] + stats["dropped"] + stats["spooled"] + stats["cancelled"]
-    return bool(stats["submitted"] == settled + stats["pending"])
-
-
-def close_within(writer: EventWriter, seconds: float, timeout: float | None = None) -> int:
-    """``writer.close(timeout)`` on another thread; fails the test if it has not returned in ``seconds``."""
-    returned: list[int] = []
-    closer = threading.Thread(target=lambda: returned.append(writer.close(timeout)), daemon=True)
-    closer.start()
-    closer.join(seconds)
-    assert not closer.is_alive(), f"close({timeout}) did not return within {seconds}s"
-    return returned[0]
 
 
 @pytest.fixture(autouse=True)
