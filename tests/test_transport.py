@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import select
 import socket
 import ssl
@@ -140,9 +141,11 @@ def test_malformed_answer_is_not_reported_as_an_http_status(make_writer: Any) ->
 
 
 def test_a_malformed_answers_message_is_one_bounded_line(make_writer: Any) -> None:
+    # aiohttp's parser refuses the line at once when it comes with the headers; when it comes in a later
+    # packet the attempt ends at its timeout instead. Either way the message is one bounded line.
     with RawServer(hostile("endless chunk size line")) as server:
         result = make_writer(server.base_url, retries=0).submit(event(), FRAME).result(timeout=REQUEST_TIMEOUT + SLACK)
-    assert result.error_status is True and "chunk size" in result.message.lower(), result.message
+    assert result.error_status is True and re.search("chunk size|timed out", result.message.lower()), result.message
     assert "\n" not in result.message and len(result.message) <= 600, (len(result.message), result.message[:200])
 
 
