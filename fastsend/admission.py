@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .jpeg import ImageSource, RawImage
+from .jpeg import RawImage
 from .ledger import Ticket
 from .results import Cause, QueueFullError
 from .wire import PreparedEvent, Request
@@ -33,16 +33,6 @@ class Job:
     request: Request | None = None
     holds_slot: bool = False
     queued: bool = False
-
-    @property
-    def images(self) -> tuple[ImageSource, ...]:
-        """The event's images, each once: no input when there is none or it is the output itself."""
-        prepared = self.prepared
-        if prepared is None:
-            return ()
-        if prepared.input is None or prepared.input is prepared.output:
-            return (prepared.output,)
-        return (prepared.output, prepared.input)
 
 
 def frame_bytes(prepared: PreparedEvent) -> int:

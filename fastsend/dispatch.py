@@ -29,7 +29,7 @@ from .drain import Drainer, Outbox, off_loop, settle_undelivered
 from .encoding import Encoders, release_frames
 from .jpeg import JpegOptions, RawImage
 from .ledger import Ledger, Ticket
-from .results import Cause, Outcome, Result, Settlement
+from .results import Cause, Outcome, Result
 from .retry import RetryPolicy
 from .transport import AiohttpTransport, Transport
 from .wire import PreparedEvent
@@ -303,9 +303,6 @@ class Dispatcher:
             self._drain_task.cancel()
             await asyncio.gather(self._drain_task, return_exceptions=True)
         await self.delivery.shutdown()
-
-    def settled(self, settlement: Settlement) -> int:
-        return self.ledger.settled_as(settlement)
 
     # ------------------------------------------------------------ fork
 

@@ -169,10 +169,6 @@ class Ledger:
         with self._lock:
             return self._pending
 
-    def settled_as(self, settlement: Settlement, key: str | None = None) -> int:
-        with self._lock:
-            return self._counts[settlement] if key is None else self._by_cause[settlement][key]
-
     def snapshot(self) -> dict[str, Any]:
         """Every counter, taken at one instant."""
         with self._lock:
