@@ -31,6 +31,7 @@ __all__ = [
     "JpegOptions",
     "RawImage",
     "check_image_file",
+    "downscale",
     "encode_jpeg",
     "jpeg_backend",
     "prepare_image",
@@ -180,8 +181,11 @@ def encode_jpeg(array: NDArray[Any], pixel_format: str = "BGR", quality: int = 9
     return encode(np.array(array, order="C"), pixel_format, quality, subsampling)
 
 
-def _downscale(array: NDArray[Any], max_side: int) -> NDArray[Any]:
-    # Box filter by the smallest integer factor that fits: predictable, no OpenCV needed.
+def downscale(array: NDArray[Any], max_side: int) -> NDArray[Any]:
+    """``array`` shrunk so that its longer side is at most ``max_side``.
+
+    A box filter by the smallest integer factor that fits: predictable, no OpenCV needed.
+    """
     height, width = array.shape[:2]
     factor = -(-max(height, width) // max_side)
     if factor <= 1:
@@ -200,7 +204,7 @@ def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
         return source.base64
     array = source.array
     if options.max_side is not None:
-        array = _downscale(array, options.max_side)
+        array = downscale(array, options.max_side)
     jpeg = encode_jpeg(array, source.pixel_format, options.quality, options.subsampling)
     return cast(bytes, pybase64.b64encode(jpeg))
 

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import simplejpeg
 
-from fastsend.jpeg import _downscale, encode_jpeg
+from fastsend.jpeg import downscale, encode_jpeg
 from fastsend.server.store import EventStore
 
 __all__ = ["THUMBNAIL_QUALITY", "THUMBNAIL_SIDE", "ThumbnailCache", "make_thumbnail"]
@@ -70,7 +70,7 @@ def make_thumbnail(data: bytes, content_type: str) -> bytes | None:
         return None
     if pixels is None:
         return None
-    return encode_jpeg(_downscale(pixels, THUMBNAIL_SIDE), "RGB", quality=THUMBNAIL_QUALITY)
+    return encode_jpeg(downscale(pixels, THUMBNAIL_SIDE), "RGB", quality=THUMBNAIL_QUALITY)
 
 
 def _decode_small(data: bytes, content_type: str) -> npt.NDArray[np.uint8] | None:
