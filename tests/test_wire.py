@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import threading
 import uuid
 from datetime import datetime
 
@@ -313,6 +315,41 @@ def test_every_event_gets_its_own_idempotency_key(jpeg_bytes):
     assert len(keys) == 20
     assert all(str(uuid.UUID(key)) == key and uuid.UUID(key).version == 4 for key in keys)
     assert all(uuid.UUID(key).variant == uuid.RFC_4122 for key in keys)
+
+
+def test_idempotency_keys_stay_unique_across_pool_refills_and_threads():
+    # 16 bytes a key from 4 KiB blocks: 2,000 keys on 4 threads cross a refill several times each.
+    keys: list[str] = []
+    lock = threading.Lock()
+
+    def make(count: int) -> None:
+        made = [wire.new_idempotency_key() for _ in range(count)]
+        with lock:
+            keys.extend(made)
+
+    workers = [threading.Thread(target=make, args=(500,)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert len(keys) == len(set(keys)) == 2000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_repeats_its_parents_next_keys():
+    wire.new_idempotency_key()  # the parent's pool now holds the next 255 keys' bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next keys, to the parent, then out at once
+        os.close(read)
+        os.write(write, ",".join(wire.new_idempotency_key() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+    parent = {wire.new_idempotency_key() for _ in range(10)}
+    assert len(child) == 10 and not child & parent
 
 
 # ---------------------------------------------------------------- URL, headers, Request
