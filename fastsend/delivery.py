@@ -156,6 +156,7 @@ class Delivery:
         self._wake_scheduled = False
         self._open = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unfinished: set[Job] = set()  # launched, not yet given to ``finished``
 
     async def on_loop_start(self) -> None:
         """Called on the loop thread when it starts: the transport is made there."""
@@ -184,6 +185,7 @@ class Delivery:
             self._wake_scheduled = False
         loop = asyncio.get_running_loop()
         for job in jobs:
+            self._unfinished.add(job)
             task = loop.create_task(self._run(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -191,16 +193,22 @@ class Delivery:
     async def _run(self, job: Job) -> None:
         try:
             if not self._ledger.start(job.ticket):
+                self._unfinished.discard(job)
                 self._withdrawn(job)
                 return
             outcome = await self.deliver(job)
         except asyncio.CancelledError:
-            await self._finished(job, Outcome(Cause.CLOSED, "writer closed while the event was being sent"))
+            await self._finish(job, Outcome(Cause.CLOSED, "writer closed while the event was being sent"))
             raise
         except Exception as exc:  # a bug here must still settle the event, loudly
             logger.exception("unexpected error while sending an event")
             outcome = Outcome(Cause.INTERNAL_ERROR, f"internal error: {exc!r}")
-        await self._finished(job, outcome)
+        await self._finish(job, outcome)
+
+    async def _finish(self, job: Job, outcome: Outcome) -> None:
+        if job in self._unfinished:
+            self._unfinished.discard(job)
+            await self._finished(job, outcome)
 
     async def deliver(self, job: Job) -> Outcome:
         """Attempt until delivered, refused, out of retries, or past the deadline."""
@@ -241,6 +249,9 @@ class Delivery:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A task cancelled before its first step never ran: its event is settled here.
+        for job in list(self._unfinished):
+            await self._finish(job, Outcome(Cause.CLOSED, "writer closed before the event could be sent"))
         if self.transport is not None:
             await self.transport.close()
 
