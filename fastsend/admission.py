@@ -36,8 +36,7 @@ class Job:
 
 
 def frame_bytes(prepared: PreparedEvent) -> int:
-    images = [prepared.output] if prepared.input in (None, prepared.output) else [prepared.output, prepared.input]
-    return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in images if s is not None)
+    return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in prepared.images)
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,9 +128,7 @@ class Dispatcher:
         ``encode_first`` (synchronous sends) encodes the images before queueing, so the
         caller's arrays are not read once this returns and need no snapshot.
         """
-        snapshots = [s for s in (prepared.output, prepared.input) if isinstance(s, RawImage) and s.recyclable]
-        if prepared.input is prepared.output:
-            snapshots = snapshots[:1]
+        snapshots = [s for s in prepared.images if isinstance(s, RawImage) and s.recyclable]
         ticket = self.ledger.open(sum(s.snapshot_seconds for s in snapshots), len(snapshots))
         if encode_first:
             try:

@@ -32,15 +32,9 @@ EncodeFinished = Callable[[Job, "Outcome | None"], None]
 _OUTPUT, _INPUT, _WHOLE = "output", "input", "whole"
 
 
-def _images(prepared: PreparedEvent) -> tuple[ImageSource, ...]:
-    if prepared.input is None or prepared.input is prepared.output:
-        return (prepared.output,)
-    return (prepared.output, prepared.input)
-
-
 def release_frames(prepared: PreparedEvent) -> None:
     """Give the event's snapshot buffers back to the frame pool."""
-    for source in _images(prepared):
+    for source in prepared.images:
         release_frame(source)
 
 

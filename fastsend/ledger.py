@@ -153,16 +153,14 @@ class Ledger:
             if now - self._reported_at < _WARN_INTERVAL_SECONDS:
                 return
             unreported, self._unreported, self._reported_at = self._unreported, Counter(), now
-        summary = ", ".join(f"{n} {reason}" for reason, n in sorted(unreported.items()))
-        logger.warning("events not delivered since the last report: %s (latest: %s)", summary, message)
+        logger.warning("events not delivered since the last report: %s (latest: %s)", _summary(unreported), message)
 
     def flush_warnings(self) -> None:
         """Log what the rate limit still holds back (at close)."""
         with self._lock:
             unreported, self._unreported = self._unreported, Counter()
         if unreported:
-            summary = ", ".join(f"{n} {reason}" for reason, n in sorted(unreported.items()))
-            logger.warning("events not delivered since the last report: %s", summary)
+            logger.warning("events not delivered since the last report: %s", _summary(unreported))
 
     @property
     def pending(self) -> int:
@@ -209,6 +207,10 @@ def _classify(result: Result, outcome: Outcome | Cause | None) -> tuple[str, Set
             raise ValueError("an error Result needs its cause")
         return "sent", Settlement.SENT
     return outcome.value, outcome.settlement
+
+
+def _summary(counts: Counter[str]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
 
 
 def _mean(total: float, count: int) -> float:

@@ -224,14 +224,16 @@ def _detail(body: bytes) -> str:
         text = str(text) if text is not None else body.decode("utf-8", "replace")
     except orjson.JSONDecodeError:
         text = body.decode("utf-8", "replace")
-    text = text.strip() or "(empty body)"
-    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
+    return _bounded(text.strip() or "(empty body)")
 
 
 def _one_line(text: str) -> str:
     """The first line of a library's message, bounded: parser errors quote the offending bytes at length."""
-    line = text.strip().split("\n", 1)[0].strip()
-    return line if len(line) <= _DETAIL_CHARS else line[:_DETAIL_CHARS] + "…"
+    return _bounded(text.strip().split("\n", 1)[0].strip())
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
 
 
 def _tls_message(url: str, error: BaseException) -> str:

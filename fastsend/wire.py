@@ -186,6 +186,13 @@ class PreparedEvent:
     input: ImageSource | None
     idempotency_key: str
 
+    @property
+    def images(self) -> tuple[ImageSource, ...]:
+        """The event's images, each once: no input when there is none or it is the output itself."""
+        if self.input is None or self.input is self.output:
+            return (self.output,)
+        return (self.output, self.input)
+
 
 def prepare_event(
     event: Event,
