@@ -138,18 +138,19 @@ class Poster:
     """
 
     def __init__(self, url: str, body: bytes, concurrency: int) -> None:
-        self.url = f"{url}/v2/events"
+        self.url = url
         self.body = body
         self.concurrency = concurrency
         self.loop = new_loop()
         self.pool: Any = self.loop.run_until_complete(self._open())
 
     async def _open(self) -> Any:
-        return AiohttpTransport(Settings.resolve(environ={}, max_connections=self.concurrency, connect_timeout=5.0))
+        settings = Settings.resolve(environ={}, url=self.url, max_connections=self.concurrency, connect_timeout=5.0)
+        return AiohttpTransport(settings)
 
     async def _post_one(self) -> int:
         """POST the body once; the answer's status."""
-        request = Request.of(self.url, {"Content-Type": "application/json"}, (self.body,))
+        request = Request.of("benchmark", (self.body,))
         outcome = await self.pool.post(request, 30.0)
         return outcome.status or 0
 
@@ -185,7 +186,7 @@ class AiohttpPoster(Poster):
         return aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"})
 
     async def _post_one(self) -> int:
-        async with self.pool.post(self.url, data=self.body) as response:
+        async with self.pool.post(f"{self.url}/v2/events", data=self.body) as response:
             await response.read()
             return response.status
 

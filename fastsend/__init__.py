@@ -12,9 +12,10 @@ from .block import build_block_request, prepare_block_event
 from .config import Settings
 from .events import Event, ValidationError
 from .jpeg import JpegOptions, encode_jpeg, jpeg_backend
+from .prepare import PreparedEvent, prepare_event, render_body
 from .results import Cause, QueueFullError, Result
 from .retry import RetryPolicy
-from .wire import PreparedEvent, Request, events_url, prepare_event, render_body
+from .wire import Endpoint, Post, Request, events_url
 from .writer import AsyncEventWriter, EventWriter, EventWriterSink
 
 __version__ = "0.1.0"
@@ -25,10 +26,12 @@ logging.getLogger("fastsend").addHandler(logging.NullHandler())
 __all__ = [
     "AsyncEventWriter",
     "Cause",
+    "Endpoint",
     "Event",
     "EventWriter",
     "EventWriterSink",
     "JpegOptions",
+    "Post",
     "PreparedEvent",
     "QueueFullError",
     "Request",

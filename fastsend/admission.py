@@ -2,41 +2,23 @@
 
 An event waits in the queue until one of ``max_in_flight`` slots is free; it then holds
 its slot while it is encoded, sent and backed off, and gives it back exactly once
-(``release``), whatever ends it.
+(``release``), whatever ends it. An event still queued at its deadline leaves the queue
+then, unsent (``expired``), so a deadline bounds the time queued too.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .jpeg import RawImage
+from .job import Job
 from .ledger import Ticket
 from .results import Cause, QueueFullError
-from .wire import PreparedEvent, Request
 
-__all__ = ["Admission", "Job", "Refusal"]
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """One event on its way: what the caller prepared, then the finished request."""
-
-    ticket: Ticket
-    prepared: PreparedEvent | None
-    url: str
-    deadline: float  # monotonic time after which it is given up
-    budget: float  # the seconds that deadline allowed, for messages
-    nbytes: int
-    request: Request | None = None
-    holds_slot: bool = False
-    queued: bool = False
-
-
-def frame_bytes(prepared: PreparedEvent) -> int:
-    return sum(s.array.nbytes if isinstance(s, RawImage) else len(s.base64) for s in prepared.images)
+__all__ = ["Admission", "Refusal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +31,8 @@ class Refusal:
 
 
 class Admission:
-    """The queue and the slots; ``start`` is called (outside the lock) for each job given a slot."""
+    """The queue and the slots; ``start`` is called (outside the lock) for each job given a slot,
+    ``expired`` (from a watcher thread) with the jobs whose deadline passed while they were queued."""
 
     def __init__(
         self,
@@ -60,6 +43,7 @@ class Admission:
         overflow: str,
         block_timeout: float,
         start: Callable[[Job], None],
+        expired: Callable[[list[Refusal]], None],
     ) -> None:
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
@@ -67,13 +51,17 @@ class Admission:
         self._overflow = overflow
         self._block_timeout = block_timeout
         self._start = start
+        self._expired = expired
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
+        self._deadlines = threading.Condition(self._lock)
         self._queue: deque[Job] = deque()
         self._queued_bytes = 0
         self._in_flight = 0
         self._closed = False  # no new events admitted; what is queued still moves on until close()
+        self._next_deadline = float("inf")  # no queued event is due before this
+        self._watcher: threading.Thread | None = None
 
     def admit(self, job: Job) -> list[Refusal]:
         """Queue ``job`` under the overflow policy; returns the events refused or pushed out, to settle.
@@ -90,8 +78,49 @@ class Admission:
             self._queue.append(job)
             self._queued_bytes += job.nbytes
             started = self._fill_slots()
+            if job.queued:
+                self._watch(job)
         self._start_all(started)
         return refused
+
+    # ------------------------------------------------------------ deadlines of queued events
+
+    def _watch(self, job: Job) -> None:
+        """``job`` waits for a slot: make sure the watcher wakes by its deadline (under the lock)."""
+        if job.deadline < self._next_deadline:
+            self._next_deadline = job.deadline
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch_deadlines, name="fastsend-deadlines", daemon=True)
+                self._watcher.start()
+            else:
+                self._deadlines.notify()
+
+    def _watch_deadlines(self) -> None:
+        with self._lock:
+            while not (self._closed and not self._queue):
+                now = time.monotonic()
+                due = [job for job in self._queue if job.deadline <= now]
+                if due:
+                    for job in due:
+                        self._remove(job)
+                    self._room.notify_all()
+                    self._notify_if_idle()
+                    refusals = [Refusal(job, Cause.DEADLINE, _expired_message(job)) for job in due]
+                    self._lock.release()
+                    try:
+                        self._expired(refusals)
+                    finally:
+                        self._lock.acquire()
+                    continue
+                self._next_deadline = min((job.deadline for job in self._queue), default=float("inf"))
+                wait = None if self._next_deadline == float("inf") else self._next_deadline - now
+                self._deadlines.wait(wait)
+            self._watcher = None
+
+    def _remove(self, job: Job) -> None:
+        self._queue.remove(job)
+        job.queued = False
+        self._queued_bytes -= job.nbytes
 
     def _make_room(self, job: Job, refused: list[Refusal]) -> bool:
         """Apply the overflow policy to a full queue; False if ``job`` itself is refused."""
@@ -159,9 +188,7 @@ class Admission:
         with self._lock:
             for job in self._queue:
                 if job.ticket is ticket:
-                    self._queue.remove(job)
-                    job.queued = False
-                    self._queued_bytes -= job.nbytes
+                    self._remove(job)
                     self._room.notify_all()
                     self._notify_if_idle()
                     return job
@@ -193,6 +220,7 @@ class Admission:
         with self._lock:
             self._closed = True
             self._room.notify_all()
+            self._deadlines.notify()
 
     def close(self) -> list[Job]:
         """Refuse new events, and take the queued ones out: returns them, to settle."""
@@ -204,6 +232,7 @@ class Admission:
             for job in leftovers:
                 job.queued = False
             self._room.notify_all()
+            self._deadlines.notify()
             self._notify_if_idle()
             return leftovers
 
@@ -214,3 +243,7 @@ class Admission:
     def state(self) -> dict[str, int]:
         with self._lock:
             return {"queued": len(self._queue), "queued_bytes": self._queued_bytes, "in_flight": self._in_flight}
+
+
+def _expired_message(job: Job) -> str:
+    return f"deadline of {job.budget:g}s passed while the event was queued (not sent)"

@@ -11,7 +11,8 @@ from typing import Any
 from .config import SETTING_ENV_VARS, Settings
 from .events import Event, ValidationError, unexpected_keyword_message
 from .jpeg import JpegOptions
-from .wire import PreparedEvent, Request, events_url, prepare_event, render_body, request_headers
+from .prepare import PreparedEvent, prepare_event, render_body
+from .wire import Endpoint, Post, Request, events_url
 
 __all__ = ["API_KEY_ENV", "BLOCK_SCHEMAS", "BlockEvent", "build_block_request", "prepare_block_event"]
 
@@ -112,8 +113,8 @@ def prepare_block_event(
     return BlockEvent(events_url(event_ingestion_url), prepared)
 
 
-def build_block_request(*, jpeg: JpegOptions | None = None, **params: Any) -> Request:
-    """The whole request for one block call, encoded on this thread.
+def build_block_request(*, jpeg: JpegOptions | None = None, **params: Any) -> Post:
+    """The whole request for one block call, encoded on this thread: URL, headers and body.
 
     ``fire_and_forget``, ``disable_sink`` and ``request_timeout`` concern the sender
     and are ignored here. The API key comes from ``EVENT_INGESTION_API_KEY``.
@@ -121,6 +122,5 @@ def build_block_request(*, jpeg: JpegOptions | None = None, **params: Any) -> Re
     for sender_only in ("fire_and_forget", "disable_sink", "request_timeout"):
         params.pop(sender_only, None)
     block_event = prepare_block_event(**params)
-    chunks = render_body(block_event.prepared, jpeg or JpegOptions())
-    headers = request_headers(block_event.prepared.idempotency_key, Settings.one("api_key"))
-    return Request.of(block_event.url, headers, chunks)
+    request = Request.of(block_event.prepared.idempotency_key, render_body(block_event.prepared, jpeg or JpegOptions()))
+    return Endpoint(block_event.url, Settings.one("api_key")).address(request)

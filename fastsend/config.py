@@ -7,6 +7,8 @@ value and what is accepted.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
@@ -15,7 +17,9 @@ from typing import Any
 from .events import ValidationError
 from .urls import check_base_url
 
-__all__ = ["OVERFLOW_POLICIES", "SETTING_ENV_VARS", "Settings"]
+__all__ = ["KNOWN_ENV_VARS", "OVERFLOW_POLICIES", "SETTING_ENV_VARS", "Settings", "warn_unknown_env"]
+
+logger = logging.getLogger("fastsend")
 
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block", "raise", "spill")
 LOOPS = ("auto", "uvloop", "asyncio")
@@ -214,6 +218,24 @@ class Settings:
     spool_max_bytes: int = _knob(
         "FASTSEND_SPOOL_MAX_BYTES", _number(int, low=1), 1024 * MiB, "bytes the spool may hold; oldest go first"
     )
+    retry_after_max: float = _knob(
+        "FASTSEND_RETRY_AFTER_MAX",
+        _number(float, low=0),
+        60.0,
+        "longest wait a Retry-After answer can impose, seconds (the spool drain above all)",
+    )
+    handle_sigterm: bool = _knob(
+        "FASTSEND_HANDLE_SIGTERM",
+        _flag,
+        True,
+        "with a spool, SIGTERM (default disposition) exits like SystemExit so pending events reach the spool",
+    )
+    max_writers: int = _knob(
+        "FASTSEND_MAX_WRITERS",
+        _number(int, low=1),
+        16,
+        "writers EventWriterSink and the Workflows block keep (one per URL); the least recently used is closed",
+    )
 
     @classmethod
     def resolve(cls, environ: Mapping[str, str] | None = None, **arguments: Any) -> Settings:
@@ -273,3 +295,25 @@ def jpeg_backend_wanted(environ: Mapping[str, str] | None = None) -> str:
 
 _FIELDS: dict[str, Field[Any]] = {spec.name: spec for spec in fields(Settings)}
 SETTING_ENV_VARS: dict[str, str] = {spec.name: spec.metadata["env"] for spec in fields(Settings)}
+# Every FASTSEND_* variable fastsend reads: the writer's settings, the JPEG backend and the reference service's.
+KNOWN_ENV_VARS = frozenset({*SETTING_ENV_VARS.values(), JPEG_BACKEND_ENV, "FASTSEND_SERVE_API_KEY"})
+_ENV_PREFIX = "FASTSEND_"
+_warned_unknown: set[str] = set()
+
+
+def warn_unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Log a warning, once per process and name, for each ``FASTSEND_*`` variable fastsend does not read.
+
+    A misspelt variable is otherwise ignored without a word; the warning names the closest known one.
+    Returns the names warned about now.
+    """
+    environ = os.environ if environ is None else environ
+    unknown = sorted(name for name in environ if name.startswith(_ENV_PREFIX) and name not in KNOWN_ENV_VARS)
+    fresh = [name for name in unknown if name not in _warned_unknown]
+    for name in fresh:
+        _warned_unknown.add(name)
+        close = difflib.get_close_matches(name, sorted(KNOWN_ENV_VARS), n=3, cutoff=0.6)
+        known = ", ".join(sorted(KNOWN_ENV_VARS))
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; fastsend reads {known}"
+        logger.warning("environment variable %s is not a fastsend setting and is ignored%s", name, hint)
+    return fresh

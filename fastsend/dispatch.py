@@ -22,25 +22,26 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from .admission import Admission, Job, Refusal, frame_bytes
+from .admission import Admission, Refusal
 from .config import Settings
-from .delivery import Delivery, LoopThread
+from .delivery import Delivery
 from .drain import Drainer, Outbox, off_loop, settle_undelivered
-from .encoding import Encoders, release_frames
-from .jpeg import JpegOptions, RawImage
+from .encoding import Encoders
+from .job import Job
+from .jpeg import JpegOptions
 from .ledger import Ledger, Ticket
+from .loop import LoopThread
+from .prepare import PreparedEvent
 from .results import Cause, Outcome, Result
 from .retry import RetryPolicy
 from .transport import AiohttpTransport, Transport
-from .wire import PreparedEvent
 
 __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("fastsend")
 
 _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-# How often drain() looks at the outbox while it waits for it to empty.
-_DRAIN_POLL_SECONDS = 0.05
+_CLOSED_UNSENT = "writer closed before the event could be sent"
 
 
 class Dispatcher:
@@ -53,15 +54,23 @@ class Dispatcher:
         transport: Callable[[Settings], Transport] = AiohttpTransport,
     ) -> None:
         self.settings = settings
-        self.policy = RetryPolicy(settings.retries, settings.backoff_base, settings.backoff_max, settings.deadline)
+        self.policy = RetryPolicy(
+            settings.retries,
+            settings.backoff_base,
+            settings.backoff_max,
+            settings.deadline,
+            settings.retry_after_max,
+            spooling=outbox is not None,
+        )
         self._jpeg = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
         self._make_transport = transport
         self._outbox = outbox
         self._build()
         _live_dispatchers.add(self)
         multiprocessing.util.register_after_fork(self, Dispatcher._flush_at_child_exit)
-        if outbox is not None and outbox.oldest() is not None:
-            self._ensure_started()  # what an earlier process left goes out without waiting for a submit
+        # Threads and the connection pool start now, off the caller's path: the first submit() costs what
+        # the others do, and what an earlier process spooled goes out without waiting for one.
+        self._ensure_started()
 
     def _build(self) -> None:
         """Fresh rooms: at construction, and in a forked child (the parent's threads did not come along)."""
@@ -80,8 +89,9 @@ class Dispatcher:
             overflow=settings.overflow,
             block_timeout=settings.block_timeout,
             start=self._start_encoding,
+            expired=self._settle_refused,
         )
-        self.encoders = Encoders(self._jpeg, settings.encode_threads, settings.api_key, self.ledger, self._encoded)
+        self.encoders = Encoders(self._jpeg, settings.encode_threads, self.ledger, self._encoded)
         self.loop = LoopThread(settings.loop)
         self.delivery = Delivery(
             self.loop,
@@ -91,44 +101,44 @@ class Dispatcher:
             self.ledger,
             finished=self._delivered,
             withdrawn=self.admission.release,
-            # With a spool, an unreachable service costs an event its slot at once, not its whole deadline.
-            give_up_early=lambda outcome: self._outbox is not None and outcome.cause is Cause.CONNECTION,
         )
         self.drainer: Drainer | None = None
         self._drain_task: asyncio.Task[None] | None = None
         if self._outbox is not None:
             self.drainer = Drainer(
-                self._outbox,
-                lambda: self.delivery.transport,
-                self.policy,
-                settings.request_timeout,
-                settings.api_key,
-                self.ledger,
+                self._outbox, lambda: self.delivery.transport, self.policy, settings.request_timeout, self.ledger
             )
 
     def _ensure_started(self) -> None:
+        """Start the loop thread and the encoders (at once; nothing here waits for them)."""
         with self._start_lock:
             if not self._started:
-                self.loop.start(self._on_loop_start)
                 self._started = True
+                self.encoders.start_workers()
+                self.loop.start(self._on_loop_start, self._loop_failed)
 
     async def _on_loop_start(self) -> None:
-        await self.delivery.on_loop_start()
         if self.drainer is not None:
-            assert self.loop.loop is not None
-            self._drain_task = self.loop.loop.create_task(self.drainer.run())
+            self._drain_task = asyncio.get_running_loop().create_task(self.drainer.run())
+        await self.delivery.on_loop_start()  # last: once it returns, hand-offs go to this loop
+
+    def _loop_failed(self, failure: BaseException) -> None:
+        logger.error("fastsend could not start its event loop: %s", failure)
+        for job in self.delivery.refuse():
+            self._encoded_unsendable(job)
+            self.admission.release(job)
 
     # ------------------------------------------------------------ caller side
 
     def submit(
-        self, prepared: PreparedEvent, url: str, *, deadline: float | None = None, encode_first: bool = False
+        self, prepared: PreparedEvent, *, deadline: float | None = None, encode_first: bool = False
     ) -> Future[Result]:
         """Queue a prepared event; returns at once with the Future of its ``Result``.
 
         ``encode_first`` (synchronous sends) encodes the images before queueing, so the
         caller's arrays are not read once this returns and need no snapshot.
         """
-        snapshots = [s for s in prepared.images if isinstance(s, RawImage) and s.recyclable]
+        snapshots = prepared.snapshots
         ticket = self.ledger.open(sum(s.snapshot_seconds for s in snapshots), len(snapshots))
         if encode_first:
             try:
@@ -137,9 +147,8 @@ class Dispatcher:
                 logger.warning("encoding failed: %s", exc)
                 self.ledger.settle(ticket, Result(True, "", f"encoding failed: {exc}"), Cause.ENCODE_ERROR)
                 return ticket.future
-        now = time.monotonic()
         budget = self.settings.deadline if deadline is None else deadline
-        job = Job(ticket, prepared, url, now + budget, budget, frame_bytes(prepared))
+        job = Job.of(ticket, prepared, time.monotonic() + budget, budget)
         if not self.admission.closed:
             self._ensure_started()
         refused = self.admission.admit(job)
@@ -152,21 +161,18 @@ class Dispatcher:
         spill = self.settings.overflow == "spill"
         for refusal in refused:
             outcome = Outcome(refusal.cause, refusal.message)
-            if spill and refusal.cause is Cause.QUEUE_FULL_DROP_OLDEST:
-                self._settle_undelivered(refusal.job, outcome)  # into the spool, on this thread
+            if refusal.cause is Cause.DEADLINE or (spill and refusal.cause is Cause.QUEUE_FULL_DROP_OLDEST):
+                self._settle_undelivered(refusal.job, outcome)  # into the spool (if any), on this thread
                 continue
-            if refusal.job.prepared is not None:
-                release_frames(refusal.job.prepared)
-                refusal.job.prepared = None
+            refusal.job.release_frames()
             if refusal.cause is not Cause.CLOSED:
                 self.ledger.warn_rate_limited(refusal.cause.value, 1, refusal.message)
             self.ledger.settle(refusal.job.ticket, Result(True, "", refusal.message), outcome)
 
     def _cancelled(self, ticket: Ticket) -> None:
         job = self.admission.withdraw(ticket)
-        if job is not None and job.prepared is not None:
-            release_frames(job.prepared)
-            job.prepared = None
+        if job is not None:
+            job.release_frames()
 
     # ------------------------------------------------------------ the stages' ends
 
@@ -186,16 +192,27 @@ class Dispatcher:
             elif self.delivery.hand_off(job):
                 return  # the loop owns it now, and its slot
             else:
-                self._count_closed_unsent()
-                self._settle_undelivered(job, Outcome(Cause.CLOSED, "writer closed before the event could be sent"))
+                self._encoded_unsendable(job)
         except Exception:
             logger.exception("unexpected error while settling an encoded event")
         self.admission.release(job)
+
+    def _encoded_unsendable(self, job: Job) -> None:
+        """An encoded job the loop will not take: it is closing, or it never started."""
+        failure = self.loop.failure
+        if failure is not None:
+            message = f"fastsend could not start its event loop: {failure}"
+            self.ledger.settle(job.ticket, Result(True, "", message), Outcome(Cause.INTERNAL_ERROR, message))
+            return
+        self._count_closed_unsent()
+        self._settle_undelivered(job, Outcome(Cause.CLOSED, _CLOSED_UNSENT))
 
     async def _delivered(self, job: Job, outcome: Outcome) -> None:
         try:
             if outcome.delivered:
                 self.ledger.settle(job.ticket, Result(False, outcome.event_id, outcome.message), outcome)
+                if self.drainer is not None:
+                    self.drainer.service_answered()
             else:
                 if outcome.cause is Cause.CLOSED:
                     self._count_closed_unsent()
@@ -226,6 +243,10 @@ class Dispatcher:
         if self.drainer is not None:
             self.loop.call_soon(self.drainer.wake)
 
+    def _nudge_drainer(self) -> None:
+        if self.drainer is not None:
+            self.loop.call_soon(self.drainer.nudge)
+
     # ------------------------------------------------------------ waiting and closing
 
     def flush(self, timeout: float | None = None) -> int:
@@ -243,12 +264,8 @@ class Dispatcher:
             return pending
         if len(outbox):
             self._ensure_started()
-            self._wake_drainer()
-        limit = None if timeout is None else started + timeout
-        while len(outbox) and (limit is None or time.monotonic() < limit):
-            time.sleep(
-                _DRAIN_POLL_SECONDS if limit is None else max(0.0, min(_DRAIN_POLL_SECONDS, limit - time.monotonic()))
-            )
+            self._nudge_drainer()  # a drainer backing off tries again now
+            outbox.wait_empty(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
         return self.ledger.pending + len(outbox)
 
     def snapshot(self) -> dict[str, Any]:
@@ -279,13 +296,17 @@ class Dispatcher:
         self.admission.refuse_new()  # what is submitted from now on is refused, not counted here
         self.flush(timeout)
         leftovers = self.admission.close()
-        closing = Outcome(Cause.CLOSED, "writer closed before the event could be sent")
+        closing = Outcome(Cause.CLOSED, _CLOSED_UNSENT)
         for job in leftovers:
             self._count_closed_unsent()
             self._settle_undelivered(job, closing)
-        if self.loop.running:
+        if self.loop.wait_ready(timeout=5.0) and self.loop.running:
             self.loop.run(self._shutdown_loop()).result()
             self.loop.stop()
+        else:
+            for job in self.delivery.refuse():  # handed over to a loop that never ran
+                self._encoded_unsendable(job)
+                self.admission.release(job)
         self.encoders.stop()  # they settle the events they still hold (hand-off is closed)
         if self._outbox is not None:
             self._outbox.close()

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
-from .admission import Job
+from .job import Job
 from .jpeg import EncodedImage, ImageSource, JpegOptions, RawImage, release_frame, to_base64
 from .ledger import Ledger
+from .prepare import PreparedEvent
 from .results import Cause, Outcome
-from .wire import PreparedEvent, Request, request_headers, splice
+from .wire import Request, splice
 
-__all__ = ["EncodeFinished", "Encoders", "release_frames"]
+__all__ = ["EncodeFinished", "Encoders"]
 
 logger = logging.getLogger("fastsend")
 
@@ -30,12 +31,6 @@ logger = logging.getLogger("fastsend")
 EncodeFinished = Callable[[Job, "Outcome | None"], None]
 
 _OUTPUT, _INPUT, _WHOLE = "output", "input", "whole"
-
-
-def release_frames(prepared: PreparedEvent) -> None:
-    """Give the event's snapshot buffers back to the frame pool."""
-    for source in prepared.images:
-        release_frame(source)
 
 
 def _two_raw_images(prepared: PreparedEvent) -> bool:
@@ -59,12 +54,9 @@ class _Halves:
 class Encoders:
     """A pool of encoder threads, plus the caller-side encoding of synchronous sends."""
 
-    def __init__(
-        self, options: JpegOptions, threads: int, api_key: str | None, ledger: Ledger, finished: EncodeFinished
-    ) -> None:
+    def __init__(self, options: JpegOptions, threads: int, ledger: Ledger, finished: EncodeFinished) -> None:
         self._options = options
         self._threads = threads
-        self._api_key = api_key
         self._ledger = ledger
         self._finished = finished
         self._tasks: queue.SimpleQueue[tuple[Job, str, _Halves | None] | None] = queue.SimpleQueue()
@@ -77,7 +69,6 @@ class Encoders:
 
     def start(self, job: Job) -> None:
         """Encode ``job`` on the encoder threads, then report it to ``finished``."""
-        self._ensure_workers()
         prepared = job.prepared
         assert prepared is not None
         if _two_raw_images(prepared):
@@ -87,7 +78,8 @@ class Encoders:
         else:
             self._tasks.put((job, _WHOLE, None))
 
-    def _ensure_workers(self) -> None:
+    def start_workers(self) -> None:
+        """Start the encoder threads (once; not after ``stop``)."""
         with self._lock:
             if self._workers or self._stopped:
                 return
@@ -112,8 +104,7 @@ class Encoders:
         prepared = job.prepared
         assert prepared is not None
         if job.ticket.settled:  # withdrawn while it waited
-            release_frames(prepared)
-            job.prepared = None
+            job.release_frames()
             return None
         try:
             self.build_request(job)
@@ -149,8 +140,8 @@ class Encoders:
                 return False
         if halves.error is None and not job.ticket.settled:
             assert halves.output is not None
-            job.request = self._request(job, splice(prepared.envelope, halves.output, halves.input))
-        job.prepared = None
+            job.request = Request.of(prepared.idempotency_key, splice(prepared.envelope, halves.output, halves.input))
+        job.prepared = None  # each half gave its own frame back
         return True
 
     def stop(self) -> None:
@@ -175,12 +166,10 @@ class Encoders:
         assert prepared is not None
         try:
             encoded = self._encode_here(prepared)
-            job.request = self._request(
-                job, splice(encoded.envelope, _b64(encoded.output), _b64_or_none(encoded.input))
-            )
+            chunks = splice(encoded.envelope, _b64(encoded.output), _b64_or_none(encoded.input))
+            job.request = Request.of(prepared.idempotency_key, chunks)
         finally:
-            release_frames(prepared)
-            job.prepared = None
+            job.release_frames()
 
     def encode_now(self, prepared: PreparedEvent) -> PreparedEvent:
         """``prepared`` with its raw images encoded before it is queued: the output on a helper
@@ -203,7 +192,7 @@ class Encoders:
                 raise
             return dataclasses.replace(prepared, output=pending.result(), input=encoded_input)
         finally:
-            release_frames(prepared)
+            prepared.release_frames()
 
     def _encode_here(self, prepared: PreparedEvent) -> PreparedEvent:
         output = self.encode_counted(prepared.output)
@@ -228,10 +217,6 @@ class Encoders:
             if self._sync_pool is None:
                 self._sync_pool = ThreadPoolExecutor(self._threads, thread_name_prefix="fastsend-sync-encode")
             return self._sync_pool
-
-    def _request(self, job: Job, chunks: list[bytes]) -> Request:
-        assert job.prepared is not None
-        return Request.of(job.url, request_headers(job.prepared.idempotency_key, self._api_key), chunks)
 
 
 def _b64(image: ImageSource | None) -> bytes:

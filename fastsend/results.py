@@ -36,6 +36,7 @@ class Cause(Enum):
     CONNECTION = "connection"
     TLS = "tls"
     INVALID_URL = "invalid_url"
+    INVALID_REQUEST = "invalid_request"
     BAD_RESPONSE = "bad_response"
     # The event's whole life.
     DEADLINE = "deadline"

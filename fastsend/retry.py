@@ -1,4 +1,5 @@
-"""When to try again, and how long to wait: one immutable policy that the sender asks and that never sends."""
+"""When to try again, how long to wait, and what may wait in the spool: one immutable policy that the
+sender asks and that never sends."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, AT_CAPACITY_S
 # not the event: a spooled entry is kept for a sender that is set up right.
 SENDER_MISCONFIGURED_STATUSES = frozenset({401, 403, 404, 405, 407}) | frozenset(range(300, 400))
 _RETRYABLE_CAUSES = frozenset({Cause.TIMEOUT, Cause.CONNECTION})
+# Causes an event may be spooled for: the service was away, slow or busy, or the writer ran out of time or room.
+_SPOOLABLE_CAUSES = frozenset(
+    {Cause.TIMEOUT, Cause.CONNECTION, Cause.DEADLINE, Cause.CLOSED, Cause.QUEUE_FULL_DROP_OLDEST}
+)
 # An attempt with less time than this left could only time out, and might still be applied.
 MIN_ATTEMPT_SECONDS = 0.05
 
@@ -48,16 +53,20 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped, honouring ``Retry-After``.
+    """Exponential backoff with full jitter, capped, honouring ``Retry-After`` up to ``retry_after_max``.
 
     ``retries`` counts attempts after the first; ``deadline`` (seconds from submit)
-    bounds the whole life of an event whatever the attempt count.
+    bounds the whole life of an event whatever the attempt count. ``spooling``: the
+    writer has a spool, so an unreachable service sends an event there at once
+    rather than holding its slot until the deadline.
     """
 
     retries: int = 4
     backoff_base: float = 0.2
     backoff_max: float = 5.0
     deadline: float = 30.0
+    retry_after_max: float = 60.0
+    spooling: bool = False
 
     @staticmethod
     def is_retryable(outcome: Outcome) -> bool:
@@ -73,10 +82,16 @@ class RetryPolicy:
             return outcome.status in SENDER_MISCONFIGURED_STATUSES
         return outcome.cause in (Cause.TLS, Cause.INVALID_URL)
 
+    def spoolable(self, outcome: Outcome) -> bool:
+        """Whether an event not delivered for ``outcome`` may wait in the spool (a rejection may not)."""
+        return outcome.cause in _SPOOLABLE_CAUSES or (outcome.cause is Cause.HTTP_STATUS and self.is_retryable(outcome))
+
     def decide(self, outcome: Outcome, attempt: int, remaining: float, rng: random.Random | None = None) -> Decision:
         """After failed attempt number ``attempt`` (1-based) with ``remaining`` seconds to the deadline."""
         if not self.is_retryable(outcome):
             return Decision(False, reason="not retryable")
+        if self.spooling and outcome.cause is Cause.CONNECTION:
+            return Decision(False, reason="the service is unreachable")
         if attempt > self.retries:
             return Decision(False, reason=f"gave up after {attempt} attempts")
         wait = self.backoff(attempt, outcome.retry_after, rng)
@@ -85,9 +100,9 @@ class RetryPolicy:
         return Decision(True, wait)
 
     def backoff(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based); ``Retry-After`` wins, capped by nothing."""
+        """Seconds to wait after failed attempt ``attempt`` (1-based); ``Retry-After`` wins, up to its cap."""
         if retry_after is not None:
-            return retry_after
+            return min(retry_after, self.retry_after_max)
         return (rng or random).uniform(0.0, self._ceiling(attempt))
 
     def _ceiling(self, attempt: int) -> float:

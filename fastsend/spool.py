@@ -7,11 +7,14 @@ than SQLite because entries are multi-megabyte bodies written once, read once
 and deleted: the file system is the right index, each write streams the body
 chunks without joining them, and a damaged entry is isolated to its own file.
 
-Entry layout: a magic line, one JSON header line (url, headers, size, crc32), the body.
-The CRC covers the url, headers and size as well as the body: a flipped bit in the
-header would otherwise send a damaged key or URL as if it were whole. Names are
-nanosecond stamps kept strictly increasing, so the oldest entry sorts first even
-when the wall clock steps back.
+Entry layout: a magic line, one JSON header line (idempotency_key, size, crc32), the body.
+An entry holds no URL and no API key: the writer that drains it sends it to its own
+endpoint with its own key, so nothing written into the directory can aim a key at another
+host. The CRC covers the key and size as well as the body: a flipped bit in the header
+would otherwise send a damaged key as if it were whole. Entries of the previous layout
+(``FASTSEND-SPOOL 2``, which also held a URL and headers) are read too: their
+``Idempotency-Key`` is kept, their URL ignored. Names are nanosecond stamps kept strictly
+increasing, so the oldest entry sorts first even when the wall clock steps back.
 An exclusive ``flock`` on ``.lock`` keeps two processes from sending the same entries.
 """
 
@@ -27,16 +30,18 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from .wire import Request
+from .wire import Request, check_idempotency_key
 
 __all__ = ["CorruptEntry", "Spool", "SpoolEntry", "SpoolLockedError"]
 
 logger = logging.getLogger("fastsend")
 
-_MAGIC = b"FASTSEND-SPOOL 2\n"
+_MAGIC = b"FASTSEND-SPOOL 3\n"
+_MAGIC_V2 = b"FASTSEND-SPOOL 2\n"
 # Room left free on the spool's file system, so a full disk evicts the oldest entries rather than
 # failing the newest: a tenth of the file system, at most this much.
 FREE_SPACE_MARGIN_BYTES = 64 * 1024 * 1024
@@ -83,6 +88,7 @@ class Spool:
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
         self._mutex = threading.Lock()
+        self._emptied = threading.Condition(self._mutex)
         self._stamp = 0  # of the newest entry: a new name is never older than it
         self.evicted = 0
         self.quarantined = 0
@@ -107,10 +113,8 @@ class Spool:
 
     def put(self, request: Request) -> bool:
         """Store ``request`` durably; False if it can never fit. Evicts the oldest to make room."""
-        # The API key is not written to disk: the sender that drains the entry adds its own.
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "x-api-key"}
-        crc = _checksum(request.url, headers, request.size, request.chunks)
-        header = orjson.dumps({"url": request.url, "headers": headers, "size": request.size, "crc32": crc})
+        crc = _checksum(request.idempotency_key, request.size, request.chunks)
+        header = orjson.dumps({"idempotency_key": request.idempotency_key, "size": request.size, "crc32": crc})
         entry_size = len(_MAGIC) + len(header) + 1 + request.size
         if entry_size > self.max_bytes:
             logger.error(
@@ -172,7 +176,7 @@ class Spool:
         while self._entries and self._total + self._reserved + incoming > capacity:
             oldest = min(self._entries)
             (self.directory / oldest).unlink(missing_ok=True)
-            self._total -= self._entries.pop(oldest)
+            self._drop(oldest)
             self.evicted += 1
             logger.warning("spool full (%d bytes): evicted the oldest event %s", self.max_bytes, oldest)
 
@@ -192,26 +196,37 @@ class Spool:
             name = min(self._entries)
             return SpoolEntry(name, self._entries[name])
 
+    def after(self, entry: SpoolEntry) -> SpoolEntry | None:
+        """The entry that comes next after ``entry`` in sending order, if any."""
+        with self._mutex:
+            name = min((name for name in self._entries if name > entry.name), default=None)
+            return None if name is None else SpoolEntry(name, self._entries[name])
+
     def load(self, entry: SpoolEntry) -> Request:
-        """The stored request; raises ``CorruptEntry`` if the file is damaged."""
+        """The stored request; raises ``CorruptEntry`` if the file is damaged or cannot become a request."""
         try:
             data = (self.directory / entry.name).read_bytes()
         except OSError as exc:
             raise CorruptEntry(f"{entry.name}: unreadable ({exc})") from None
-        if not data.startswith(_MAGIC):
+        magic = _MAGIC if data.startswith(_MAGIC) else _MAGIC_V2 if data.startswith(_MAGIC_V2) else None
+        if magic is None:
             raise CorruptEntry(f"{entry.name}: not a spool entry")
-        header_end = data.find(b"\n", len(_MAGIC))
+        header_end = data.find(b"\n", len(magic))
         try:
-            header = orjson.loads(data[len(_MAGIC) : header_end])
-            url, headers, size, crc = header["url"], header["headers"], header["size"], header["crc32"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            header = orjson.loads(data[len(magic) : header_end])
+            key, size, crc = _read_header(header, magic)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise CorruptEntry(f"{entry.name}: damaged header") from None
         body = data[header_end + 1 :]
-        if len(body) != size or _checksum(url, headers, size, [body]) != crc:
+        if len(body) != size or _header_checksum(header, magic, body) != crc:
             raise CorruptEntry(
                 f"{entry.name}: body is {len(body)} bytes, checksum mismatch or truncated (expected {size})"
             )
-        return Request(url, headers, [body], size)
+        try:
+            check_idempotency_key(key)
+        except ValueError as exc:
+            raise CorruptEntry(f"{entry.name}: cannot be sent: {exc}") from None
+        return Request(key, [body], size)
 
     def load_or_quarantine(self, entry: SpoolEntry) -> Request | None:
         """The stored request, or None after moving a damaged entry aside."""
@@ -222,13 +237,11 @@ class Spool:
             return None
 
     def remove(self, entry: SpoolEntry) -> None:
-        self._forget(entry)
-        (self.directory / entry.name).unlink(missing_ok=True)
-
-    def _forget(self, entry: SpoolEntry) -> None:
+        """A sent entry: its file is gone before anyone waiting for an empty spool is told."""
         with self._mutex:
             if entry.name in self._entries:
-                self._total -= self._entries.pop(entry.name)
+                (self.directory / entry.name).unlink(missing_ok=True)
+                self._drop(entry.name)
             elif not (self.directory / entry.name).exists():
                 # Evicted while it was being sent, then delivered all the same: not lost after all.
                 self.evicted -= 1
@@ -240,13 +253,24 @@ class Spool:
         with self._mutex:
             if entry.name not in self._entries:
                 return  # evicted while it was read or sent: gone, and counted as evicted
-            self._total -= self._entries.pop(entry.name)
+            self._drop(entry.name)
             self.quarantined += 1
         try:
             os.replace(self.directory / entry.name, target / entry.name)
         except OSError:
             pass
         logger.error("spool entry quarantined: %s", reason)
+
+    def _drop(self, name: str) -> None:
+        """Forget entry ``name`` (under the mutex); wake those waiting for an empty spool."""
+        self._total -= self._entries.pop(name)
+        if not self._entries:
+            self._emptied.notify_all()
+
+    def wait_empty(self, timeout: float | None) -> bool:
+        """Wait until no entry is left (sent, quarantined or evicted); False if some still are at ``timeout``."""
+        with self._mutex:
+            return self._emptied.wait_for(lambda: not self._entries, timeout)
 
     def __len__(self) -> int:
         with self._mutex:
@@ -272,8 +296,24 @@ class Spool:
             self._lock_file.close()
 
 
-def _checksum(url: str, headers: dict[str, str], size: int, chunks: Iterable[bytes]) -> int:
-    crc = zlib.crc32(orjson.dumps([url, headers, size]))
+def _checksum(idempotency_key: str, size: int, chunks: Iterable[bytes]) -> int:
+    crc = zlib.crc32(orjson.dumps([idempotency_key, size]))
     for chunk in chunks:
         crc = zlib.crc32(chunk, crc)
     return crc
+
+
+def _read_header(header: dict[str, Any], magic: bytes) -> tuple[Any, int, int]:
+    """The idempotency key, size and CRC of an entry's header, in either layout."""
+    if magic == _MAGIC:
+        return header["idempotency_key"], header["size"], header["crc32"]
+    keys = [value for name, value in header["headers"].items() if name.lower() == "idempotency-key"]
+    return (keys[0] if keys else None), header["size"], header["crc32"]
+
+
+def _header_checksum(header: dict[str, Any], magic: bytes, body: bytes) -> int:
+    if magic == _MAGIC:
+        return _checksum(header["idempotency_key"], header["size"], [body])
+    # The previous layout's CRC covered its URL and headers too.
+    crc = zlib.crc32(orjson.dumps([header["url"], header["headers"], header["size"]]))
+    return zlib.crc32(body, crc)

@@ -2,9 +2,10 @@
 
 ``Transport`` is what the dispatcher needs; ``AiohttpTransport`` is the production one (an
 aiohttp ``ClientSession`` over a keep-alive ``TCPConnector``, honouring ``HTTP_PROXY`` /
-``HTTPS_PROXY`` / ``NO_PROXY``), and tests inject fakes.
+``HTTPS_PROXY`` / ``NO_PROXY``), and tests inject fakes. The transport applies the writer's URL
+and API key to each request; requests themselves carry neither.
 
-The proxy of each URL is looked up once, through aiohttp's own reading of those variables,
+The proxy is looked up once, through aiohttp's own reading of those variables,
 rather than with ``trust_env=True``: that also reads ``~/.netrc`` on every request, on an
 executor thread, which cost more CPU than the rest of the request's own work here (and a
 netrc password has no business going to an ingestion service). Protocol parsing — framing, TLS,
@@ -27,7 +28,8 @@ from yarl import URL
 
 from .results import Cause, Outcome
 from .retry import AT_CAPACITY_STATUS, parse_retry_after
-from .wire import Request
+from .urls import events_url_of
+from .wire import Endpoint, Request
 
 __all__ = ["AiohttpTransport", "ChunksPayload", "Transport", "TransportOptions"]
 
@@ -48,6 +50,10 @@ class Transport(Protocol):
 class TransportOptions(Protocol):
     """The settings a transport reads (``fastsend.Settings`` has them all)."""
 
+    @property
+    def url(self) -> str: ...
+    @property
+    def api_key(self) -> str | None: ...
     @property
     def max_connections(self) -> int: ...
     @property
@@ -85,9 +91,13 @@ def ssl_context(options: TransportOptions) -> ssl.SSLContext | bool:
 
 
 class AiohttpTransport:
-    """POSTs over one pooled aiohttp session; create and use it on the loop thread."""
+    """POSTs to the writer's endpoint over one pooled aiohttp session; create and use it on the loop thread.
+
+    The one place where a request meets its URL and API key, for live sends and spool drains alike.
+    """
 
     def __init__(self, options: TransportOptions) -> None:
+        self.endpoint = Endpoint(events_url_of(options.url), options.api_key)
         self._connect_timeout = options.connect_timeout
         connector = aiohttp.TCPConnector(
             limit=options.max_connections,
@@ -95,7 +105,7 @@ class AiohttpTransport:
             ssl=ssl_context(options),
             ttl_dns_cache=300,
         )
-        self._routes: dict[str, tuple[URL, URL | None, str | None]] = {}
+        self._route: tuple[URL, URL | None, str | None] | None = None
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -106,14 +116,15 @@ class AiohttpTransport:
 
     async def post(self, request: Request, timeout: float) -> Outcome:
         per_attempt = aiohttp.ClientTimeout(total=timeout, sock_connect=min(self._connect_timeout, timeout))
+        target = self.endpoint.url
         try:
-            url, proxy, proxy_authorization = self._route(request.url)
-            headers, proxy_headers = request.headers, None
+            url, proxy, proxy_authorization = self._route or self._find_route()
+            headers, proxy_headers = self.endpoint.headers(request.idempotency_key), None
             if proxy_authorization is not None:  # the proxy's credentials, given in HTTP(S)_PROXY
                 if url.scheme == "https":  # on the CONNECT; a fresh dict, as aiohttp adds to it
                     proxy_headers = {"Proxy-Authorization": proxy_authorization}
                 else:  # on the request itself, which the proxy forwards
-                    headers = {**request.headers, "Proxy-Authorization": proxy_authorization}
+                    headers["Proxy-Authorization"] = proxy_authorization
             async with self._session.post(
                 url,
                 data=ChunksPayload(request.chunks, request.size),
@@ -123,40 +134,59 @@ class AiohttpTransport:
                 proxy=proxy,
                 proxy_headers=proxy_headers,
             ) as response:
-                body = await _read_bounded(response)
-                return classify(request, response.status, body, response.headers)
+                return await _answer(target, response, timeout)
         except asyncio.TimeoutError:
-            return Outcome(Cause.TIMEOUT, f"timed out after {timeout:g}s (the service may have applied it)")
+            return Outcome(Cause.TIMEOUT, f"timed out after {timeout:.3g}s (the service may have applied it)")
         except aiohttp.ClientConnectorCertificateError as exc:
-            return Outcome(Cause.TLS, _tls_message(request.url, exc.certificate_error))
+            return Outcome(Cause.TLS, _tls_message(target, exc.certificate_error))
         except aiohttp.ClientSSLError as exc:
-            return Outcome(Cause.TLS, _tls_message(request.url, exc))
+            return Outcome(Cause.TLS, _tls_message(target, exc))
         except aiohttp.InvalidURL as exc:
-            return Outcome(Cause.INVALID_URL, f"invalid URL {request.url!r}: {exc}; check the writer's url")
+            return Outcome(Cause.INVALID_URL, f"invalid URL {target!r}: {exc}; check the writer's url")
         except aiohttp.ClientHttpProxyError as exc:
             refusal = _one_line(f"{exc.status} {exc.message}")
             return Outcome(Cause.CONNECTION, f"the proxy refused the connection ({refusal})")
         except aiohttp.ClientResponseError as exc:  # raised by aiohttp's parser: no status was answered
             return Outcome(Cause.CONNECTION, f"malformed answer from the service: {_one_line(exc.message)}")
-        except aiohttp.ClientPayloadError as exc:
-            return Outcome(Cause.CONNECTION, f"the answer's body was cut off or malformed: {exc}")
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome(Cause.CONNECTION, f"connection error: {_describe(exc)}")
+        except ValueError as exc:  # aiohttp refused to build the request (a header value it cannot send)
+            return Outcome(Cause.INVALID_REQUEST, f"the request could not be sent: {_one_line(str(exc))}")
 
-    def _route(self, url: str) -> tuple[URL, URL | None, str | None]:
-        """``url`` parsed, and its proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``: once per URL."""
-        route = self._routes.get(url)
-        if route is None:
-            parsed = URL(url, encoded=True)  # checked and percent-encoded when the settings were built
-            try:
-                proxy, auth = get_env_proxy_for_url(parsed)
-            except LookupError:  # no proxy set for this scheme, or NO_PROXY names the host
-                proxy, auth = None, None
-            route = self._routes[url] = (parsed, proxy, auth.encode() if auth is not None else None)
-        return route
+    def _find_route(self) -> tuple[URL, URL | None, str | None]:
+        """The URL parsed, and its proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``: read on first use."""
+        parsed = URL(self.endpoint.url, encoded=True)  # checked and percent-encoded when the settings were built
+        try:
+            proxy, auth = get_env_proxy_for_url(parsed)
+        except LookupError:  # no proxy set for this scheme, or NO_PROXY names the host
+            proxy, auth = None, None
+        self._route = (parsed, proxy, auth.encode() if auth is not None else None)
+        return self._route
 
     async def close(self) -> None:
         await self._session.close()
+
+
+async def _answer(url: str, response: aiohttp.ClientResponse, timeout: float) -> Outcome:
+    """The outcome of an answered request, its body read within bounds.
+
+    Once a status has arrived, a body cut off or late is judged by that status: a 201 means the event
+    was stored whatever followed it, so it is never retried.
+    """
+    try:
+        body = await _read_bounded(response)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+        problem = f"timed out after {timeout:.3g}s" if isinstance(exc, asyncio.TimeoutError) else _describe(exc)
+        if response.status == 201:
+            return Outcome(
+                Cause.BAD_RESPONSE,
+                f"the service answered 201 but its body was cut off ({_one_line(problem)}; "
+                "the event was probably stored)",
+                status=201,
+            )
+        detail = f"(the body was cut off: {_one_line(problem)})".encode()
+        return classify(url, response.status, detail, response.headers)
+    return classify(url, response.status, body, response.headers)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
@@ -172,7 +202,7 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(parts)
 
 
-def classify(request: Request, status: int, body: bytes, headers: Mapping[str, str]) -> Outcome:
+def classify(url: str, status: int, body: bytes, headers: Mapping[str, str]) -> Outcome:
     """The ``Outcome`` of an answer: an id from a 201, or why not, with the service's ``detail``."""
     if status == 201:
         event_id = _event_id(body)
@@ -197,7 +227,7 @@ def classify(request: Request, status: int, body: bytes, headers: Mapping[str, s
             "as http://user:password@proxy:port)"
         )
     elif status == 404:
-        message = f"HTTP 404: {detail} (posted to {request.url}; is the writer's url the service's base URL?)"
+        message = f"HTTP 404: {detail} (posted to {url}; is the writer's url the service's base URL?)"
     elif 300 <= status < 400:
         message = f"HTTP {status} redirect to {headers.get('Location', '?')} (not followed: set the writer's url to it)"
     else:

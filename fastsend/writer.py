@@ -3,34 +3,69 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
+import functools
 import hashlib
+import inspect
 import logging
 import os
 import threading
-import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from . import shutdown
 from .block import prepare_block_event
-from .config import Settings
+from .config import Settings, jpeg_backend_wanted, warn_unknown_env
 from .dispatch import Dispatcher
-from .events import Event, ValidationError
+from .events import Event, ValidationError, unexpected_keyword_message
+from .jpeg import jpeg_backend
+from .prepare import PreparedEvent, prepare_event
 from .results import QueueFullError, Result
 from .spool import Spool
 from .urls import EVENTS_PATH
-from .wire import PreparedEvent, events_url, prepare_event
+from .wire import events_url
 
 logger = logging.getLogger("fastsend")
 
-__all__ = ["AsyncEventWriter", "EventWriter", "EventWriterSink", "QueueFullError", "Result"]
+__all__ = ["BACKGROUND_MESSAGE", "AsyncEventWriter", "EventWriter", "EventWriterSink", "QueueFullError", "Result"]
 
-# A synchronous send waits this much past its deadline before reporting the wait itself as failed.
-_SYNC_GRACE_SECONDS = 5.0
+# Past its deadline (which bounds its time queued and on the wire), a synchronous send waits this much longer
+# for its event to settle before withdrawing it.
+_SYNC_GRACE_SECONDS = 2.0
+# The Event Writer block's output in fire-and-forget mode.
+BACKGROUND_MESSAGE = "Event sent in background task"
 
-_open_writers: weakref.WeakSet[EventWriter] = weakref.WeakSet()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _suggest_keywords(known: list[str]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A misspelled keyword is a ``TypeError`` naming the method and the closest of ``known``."""
+
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except TypeError:
+                unknown = sorted(set(kwargs) - {"event", "image", *known})
+                if unknown:  # Python refused the call itself: say what was probably meant
+                    name = f"EventWriter.{method.__name__}()"
+                    raise TypeError(unexpected_keyword_message(name, unknown[0], known)) from None
+                raise
+
+        return checked
+
+    return decorate
+
+
+def _keywords_of(function: Callable[..., Any]) -> list[str]:
+    return [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+_PREPARE_KEYWORDS = _keywords_of(prepare_event)
 
 
 class EventWriter:
@@ -42,7 +77,10 @@ class EventWriter:
     """
 
     def __init__(self, url: str | None = None, **settings: Any) -> None:
+        warn_unknown_env()
         self.settings = Settings.resolve(url=url, **settings)
+        jpeg_backend_wanted()  # FASTSEND_JPEG_BACKEND is checked now, not at the first event's encoding
+        jpeg_backend()
         self.url = events_url(self.settings.url)
         if self.settings.url.endswith(EVENTS_PATH):
             logger.warning(
@@ -58,7 +96,7 @@ class EventWriter:
             if outbox is not None:
                 outbox.close()
             raise
-        _open_writers.add(self)
+        shutdown.register(self, spooled=outbox is not None, handle_sigterm=self.settings.handle_sigterm)
 
     def __enter__(self) -> EventWriter:
         return self
@@ -66,6 +104,11 @@ class EventWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def exit_flush_timeout(self) -> float:
+        return self.settings.exit_flush_timeout
+
+    @_suggest_keywords([*_PREPARE_KEYWORDS, "deadline"])
     def submit(
         self,
         event: Event,
@@ -104,14 +147,18 @@ class EventWriter:
 
     def submit_prepared(self, prepared: PreparedEvent, *, deadline: float | None = None) -> Future[Result]:
         """Queue an event already validated by ``fastsend.prepare_event`` (or a block); its Future."""
-        return self._dispatcher.submit(prepared, self.url, deadline=deadline)
+        return self._dispatcher.submit(prepared, deadline=deadline)
 
+    @_suggest_keywords([*_PREPARE_KEYWORDS, "deadline"])
     def send(self, event: Event, image: Any, **options: Any) -> Result:
         """Send and wait: the ``Result`` carries the ``event_id`` from the service's 201.
 
         Returns within ``deadline`` seconds (default ``Settings.deadline``) plus the time
         to encode the images; the two images are encoded in parallel, before ``send``
         queues the event, so your arrays are not copied (``copy`` defaults to False here).
+        The deadline covers the time queued too: an event still queued at its deadline is
+        never sent, and one on the wire is reported as it ends (spooled, or "may have been
+        stored" after a timeout) — never failed first and delivered later.
         """
         _refuse_inside_event_loop("send")
         deadline = options.pop("deadline", None)
@@ -122,11 +169,8 @@ class EventWriter:
     def send_prepared(self, prepared: PreparedEvent, *, deadline: float | None = None) -> Result:
         """Send an already prepared event and wait for its ``Result`` (images encoded before queueing)."""
         deadline = self.settings.deadline if deadline is None else deadline
-        future = self._dispatcher.submit(prepared, self.url, deadline=deadline, encode_first=True)
-        try:
-            return future.result(timeout=deadline + _SYNC_GRACE_SECONDS)
-        except FutureTimeout:
-            return Result(True, "", f"no outcome within {deadline + _SYNC_GRACE_SECONDS:g}s")
+        future = self._dispatcher.submit(prepared, deadline=deadline, encode_first=True)
+        return _wait_settled(future, deadline, self.settings.request_timeout)
 
     def send_batch(self, items: Iterable[Mapping[str, Any]]) -> list[Result]:
         """Send many events concurrently; their Results in input order.
@@ -147,8 +191,10 @@ class EventWriter:
 
     def close(self, timeout: float | None = None) -> int:
         """Flush for up to ``timeout`` seconds, then stop. Returns how many events were left unsent."""
-        _open_writers.discard(self)
-        return self._dispatcher.close(timeout)
+        try:
+            return self._dispatcher.close(timeout)
+        finally:
+            shutdown.unregister(self)
 
     def stats(self) -> dict[str, Any]:
         """Counters (submitted, sent, failed, dropped by reason, retried, …), queue state and latencies."""
@@ -195,13 +241,15 @@ class AsyncEventWriter:
 class EventWriterSink:
     """Drop-in for the Event Writer workflow block: ``run(**block parameters)`` → its output dict.
 
-    One writer (and one connection pool) is kept per URL, so
-    calling ``run()`` once per frame reuses connections.
+    One writer (and one connection pool) is kept per URL, so calling ``run()`` once per
+    frame reuses connections; at most ``max_writers`` of them (``FASTSEND_MAX_WRITERS``):
+    the least recently used is closed, after a flush, when another URL needs one.
     """
 
     def __init__(self, **settings: Any) -> None:
         self._settings = settings
-        self._writers: dict[str, EventWriter] = {}
+        self._max_writers: int = Settings.one("max_writers", settings.get("max_writers"))
+        self._writers: OrderedDict[str, EventWriter] = OrderedDict()
         self._lock = threading.Lock()
 
     def run(
@@ -215,13 +263,39 @@ class EventWriterSink:
     ) -> dict[str, Any]:
         if disable_sink:
             return Result(False, "", "Sink was disabled by the disable_sink parameter").as_dict()
-        writer = self.writer_for(event_ingestion_url, Settings.one("api_key"), request_timeout)
+        result, _ = self.dispatch(
+            fire_and_forget=fire_and_forget,
+            request_timeout=request_timeout,
+            event_ingestion_url=event_ingestion_url,
+            **params,
+        )
+        return result.as_dict()
+
+    def dispatch(
+        self,
+        *,
+        fire_and_forget: bool = True,
+        request_timeout: float = 5.0,
+        event_ingestion_url: str | None = None,
+        **params: Any,
+    ) -> tuple[Result, Future[Result] | None]:
+        """The block's semantics: queue the event (its Future comes back too) or send it and wait.
+
+        A synchronous call returns within ``request_timeout`` plus the encoding time: its one
+        budget covers the time queued, every attempt and any retry. Raises ``ValidationError``
+        (or ``TypeError``, ``QueueFullError``) for what the caller must fix; a writer that cannot
+        be started (out of file descriptors or threads) is an error Result, not an exception.
+        """
+        try:
+            writer = self.writer_for(event_ingestion_url, Settings.one("api_key"), request_timeout)
+        except (OSError, RuntimeError) as exc:
+            logger.error("could not start a writer for %s: %s", event_ingestion_url, exc)
+            return Result(True, "", f"Event not sent: could not start a writer for its URL: {exc}"), None
         # A synchronous call encodes before it returns: the images need no snapshot.
         block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
         if fire_and_forget:
-            writer.submit_prepared(block_event.prepared)
-            return Result(False, "", "Event sent in the background").as_dict()
-        return writer.send_prepared(block_event.prepared).as_dict()
+            return Result(False, "", BACKGROUND_MESSAGE), writer.submit_prepared(block_event.prepared)
+        return writer.send_prepared(block_event.prepared, deadline=float(request_timeout)), None
 
     def writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
         """The writer for ``url``; a new API key or timeout replaces it (the old one flushes first, and
@@ -229,12 +303,17 @@ class EventWriterSink:
         target = writer_base_url(url)
         with self._lock:
             current = self._writers.get(target)
-            if current is not None and current.settings.api_key == api_key:
-                if current.settings.request_timeout == float(request_timeout):
-                    return current
             if current is not None:
-                current.close(current.settings.exit_flush_timeout)
+                if current.settings.api_key == api_key and current.settings.request_timeout == float(request_timeout):
+                    self._writers.move_to_end(target)
+                    return current
+                del self._writers[target]
+                current.close(current.settings.exit_flush_timeout)  # its spool directory is the new one's
+            while len(self._writers) >= self._max_writers:
+                _, oldest = self._writers.popitem(last=False)
+                _close_in_background(oldest)
             settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
+            settings.pop("max_writers", None)
             spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
             if spool_dir:  # one spool directory per URL: a directory has one owner at a time
                 settings["spool_dir"] = os.path.join(spool_dir, _writer_spool_name(target))
@@ -249,8 +328,28 @@ class EventWriterSink:
 
     def close(self, timeout: float | None = None) -> int:
         with self._lock:
-            writers, self._writers = list(self._writers.values()), {}
+            writers = list(self._writers.values())
+            self._writers.clear()
         return sum(writer.close(timeout) for writer in writers)
+
+
+def _close_in_background(writer: EventWriter) -> None:
+    """Close a writer no longer kept, flushing first, without holding up the caller."""
+    name = f"fastsend-close-{writer.settings.url}"
+    threading.Thread(target=writer.close, args=(writer.settings.exit_flush_timeout,), name=name).start()
+
+
+def _wait_settled(future: Future[Result], deadline: float, request_timeout: float) -> Result:
+    """The Result of a synchronous send, which settles by its deadline; a late one is withdrawn if it can be."""
+    try:
+        return future.result(timeout=deadline + _SYNC_GRACE_SECONDS)
+    except FutureTimeout:
+        if future.cancel():
+            return Result(True, "", f"no outcome within {deadline + _SYNC_GRACE_SECONDS:g}s: withdrawn, never sent")
+    try:  # on the wire now: its attempt ends by its own timeout
+        return future.result(timeout=request_timeout + _SYNC_GRACE_SECONDS)
+    except FutureTimeout:
+        return Result(True, "", "no outcome yet: the event is being sent and may still be stored")
 
 
 def _submit_each(submit: Callable[..., Any], items: Iterable[Mapping[str, Any]]) -> list[Any]:
@@ -282,10 +381,3 @@ def _refuse_inside_event_loop(method: str) -> None:
     raise RuntimeError(
         f"EventWriter.{method}() blocks and would stall the running event loop; use fastsend.AsyncEventWriter"
     )
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    # Bounded by exit_flush_timeout; close() logs how many were left unsent (or spooled).
-    for writer in list(_open_writers):
-        writer.close(writer.settings.exit_flush_timeout)

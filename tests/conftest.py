@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from scripted_server import ScriptedServer
 
+from fastsend import EventWriter
 from fastsend.config import SETTING_ENV_VARS
 from fastsend.server import ReferenceService
 
@@ -49,6 +52,45 @@ def server():
     """A scripted loopback server (``tests/scripted_server.py``), stopped after the test."""
     with ScriptedServer() as running:
         yield running
+
+
+@pytest.fixture
+def writer_defaults() -> dict[str, Any]:
+    """Settings every ``make_writer`` writer starts from; a test module overrides this fixture with its own."""
+    return {}
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    """Where a test's spool lives (not created: the spool makes it)."""
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def make_writer(writer_defaults: dict[str, Any]) -> Iterator[Callable[..., EventWriter]]:
+    """``make_writer(url, **settings)``: an ``EventWriter`` on ``writer_defaults`` plus ``settings``; closed after
+    the test. A setting given as ``None`` is unset (``spool_dir=None``: no spool)."""
+    made: list[EventWriter] = []
+
+    def make(url: str | None = None, **settings: Any) -> EventWriter:
+        writer = EventWriter(url, **{**writer_defaults, **settings})
+        made.append(writer)
+        return writer
+
+    yield make
+    for writer in made:
+        writer.close(timeout=1)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Subprocesses a test started; killed at teardown if still running."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(20)
 
 
 @pytest.fixture

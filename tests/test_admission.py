@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
-from fastsend.admission import Admission, Job
+from fastsend.admission import Admission, Refusal
+from fastsend.job import Job
 from fastsend.ledger import Ticket
 from fastsend.results import Cause, QueueFullError
 
@@ -18,10 +20,20 @@ pytestmark = pytest.mark.timeout(30)
 WAIT = 5.0
 
 
-def job(nbytes: int = 10) -> Job:
-    return Job(
-        Ticket(Future(), time.monotonic()), None, "http://127.0.0.1:9/v2/events", time.monotonic() + 60, 60, nbytes
-    )
+def job(nbytes: int = 10, budget: float = 60.0) -> Job:
+    return Job(Ticket(Future(), time.monotonic()), None, time.monotonic() + budget, budget, nbytes)
+
+
+class Expired:
+    """The ``expired`` callback: records the refusals of jobs whose deadline passed in the queue."""
+
+    def __init__(self) -> None:
+        self.refusals: list[Refusal] = []
+        self.arrived = threading.Event()
+
+    def __call__(self, refusals: list[Refusal]) -> None:
+        self.refusals.extend(refusals)
+        self.arrived.set()
 
 
 class Started:
@@ -34,7 +46,7 @@ class Started:
         self.jobs.append(job)
 
 
-def admission(started: Started, **overrides: Any) -> Admission:
+def admission(started: Callable[[Job], None], expired: Expired | None = None, **overrides: Any) -> Admission:
     options: dict[str, Any] = {
         "queue_size": 2,
         "queue_bytes": 1_000,
@@ -43,7 +55,7 @@ def admission(started: Started, **overrides: Any) -> Admission:
         "block_timeout": 0.05,
         **overrides,
     }
-    return Admission(start=started, **options)
+    return Admission(start=started, expired=expired or Expired(), **options)
 
 
 def test_jobs_get_slots_in_order_and_the_rest_wait_in_the_queue() -> None:
@@ -81,9 +93,7 @@ def test_start_is_called_outside_the_lock() -> None:
     def start(job: Job) -> None:
         seen.append(gate.state())  # takes the lock: this deadlocks if start runs under it
 
-    gate = Admission(
-        queue_size=2, queue_bytes=1_000, max_in_flight=1, overflow="drop_oldest", block_timeout=0.05, start=start
-    )
+    gate = admission(start)
     first, second = job(), job()
 
     def admit_both() -> None:
@@ -229,3 +239,30 @@ def test_withdrawing_a_queued_job_makes_room_for_a_blocked_admit() -> None:
     blocked.join(WAIT)
     assert not blocked.is_alive() and refused == []
     assert newest.queued and gate.state()["queued"] == 1
+
+
+def test_a_queued_job_leaves_the_queue_at_its_deadline_unsent() -> None:
+    started, expired = Started(), Expired()
+    gate = admission(started, expired, max_in_flight=1, queue_size=5)
+    holder, patient, hurried = job(), job(), job(budget=0.2)
+    for each in (holder, patient, hurried):
+        gate.admit(each)
+    assert started.jobs == [holder]
+    assert expired.arrived.wait(WAIT), "the job queued past its deadline was never expired"
+    assert [(r.job, r.cause) for r in expired.refusals] == [(hurried, Cause.DEADLINE)]
+    assert "passed while the event was queued" in expired.refusals[0].message
+    assert not hurried.queued and gate.state() == {"queued": 1, "queued_bytes": 10, "in_flight": 1}
+    gate.release(holder)
+    assert started.jobs == [holder, patient]  # the expired job never got a slot
+
+
+def test_an_earlier_deadline_queued_later_still_expires_first() -> None:
+    started, expired = Started(), Expired()
+    gate = admission(started, expired, max_in_flight=1, queue_size=5)
+    gate.admit(job())
+    slow, quick = job(budget=30.0), job(budget=0.2)
+    gate.admit(slow)  # the watcher now sleeps until the slow one's deadline
+    gate.admit(quick)
+    assert expired.arrived.wait(WAIT), "the watcher did not wake for the earlier deadline"
+    assert [r.job for r in expired.refusals] == [quick]
+    assert slow.queued

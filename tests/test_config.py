@@ -35,6 +35,9 @@ ENV_SAMPLES = {
     "spool_max_bytes": ("4096", 4096),
     "ca_file": (__file__, __file__),
     "tls_verify": ("0", False),
+    "retry_after_max": ("30", 30.0),
+    "handle_sigterm": ("off", False),
+    "max_writers": ("4", 4),
 }
 # For every field: an argument value different from both the default and the ENV_SAMPLES value.
 ARGUMENTS = {
@@ -62,6 +65,9 @@ ARGUMENTS = {
     "spool_max_bytes": 8192,
     "ca_file": dataclasses.__file__,
     "tls_verify": False,
+    "retry_after_max": 5.0,
+    "handle_sigterm": False,
+    "max_writers": 2,
 }
 DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Settings)}
 
@@ -229,3 +235,16 @@ def test_unknown_arguments_are_a_type_error():
 def test_settings_are_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings.resolve(environ={}).retries = 1  # type: ignore[misc]
+
+
+def test_unknown_fastsend_variables_are_warned_about_once_naming_the_closest(caplog):
+    from fastsend.config import warn_unknown_env
+
+    environ = {"FASTSEND_QUEUE_SIZ": "1", "FASTSEND_TIMEOUT": "1", "FASTSEND_URL": "http://h", "OTHER": "x"}
+    with caplog.at_level("WARNING", logger="fastsend"):
+        assert warn_unknown_env(environ) == ["FASTSEND_QUEUE_SIZ", "FASTSEND_TIMEOUT"]
+        assert warn_unknown_env(environ) == []  # once per process and name
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("FASTSEND_QUEUE_SIZ" in line and "did you mean FASTSEND_QUEUE_SIZE" in line for line in lines)
+    assert any("FASTSEND_TIMEOUT" in line and "FASTSEND_REQUEST_TIMEOUT" in line for line in lines)
+    assert len(lines) == 2

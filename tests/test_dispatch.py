@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from email.utils import formatdate
+from typing import Any
 
 import numpy as np
 import pybase64
@@ -20,7 +21,7 @@ import simplejpeg
 import supervision as sv
 from scripted_server import Reply, ScriptedServer, unused_port
 
-from fastsend import Event, EventWriter, QueueFullError, RetryPolicy
+from fastsend import Event, QueueFullError, RetryPolicy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,17 +42,8 @@ def external_ids(server: ScriptedServer) -> list[str]:
 
 
 @pytest.fixture
-def make_writer():
-    made: list[EventWriter] = []
-
-    def make(url: str, **settings: object) -> EventWriter:
-        writer = EventWriter(url, **{**FAST, **settings})
-        made.append(writer)
-        return writer
-
-    yield make
-    for writer in made:
-        writer.close(timeout=1)
+def writer_defaults() -> dict[str, Any]:
+    return FAST
 
 
 # ---------------------------------------------------------------- responses
@@ -395,10 +387,11 @@ def test_an_event_larger_than_queue_bytes_still_goes_alone(server, make_writer):
 def test_an_event_queued_past_its_deadline_is_given_up_unsent(server, make_writer):
     writer, first = held_writer(make_writer, server)
     late = writer.submit(event(1), frame(), deadline=0.2)
-    time.sleep(0.3)  # not a synchronization: its deadline passes while it waits behind the held event
+    result = late.result(timeout=10)  # settled at its deadline, while the first is still held on the wire
+    assert not first.done()
+    assert result.error_status is True and result.spooled is False
+    assert result.message == "deadline of 0.2s passed while the event was queued (not sent)"
     server.release()
-    result = late.result(timeout=10)
-    assert result.error_status is True and "deadline of 0.2s passed before attempt 1" in result.message
     assert first.result(timeout=10).error_status is False
     assert external_ids(server) == ["0"]
     assert writer.stats()["failed_by_cause"] == {"deadline": 1}
@@ -512,13 +505,50 @@ def test_stats_report_the_cpu_spent_snapshotting_and_encoding_per_image(server, 
 # ---------------------------------------------------------------- the loop thread
 
 
-def test_threads_start_lazily_and_the_default_loop_is_uvloop(server, make_writer):
+def test_threads_start_with_the_writer_and_the_default_loop_is_uvloop(server, make_writer):
     uvloop = pytest.importorskip("uvloop")
     writer = make_writer(server.base_url)
-    assert not any(thread.name == "fastsend-loop" for thread in threading.enumerate() if thread.is_alive())
-    assert writer.send(event(), frame()).error_status is False
+    assert writer._dispatcher.loop.wait_ready(timeout=10)  # started by the constructor: no event was submitted
     assert any(thread.name == "fastsend-loop" for thread in threading.enumerate())
+    assert any(thread.name.startswith("fastsend-encode-") for thread in threading.enumerate())
     assert isinstance(writer._dispatcher.loop.loop, uvloop.Loop)
+    assert writer.send(event(), frame()).error_status is False
+
+
+def test_submit_never_waits_for_the_loop_to_start(server, make_writer, monkeypatch):
+    import fastsend.loop
+
+    may_start = threading.Event()
+    real = fastsend.loop.new_event_loop
+
+    def slow_loop(kind):
+        may_start.wait(10)  # the loop thread is held here until the test lets it go
+        return real(kind)
+
+    monkeypatch.setattr(fastsend.loop, "new_event_loop", slow_loop)
+    writer = make_writer(server.base_url)
+    futures = [writer.submit(event(n), frame()) for n in range(3)]  # would hang here if submit waited
+    assert not writer._dispatcher.loop.wait_ready(timeout=0)
+    may_start.set()
+    assert [f.result(timeout=10).error_status for f in futures] == [False] * 3
+    assert sorted(external_ids(server)) == ["0", "1", "2"]
+
+
+def test_a_loop_that_cannot_start_fails_each_event_with_the_reason(server, make_writer, monkeypatch):
+    import fastsend.loop
+
+    def no_loop(kind):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(fastsend.loop, "new_event_loop", no_loop)
+    writer = make_writer(server.base_url)
+    results = [writer.submit(event(n), frame()).result(timeout=10) for n in range(2)]
+    for result in results:
+        assert result.error_status is True
+        assert result.message == "fastsend could not start its event loop: [Errno 24] Too many open files"
+    stats = writer.stats()
+    assert stats["failed_by_cause"] == {"internal_error": 2} and stats["pending"] == 0
+    assert server.requests == []
 
 
 @pytest.mark.parametrize("how", ["environment", "argument"])

@@ -64,35 +64,9 @@ DRAIN_SECONDS = 10.0
 
 
 @pytest.fixture
-def spool_dir(tmp_path: Path) -> Path:
-    return tmp_path / "spool"
-
-
-@pytest.fixture
-def make_writer(spool_dir: Path):
-    """``make_writer(url, **settings)``: TIGHT settings, the spool on unless ``spool_dir=None``; closed at teardown."""
-    made: list[EventWriter] = []
-
-    def make(url: str, **settings: Any) -> EventWriter:
-        settings = {**TIGHT, "spool_dir": str(spool_dir), **settings}
-        writer = EventWriter(url, **settings)
-        made.append(writer)
-        return writer
-
-    yield make
-    for writer in made:
-        writer.close(timeout=1)
-
-
-@pytest.fixture
-def processes():
-    """Subprocesses a test started; killed at teardown if still running."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(TIMEOUT)
+def writer_defaults(spool_dir: Path) -> dict[str, Any]:
+    """TIGHT settings, the spool on (``make_writer(url, spool_dir=None)`` turns it off)."""
+    return {**TIGHT, "spool_dir": str(spool_dir)}
 
 
 # ---------------------------------------------------------------- the books

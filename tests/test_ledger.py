@@ -14,7 +14,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +28,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scripted_server import Reply, ScriptedServer, unused_port
 
-from fastsend import Event, EventWriter, QueueFullError, Result
+from fastsend import Event, QueueFullError, Result
 from fastsend.config import Settings
 from fastsend.dispatch import Dispatcher
+from fastsend.prepare import prepare_event
 from fastsend.results import Cause, Outcome
 from fastsend.spool import Spool
-from fastsend.wire import Request, events_url, prepare_event
+from fastsend.wire import Request
 
 pytestmark = pytest.mark.timeout(120)
 
 FRAME = np.full((8, 8, 3), (40, 90, 200), np.uint8)
-URL = events_url("http://fake.invalid")
 # Bounds every wait in this module; nothing here should come near it.
 WAIT = 10.0
 OUTCOMES = ("delivered", "retried then delivered", "refused", "timeout")
@@ -221,7 +221,7 @@ def check_the_books(
             futures: dict[str, Future[Result]] = {}
             for i, plan in numbered:
                 try:
-                    future = dispatcher.submit(prepare_event(event(i), FRAME), URL)
+                    future = dispatcher.submit(prepare_event(event(i), FRAME))
                 except QueueFullError:
                     refused_at_submit.add(i)
                     continue
@@ -293,18 +293,8 @@ def check_the_books(
 
 
 @pytest.fixture
-def make_writer() -> Iterator[Any]:
-    made: list[EventWriter] = []
-
-    def make(url: str, **settings: Any) -> EventWriter:
-        options = {"backoff_base": 0.01, "backoff_max": 0.05, "request_timeout": 1.0, "connect_timeout": 0.5}
-        writer = EventWriter(url, **{**options, **settings})
-        made.append(writer)
-        return writer
-
-    yield make
-    for writer in made:
-        writer.close(timeout=1)
+def writer_defaults() -> dict[str, Any]:
+    return {"backoff_base": 0.01, "backoff_max": 0.05, "request_timeout": 1.0, "connect_timeout": 0.5}
 
 
 def test_a_cancelled_submit_gives_its_only_slot_back(server: ScriptedServer, make_writer: Any) -> None:

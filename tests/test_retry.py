@@ -64,8 +64,40 @@ def test_property_backoff_bounds(attempt, base, cap, seed):
 
 
 @pytest.mark.parametrize("retry_after", [0.0, 3.0, 120.0])
-def test_retry_after_is_honoured(retry_after):
-    assert RetryPolicy(backoff_max=1.0).backoff(1, retry_after, rng=random.Random(0)) == retry_after
+def test_retry_after_is_honoured_above_the_backoff_cap(retry_after):
+    policy = RetryPolicy(backoff_max=1.0, retry_after_max=600.0)
+    assert policy.backoff(1, retry_after, rng=random.Random(0)) == retry_after
+
+
+@pytest.mark.parametrize("retry_after, waited", [(59.0, 59.0), (60.0, 60.0), (86400.0, 60.0), (4.1e9, 60.0)])
+def test_retry_after_is_capped_by_retry_after_max(retry_after, waited):
+    assert RetryPolicy(retry_after_max=60.0).backoff(1, retry_after) == waited
+
+
+def test_with_a_spool_an_unreachable_service_gives_up_at_once_and_a_busy_one_is_retried():
+    unreachable = Outcome(Cause.CONNECTION, "connection error: refused")
+    busy = Outcome(Cause.HTTP_STATUS, "HTTP 503: busy", status=503)
+    spooling, plain = RetryPolicy(spooling=True), RetryPolicy()
+    assert spooling.decide(unreachable, 1, 30.0) == Decision(False, reason="the service is unreachable")
+    assert plain.decide(unreachable, 1, 30.0).retry
+    assert spooling.decide(busy, 1, 30.0).retry
+
+
+@pytest.mark.parametrize(
+    "outcome, spoolable",
+    [
+        (Outcome(Cause.TIMEOUT, "t"), True),
+        (Outcome(Cause.CONNECTION, "c"), True),
+        (Outcome(Cause.DEADLINE, "d"), True),
+        (Outcome(Cause.HTTP_STATUS, "503", status=503), True),
+        (Outcome(Cause.HTTP_STATUS, "422", status=422), False),
+        (Outcome(Cause.BAD_RESPONSE, "201 cut", status=201), False),
+        (Outcome(Cause.INVALID_REQUEST, "bad header"), False),
+        (Outcome(Cause.TLS, "tls"), False),
+    ],
+)
+def test_what_may_wait_in_the_spool(outcome, spoolable):
+    assert RetryPolicy().spoolable(outcome) is spoolable
 
 
 # ---------------------------------------------------------------- Retry-After

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import numpy as np
 import pytest
 import supervision as sv
@@ -76,9 +79,25 @@ def test_request_timeout_parameter_bounds_each_attempt(server):
     sink = EventWriterSink(retries=0)
     try:
         result = run(sink, server, fire_and_forget=False, request_timeout=0.3)
-        assert result["error_status"] is True and "timed out after 0.3s" in result["message"]
+        assert result["error_status"] is True
+        assert re.fullmatch(r"timed out after 0\.[23]\d*s \(the service may have applied it\).*", result["message"])
         (writer,) = sink._writers.values()
         assert writer.settings.request_timeout == 0.3
+    finally:
+        sink.close(timeout=1)
+
+
+@pytest.mark.parametrize("retries", [0, 4])
+def test_a_synchronous_run_returns_within_request_timeout_whatever_the_retries(server, retries):
+    # The block makes one attempt bounded by request_timeout; retries may only happen inside that budget.
+    server.script = Reply(delay=10)
+    sink = EventWriterSink(retries=retries, backoff_base=0.01, backoff_max=0.01)
+    try:
+        started = time.monotonic()
+        result = run(sink, server, fire_and_forget=False, request_timeout=1)
+        took = time.monotonic() - started
+        assert result["error_status"] is True and "timed out" in result["message"]
+        assert took < 2.5, f"a synchronous run took {took:.1f}s with request_timeout=1"
     finally:
         sink.close(timeout=1)
 

@@ -21,22 +21,19 @@ from service_process import wait_until
 from fastsend import Event, EventWriter
 from fastsend.config import SETTING_ENV_VARS
 from fastsend.jpeg import JpegOptions
+from fastsend.prepare import prepare_event, render_body
 from fastsend.server import ReferenceService
 from fastsend.spool import QUARANTINE_DIR, CorruptEntry, Spool, SpoolLockedError
-from fastsend.wire import Request, prepare_event, render_body
+from fastsend.wire import Request
 
 pytestmark = pytest.mark.timeout(30)
 
-URL = "http://127.0.0.1:9/v2/events"
 API_KEY = "s3cret-api-key-that-must-not-reach-the-disk"
 
 
-def request(number: int, body_bytes: int = 64, api_key: str | None = None) -> Request:
-    headers = {"Content-Type": "application/json", "Idempotency-Key": f"key-{number:04d}"}
-    if api_key:
-        headers["X-API-Key"] = api_key
+def request(number: int, body_bytes: int = 64) -> Request:
     filler = bytes(random.Random(number).choices(b"abcdefghijklmnopqrstuvwxyz", k=body_bytes))
-    return Request.of(URL, headers, [b'{"n":%d,"filler":"' % number, filler, b'"}'])
+    return Request.of(f"key-{number:04d}", [b'{"n":%d,"filler":"' % number, filler, b'"}'])
 
 
 def real_body() -> bytes:
@@ -49,7 +46,7 @@ def entry_files(directory: Path) -> list[Path]:
 
 
 def key_of(loaded: Request) -> str:
-    return loaded.headers["Idempotency-Key"]
+    return loaded.idempotency_key
 
 
 def drain_keys(spool: Spool) -> list[str]:
@@ -62,11 +59,6 @@ def drain_keys(spool: Spool) -> list[str]:
         keys.append(key_of(spool.load(entry)))
         spool.remove(entry)
     raise AssertionError("the spool never ran empty")
-
-
-@pytest.fixture
-def spool_dir(tmp_path: Path) -> Path:
-    return tmp_path / "spool"
 
 
 @pytest.fixture
@@ -86,14 +78,13 @@ def open_spool(spool_dir: Path):
 # ---------------------------------------------------------------- round trip, order, reopening
 
 
-def test_entry_round_trips_body_headers_and_url(open_spool):
+def test_entry_round_trips_its_body_and_idempotency_key(open_spool):
     spool = open_spool()
     original = request(1, body_bytes=5000)
     assert spool.put(original)
     entry = spool.oldest()
     loaded = spool.load(entry)
-    assert (loaded.url, loaded.size, loaded.body()) == (original.url, original.size, original.body())
-    assert dict(loaded.headers) == dict(original.headers)
+    assert (loaded.idempotency_key, loaded.size, loaded.body()) == ("key-0001", original.size, original.body())
     assert spool.stats() == {"spool_pending": 1, "spool_bytes": entry.size, "spool_evicted": 0, "quarantined": 0}
     assert entry.size == os.path.getsize(spool.directory / entry.name)
 
@@ -164,7 +155,7 @@ def test_entry_appears_only_complete(open_spool, spool_dir):
     spool = open_spool()
     spool.put(request(1))
     good = request(2)
-    broken = Request(good.url, good.headers, _FailingChunks(list(good.chunks)), good.size)
+    broken = Request(good.idempotency_key, _FailingChunks(list(good.chunks)), good.size)
     with pytest.raises(OSError):
         spool.put(broken)
     # No half entry is visible, none is counted, and the failed write leaves nothing behind.
@@ -214,7 +205,7 @@ def test_every_truncation_is_detected(open_spool):
 
 
 def test_every_single_bit_flip_is_detected(open_spool):
-    # Header included: a flipped URL, header or key must not be sent as if it were whole.
+    # Header included: a flipped key or size must not be sent as if it were whole.
     spool, path, whole = stored_entry(open_spool)
     entry = spool.oldest()
     undetected = []
@@ -344,14 +335,46 @@ def test_byte_count_is_right_after_reopening_a_full_spool(open_spool, spool_dir)
 # ---------------------------------------------------------------- secrets
 
 
-def test_api_key_is_not_written_to_disk(open_spool, spool_dir):
+def test_an_entry_holds_its_body_and_key_and_neither_url_nor_api_key(spool_dir):
+    from scripted_server import unused_port
+
+    down = f"http://127.0.0.1:{unused_port()}"
+    with EventWriter(down, api_key=API_KEY, spool_dir=str(spool_dir), retries=0, request_timeout=0.3) as writer:
+        assert writer.send(Event.custom(value="kept"), np.zeros((8, 8, 3), np.uint8)).spooled
+    (path,) = entry_files(spool_dir)
+    data = path.read_bytes()
+    assert API_KEY.encode() not in data and down.encode() not in data and b"127.0.0.1" not in data
+    header = orjson.loads(data.split(b"\n")[1])
+    assert set(header) == {"idempotency_key", "size", "crc32"}
+
+
+def previous_layout_entry(directory: Path, name: str, url: str, key: str, body: bytes) -> None:
+    """An entry as the previous spool layout wrote it: URL and headers in its header, under their CRC."""
+    import zlib
+
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    crc = zlib.crc32(body, zlib.crc32(orjson.dumps([url, headers, len(body)])))
+    header = orjson.dumps({"url": url, "headers": headers, "size": len(body), "crc32": crc})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_bytes(b"FASTSEND-SPOOL 2\n" + header + b"\n" + body)
+
+
+def test_entries_of_the_previous_layout_are_read_with_their_key_and_without_their_url(open_spool, spool_dir):
+    previous_layout_entry(spool_dir, "00000000000000000001.event", "http://elsewhere:1/v2/events", "old-1", b"{}")
     spool = open_spool()
-    assert spool.put(request(1, api_key=API_KEY))
-    for path in spool_dir.rglob("*"):
-        if path.is_file():
-            assert API_KEY.encode() not in path.read_bytes(), path
     loaded = spool.load(spool.oldest())
-    assert {name.lower() for name in loaded.headers} == {"content-type", "idempotency-key"}
+    assert (loaded.idempotency_key, loaded.body()) == ("old-1", b"{}")
+    assert not hasattr(loaded, "url")
+
+
+@pytest.mark.parametrize("key", ["bad\r\nX-Evil: yes", "", "x" * 300])
+def test_an_entry_whose_key_cannot_be_sent_is_refused_as_corrupt(open_spool, key):
+    spool = open_spool()
+    assert spool.put(Request.of(key, [b"{}"]))
+    with pytest.raises(CorruptEntry, match="cannot be sent"):
+        spool.load(spool.oldest())
+    assert spool.load_or_quarantine(spool.oldest()) is None
+    assert spool.stats()["quarantined"] == 1 and len(spool) == 0
 
 
 # ---------------------------------------------------------------- in front of a writer
@@ -361,11 +384,10 @@ def test_writer_quarantines_a_damaged_entry_and_delivers_the_rest(open_spool, sp
     for variable in SETTING_ENV_VARS.values():
         monkeypatch.delenv(variable, raising=False)
     with ReferenceService(tmp_path / "service") as service:
-        url = f"{service.url}/v2/events"
         spool = open_spool()
         body = real_body()  # the service validates what the drainer sends
-        spool.put(Request.of(url, {"Content-Type": "application/json", "Idempotency-Key": "good-1"}, [body]))
-        spool.put(Request.of(url, {"Content-Type": "application/json", "Idempotency-Key": "good-2"}, [body]))
+        spool.put(Request.of("good-1", [body]))
+        spool.put(Request.of("good-2", [body]))
         damaged = spool.directory / spool.oldest().name
         damaged.write_bytes(damaged.read_bytes()[:-3])
         spool.close()
@@ -405,10 +427,9 @@ def test_a_spooled_result_says_so_and_is_not_an_ordinary_failure(tmp_path):
 
 def test_a_drain_refused_for_its_key_keeps_the_entries_for_a_writer_with_the_right_one(open_spool, spool_dir, tmp_path):
     with ReferenceService(tmp_path / "service", api_key="right") as service:
-        url = f"{service.url}/v2/events"
         spool = open_spool()
         for key in ("kept-1", "kept-2"):
-            spool.put(Request.of(url, {"Content-Type": "application/json", "Idempotency-Key": key}, [real_body()]))
+            spool.put(Request.of(key, [real_body()]))
         spool.close()
 
         settings = {"spool_dir": str(spool_dir), "backoff_base": 0.02, "backoff_max": 0.1}

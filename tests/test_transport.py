@@ -64,17 +64,8 @@ def _no_proxy_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def make_writer() -> Iterator[Any]:
-    made: list[EventWriter] = []
-
-    def make(url: str, **settings: Any) -> EventWriter:
-        writer = EventWriter(url, **{**QUICK, **settings})
-        made.append(writer)
-        return writer
-
-    yield make
-    for writer in made:
-        writer.close(timeout=1)
+def writer_defaults() -> dict[str, Any]:
+    return QUICK
 
 
 # ---------------------------------------------------------------- hostile answers

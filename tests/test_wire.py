@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastsend.events as events
-import fastsend.wire as wire
+import fastsend.prepare as prepare
 from fastsend import Event, JpegOptions, Request, ValidationError, events_url, prepare_event, render_body
 from fastsend.jpeg import encode_jpeg
-from fastsend.wire import request_headers
+from fastsend.wire import Endpoint, check_idempotency_key, request_headers
 
 # Every kind of character JSON must escape or carry: quote, backslash, controls, non-ASCII, emoji.
 NASTY = 'q"uote \\back\\slash \\u0041 \x00\x01\x1f\x7f\n\r\t ünï 日本語 😀👍🏽 \u2028\u2029 </script>'
@@ -233,13 +233,13 @@ def test_rgb_frames_are_encoded_as_rgb(make_frame):
 @pytest.fixture
 def count_encodes(monkeypatch):
     calls = []
-    real = wire.to_base64
+    real = prepare.to_base64
 
     def counting(source, options):
         calls.append(source)
         return real(source, options)
 
-    monkeypatch.setattr(wire, "to_base64", counting)
+    monkeypatch.setattr(prepare, "to_base64", counting)
     return calls
 
 
@@ -323,7 +323,7 @@ def test_idempotency_keys_stay_unique_across_pool_refills_and_threads():
     lock = threading.Lock()
 
     def make(count: int) -> None:
-        made = [wire.new_idempotency_key() for _ in range(count)]
+        made = [prepare.new_idempotency_key() for _ in range(count)]
         with lock:
             keys.extend(made)
 
@@ -337,18 +337,18 @@ def test_idempotency_keys_stay_unique_across_pool_refills_and_threads():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_never_repeats_its_parents_next_keys():
-    wire.new_idempotency_key()  # the parent's pool now holds the next 255 keys' bytes
+    prepare.new_idempotency_key()  # the parent's pool now holds the next 255 keys' bytes
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its next keys, to the parent, then out at once
         os.close(read)
-        os.write(write, ",".join(wire.new_idempotency_key() for _ in range(10)).encode())
+        os.write(write, ",".join(prepare.new_idempotency_key() for _ in range(10)).encode())
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
         child = set(pipe.read().split(","))
     os.waitpid(pid, 0)
-    parent = {wire.new_idempotency_key() for _ in range(10)}
+    parent = {prepare.new_idempotency_key() for _ in range(10)}
     assert len(child) == 10 and not child & parent
 
 
@@ -393,7 +393,31 @@ def test_headers_without_an_api_key_have_no_x_api_key(api_key):
 def test_request_size_is_the_body_length(jpeg_bytes, make_frame):
     prepared = prepare_event(Event.custom(value=NASTY), jpeg_bytes, input_image=make_frame())
     chunks = render(prepared)
-    request = Request.of("http://h/v2/events", request_headers(prepared.idempotency_key), chunks)
+    request = Request.of(prepared.idempotency_key, chunks)
     assert request.body() == b"".join(chunks)
     assert request.size == len(request.body()) == sum(map(len, chunks))
     assert request.chunks is chunks
+
+
+def test_a_request_carries_no_url_and_no_key_the_endpoint_applies_both():
+    request = Request.of("key-1", [b"{}"])
+    assert {name for name in Request.__slots__} == {"idempotency_key", "chunks", "size"}
+    post = Endpoint("http://h/v2/events", "secret").address(request)
+    assert (post.url, post.body(), post.size) == ("http://h/v2/events", b"{}", 2)
+    assert post.headers == {"Content-Type": "application/json", "Idempotency-Key": "key-1", "X-API-Key": "secret"}
+    assert "X-API-Key" not in Endpoint("http://h/v2/events").address(request).headers
+
+
+@pytest.mark.parametrize("key", ["a", "x" * 255, "!~", "3f2b-uuid-like"])
+def test_idempotency_keys_the_contract_allows(key):
+    assert check_idempotency_key(key) == key
+
+
+@pytest.mark.parametrize(
+    "key, rule",
+    [("", "non-empty"), (None, "non-empty"), ("x" * 256, "longer than 255"), ("a\r\nX-Evil: 1", "printable ASCII"),
+     ("with space", "printable ASCII"), ("caf\u00e9", "printable ASCII")],
+)  # fmt: skip
+def test_idempotency_keys_the_contract_refuses(key, rule):
+    with pytest.raises(ValueError, match=rule):
+        check_idempotency_key(key)

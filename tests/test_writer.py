@@ -8,6 +8,7 @@ import asyncio
 import multiprocessing
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pybase64
@@ -39,17 +40,8 @@ def mean_bgr(b64: str) -> np.ndarray:
 
 
 @pytest.fixture
-def make_writer():
-    made: list[EventWriter] = []
-
-    def make(url: str | None = None, **settings: object) -> EventWriter:
-        writer = EventWriter(url, **{**FAST, **settings})
-        made.append(writer)
-        return writer
-
-    yield make
-    for writer in made:
-        writer.close(timeout=1)
+def writer_defaults() -> dict[str, Any]:
+    return FAST
 
 
 # ---------------------------------------------------------------- frame ownership
@@ -339,6 +331,9 @@ GOOD_VALUES = {
     "spool_max_bytes": ("2048", 2048),
     "ca_file": (__file__, __file__),
     "tls_verify": ("false", False),
+    "retry_after_max": ("5", 5.0),
+    "handle_sigterm": ("no", False),
+    "max_writers": ("3", 3),
 }
 
 # setting -> a value its variable must refuse (api_key and spool_dir take any string)
@@ -365,6 +360,9 @@ BAD_VALUES = {
     "spool_max_bytes": "0",
     "ca_file": "/no/such/ca.pem",
     "tls_verify": "maybe",
+    "retry_after_max": "-1",
+    "handle_sigterm": "sometimes",
+    "max_writers": "0",
 }
 
 

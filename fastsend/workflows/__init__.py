@@ -24,9 +24,17 @@ BLOCKS_SOURCE = "workflows_core"
 
 
 def load_blocks() -> list[type[Any]]:
-    """The plugin's blocks; called by inference's blocks loader, possibly many times."""
+    """The plugin's blocks; called by inference's blocks loader, possibly many times.
+
+    The loader runs in the main thread, unlike the block's steps: with a spool
+    (``FASTSEND_SPOOL_DIR``), this is where SIGTERM is made to exit gracefully.
+    """
+    from .. import shutdown
+    from ..config import Settings
     from .event_writer import FastsendEventWriterSinkBlockV1
 
+    if Settings.one("spool_dir") and Settings.one("handle_sigterm"):
+        shutdown.take_sigterm()
     return [FastsendEventWriterSinkBlockV1]
 
 

@@ -30,11 +30,9 @@ from inference.core.workflows.execution_engine.entities.types import (
 from inference.core.workflows.prototypes.block import WorkflowBlock, WorkflowBlockManifest
 from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
-from ..block import prepare_block_event
-from ..config import Settings
 from ..events import ValidationError
 from ..results import QueueFullError, Result
-from ..writer import EventWriter, EventWriterSink
+from ..writer import EventWriterSink
 from . import BLOCK_TYPE
 
 __all__ = ["BlockManifest", "FastsendEventWriterSinkBlockV1", "flush_shared_writers"]
@@ -273,26 +271,23 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
         if not self._take_cooldown_slot(max(float(cooldown_seconds or 0), 0.0)):
             return _outputs(Result(False, "", "Sink cooldown applies"), throttled=True)
         try:
-            writer = shared_writer(event_ingestion_url, Settings.one("api_key"), request_timeout)
-            # A synchronous call encodes before it returns; a queued one must not see later
-            # in-place edits of the frame (blocks may draw on numpy_image), so it is snapshotted.
-            block_event = prepare_block_event(
+            result, future = _SHARED.dispatch(
                 event_schema=event_schema,
                 output_image=output_image,
                 event_ingestion_url=event_ingestion_url,
-                copy=bool(fire_and_forget),
+                fire_and_forget=bool(fire_and_forget),
+                request_timeout=request_timeout,
                 **params,
             )
-            if not fire_and_forget:
-                return _outputs(writer.send_prepared(block_event.prepared))
-            future = writer.submit_prepared(block_event.prepared)
         except (ValidationError, TypeError, QueueFullError) as exc:
             self._log_failure("event not sent", exc)
             return _outputs(Result(True, "", f"Event not sent: {exc}"))
+        if future is None:
+            return _outputs(result)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._settled)
-        return _outputs(Result(False, "", "Event queued for background delivery"))
+        return _outputs(result)
 
     def _take_cooldown_slot(self, cooldown: float) -> bool:
         """Whether this call may send; if so, the cooldown restarts now (steps may run concurrently)."""
@@ -339,11 +334,6 @@ def _outputs(result: Result, *, throttled: bool = False) -> dict[str, Any]:
 
 # One writer per URL for the whole process, shared by every step and run (queue, encoders, pool, spool).
 _SHARED = EventWriterSink()
-
-
-def shared_writer(base_url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
-    """The process's writer for this URL (a new key or timeout replaces it); other settings from ``FASTSEND_*``."""
-    return _SHARED.writer_for(base_url, api_key, request_timeout)
 
 
 def flush_shared_writers(timeout: float | None = None) -> int:
