@@ -48,8 +48,10 @@ _MCU_SIZES = {"444": (8, 8), "422": (16, 8), "420": (16, 16), "440": (8, 16), "4
 # MCUs per segment, in order of preference; the first that divides the MCUs of a row is used, so that
 # no segment wraps to the next row. 4 costs ~1.4 % in size at 1080p; 1 always divides.
 _INTERVALS = (4, 5, 3, 6, 8, 2, 7, 1)
-#: Above this share of changed segments the output is encoded whole: reuse would not pay enough.
-MAX_CHANGED_SHARE = 0.6
+#: Above this share of changed segments both frames are encoded whole. The cost of a segment is
+#: about that of its coded bytes, and drawn ones are dense: with a label in each changed segment,
+#: reuse matched two encodes at ~45 % (BENCHMARKS.md, test_reuse_by_changed_share).
+MAX_CHANGED_SHARE = 0.4
 
 _SOS, _EOI, _SOF0, _DRI = 0xDA, 0xD9, 0xC0, 0xDD
 _TABLE_MARKERS = frozenset({0xDB, 0xC4})  # DQT, DHT
@@ -365,22 +367,38 @@ def _splice(layout: Layout, input_jpeg: bytes, patches: list[_Patch]) -> bytes |
     base = _cut(input_jpeg, layout.rows * layout.per_row)
     if base is None:
         return None
-    replacements: list[tuple[int, memoryview]] = []
+    runs: list[tuple[int, int, memoryview]] = []
     for patch in patches:
         scan = _cut(patch.jpeg, patch.cells)
         if scan is None or scan.tables != base.tables:
             return None
-        data = memoryview(patch.jpeg)
-        # A grid's empty cells come last: zip stops at the last segment carried.
-        for number, start, end in zip(patch.segments.tolist(), scan.starts.tolist(), scan.ends.tolist(), strict=False):
-            replacements.append((number, data[start:end]))
-    replacements.sort(key=lambda item: item[0])
-    source = memoryview(input_jpeg)
+        runs += _runs(patch, scan)
+    runs.sort(key=lambda run: run[0])
     starts, ends = base.starts.tolist(), base.ends.tolist()
+    source = memoryview(input_jpeg)
     pieces: list[memoryview] = []
-    kept_from = 0
-    for number, coded in replacements:
-        pieces += (source[kept_from : starts[number]], coded)
-        kept_from = ends[number]
+    kept_from = 0  # between two runs the input's bytes stay, its restart markers with them
+    for first, last, coded in runs:
+        pieces += (source[kept_from : starts[first]], coded)
+        kept_from = ends[last]
     pieces.append(source[kept_from:])
     return b"".join(pieces)
+
+
+def _runs(patch: _Patch, scan: _Scan) -> list[tuple[int, int, memoryview]]:
+    """A patch's segments as runs of consecutive segments of the frame: first, last, and their bytes.
+
+    Inside a run the patch's restart markers are renumbered as the frame's (the marker after
+    segment ``n`` is RST ``n mod 8``), so each run is one slice.
+    """
+    numbers, count = patch.segments, len(patch.segments)  # a grid's empty cells come last
+    buffer = bytearray(patch.jpeg)
+    np.frombuffer(buffer, np.uint8)[scan.ends[: count - 1] + 1] = 0xD0 + numbers[: count - 1] % 8
+    breaks = np.flatnonzero(np.diff(numbers) != 1) + 1
+    firsts, lasts = np.concatenate([[0], breaks]), np.concatenate([breaks - 1, [count - 1]])
+    begin, end = scan.starts[firsts].tolist(), scan.ends[lasts].tolist()
+    coded = memoryview(buffer)
+    return [
+        (first, last, coded[a:b])
+        for first, last, a, b in zip(numbers[firsts].tolist(), numbers[lasts].tolist(), begin, end, strict=True)
+    ]

@@ -235,12 +235,12 @@ def test_1080p_segments():
 
 
 def test_frames_of_different_sizes_or_formats_or_downscaled_are_not_paired():
-    original = scene(64, 64, seed=5)
+    original = scene(128, 192, seed=5)
     output = draw(original, [(5, 5, 20, 20, 2)])
     options = JpegOptions()
-    assert encode_pair(RawImage(output[:32], "BGR"), RawImage(original, "BGR"), options) is None
+    assert encode_pair(RawImage(output[:64], "BGR"), RawImage(original, "BGR"), options) is None
     assert encode_pair(RawImage(output, "RGB"), RawImage(original, "BGR"), options) is None
-    assert encode_pair(RawImage(output, "BGR"), RawImage(original, "BGR"), JpegOptions(max_side=32)) is None
+    assert encode_pair(RawImage(output, "BGR"), RawImage(original, "BGR"), JpegOptions(max_side=64)) is None
     assert encode_pair(RawImage(output, "BGR"), RawImage(original, "BGR"), options) is not None
 
 
