@@ -225,3 +225,51 @@ def test_reuse_by_changed_share(benchmark, capsys, share):
     ratio = medians["both-reuse"] / medians["both-two-encodes"]
     benchmark.extra_info.update(changed_segment_share=round(measured, 3), reuse_over_two_encodes=round(ratio, 3))
     _report(capsys, f"jpeg reuse 1080p, {measured:.0%} of segments changed", [f"reuse / two encodes: {ratio:.2f}"])
+
+
+def test_writer_cpu_per_event(benchmark, scenario, inputs, sink_url, capsys, monkeypatch):
+    """The whole process's CPU per event through an EventWriter to the sink (caller, encoders, transport):
+    output image only, both images as two encodes (reuse turned off), both images with reuse."""
+    import fastsend
+    import fastsend.encoding
+
+    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
+    n = 2 if benchmark.disabled else {"1080p": 8, "480p": 32}[scenario]
+    writer = fastsend.EventWriter(sink_url, overflow="block", block_timeout=60)
+    reuse_applies = fastsend.encoding.reuse_applies
+
+    def batch(input_image: Any, reuse: bool) -> Callable[[], None]:
+        def run() -> None:
+            monkeypatch.setattr(fastsend.encoding, "reuse_applies", reuse_applies if reuse else lambda *a: False)
+            for _ in range(n):
+                writer.submit(
+                    fastsend.Event.quality_check(result="fail"), out, input_image=input_image, object_detections=dets
+                )
+            assert writer.flush(timeout=120) == 0
+
+        return run
+
+    contenders = {
+        "output-only": batch(None, True),
+        "both-two-encodes": batch(inp, False),
+        "both-reuse": batch(inp, True),
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+
+    def rounds() -> None:
+        for index in range(2 if benchmark.disabled else 12):
+            order = list(contenders.items())
+            for name, run in order if index % 2 else reversed(order):
+                started = time.process_time()
+                run()
+                cpu[name].append((time.process_time() - started) / n)
+
+    try:
+        benchmark.pedantic(rounds, rounds=1, iterations=1)
+    finally:
+        writer.close(timeout=30)
+    medians = {name: statistics.median(seconds) for name, seconds in cpu.items()}
+    base = medians["output-only"]
+    benchmark.extra_info.update(process_cpu_ms_per_event={k: round(v * 1e3, 3) for k, v in medians.items()})
+    lines = [f"{name:<18}{seconds * 1e3:8.2f} ms  {seconds / base:.2f}×" for name, seconds in medians.items()]
+    _report(capsys, f"jpeg reuse {scenario}: process CPU per event through EventWriter", lines)

@@ -367,3 +367,18 @@ def test_a_writer_encodes_the_two_images_as_usual_when_reuse_does_not_pay(server
     writer = submit_pair(server, output, original, encode_threads=1)
     writer.close(timeout=5)
     assert received_jpegs(server) == (encode_jpeg(output), encode_jpeg(original))
+
+
+@pytest.mark.parametrize("view", ["crop", "flipped", "fortran"])
+def test_frames_that_are_views_of_other_arrays_pair_as_their_copies_do(view):
+    """With ``copy=False`` the encoder gets the caller's arrays as they are: crops, flips, other orders."""
+    big = scene(300, 420, seed=12)
+    drawn = draw(big, [(40, 50, 150, 100, 2), (200, 120, 90, 60, 1)])
+    pick = {
+        "crop": lambda frame: frame[7:250, 5:333],
+        "flipped": lambda frame: frame[::-1],
+        "fortran": np.asfortranarray,
+    }[view]
+    output, original = pick(drawn), pick(big)
+    assert not output.flags.c_contiguous
+    assert check_pair(output, original, "BGR", JpegOptions()) > 0
