@@ -12,6 +12,7 @@ from .block import build_block_request, prepare_block_event
 from .config import Settings
 from .events import Event, ValidationError
 from .jpeg import JpegOptions, encode_jpeg, jpeg_backend
+from .jpeg_pair import jpeg_reuse
 from .prepare import PreparedEvent, prepare_event, render_body
 from .results import Cause, QueueFullError, Result
 from .retry import RetryPolicy
@@ -45,6 +46,7 @@ __all__ = [
     "events_url",
     "instance_segmentations_to_wire",
     "jpeg_backend",
+    "jpeg_reuse",
     "keypoints_to_wire",
     "object_detections_to_wire",
     "prepare_block_event",

@@ -293,10 +293,23 @@ def jpeg_backend_wanted(environ: Mapping[str, str] | None = None) -> str:
     return wanted
 
 
+JPEG_REUSE_ENV = "FASTSEND_JPEG_REUSE"
+JPEG_REUSE_CHOICES = ("auto", "off")
+
+
+def jpeg_reuse_wanted(environ: Mapping[str, str] | None = None) -> str:
+    """Whether ``FASTSEND_JPEG_REUSE`` lets an output frame reuse its input's JPEG segments (default ``auto``)."""
+    raw = (os.environ if environ is None else environ).get(JPEG_REUSE_ENV, "")
+    wanted = raw.strip().lower() or "auto"
+    if wanted not in JPEG_REUSE_CHOICES:
+        raise ValidationError(JPEG_REUSE_ENV, raw, "must be " + ", ".join(JPEG_REUSE_CHOICES))
+    return wanted
+
+
 _FIELDS: dict[str, Field[Any]] = {spec.name: spec for spec in fields(Settings)}
 SETTING_ENV_VARS: dict[str, str] = {spec.name: spec.metadata["env"] for spec in fields(Settings)}
 # Every FASTSEND_* variable fastsend reads: the writer's settings, the JPEG backend and the reference service's.
-KNOWN_ENV_VARS = frozenset({*SETTING_ENV_VARS.values(), JPEG_BACKEND_ENV, "FASTSEND_SERVE_API_KEY"})
+KNOWN_ENV_VARS = frozenset({*SETTING_ENV_VARS.values(), JPEG_BACKEND_ENV, JPEG_REUSE_ENV, "FASTSEND_SERVE_API_KEY"})
 _ENV_PREFIX = "FASTSEND_"
 _warned_unknown: set[str] = set()
 

@@ -2,7 +2,9 @@
 
 Encoder threads take jobs that hold an in-flight slot. An event with two raw images
 (output and input) is encoded on two encoders at once; whichever finishes last splices
-the body. libjpeg-turbo releases the GIL, so the threads run in parallel.
+the body. libjpeg-turbo releases the GIL, so the threads run in parallel. When the two
+frames have one size and format, one encoder tries them as a pair first: the output's
+JPEG then reuses the input's unchanged segments (``jpeg_pair``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
+import pybase64
+
 from .job import Job
 from .jpeg import EncodedImage, ImageSource, JpegOptions, RawImage, release_frame, to_base64
+from .jpeg_pair import encode_pair, reuse_applies
 from .ledger import Ledger
 from .prepare import PreparedEvent
 from .results import Cause, Outcome
@@ -30,7 +35,7 @@ logger = logging.getLogger("fastsend")
 # Called once per job with None (its request is built, or its caller withdrew it) or why it failed.
 EncodeFinished = Callable[[Job, "Outcome | None"], None]
 
-_OUTPUT, _INPUT, _WHOLE = "output", "input", "whole"
+_OUTPUT, _INPUT, _WHOLE, _PAIR = "output", "input", "whole", "pair"
 
 
 def _two_raw_images(prepared: PreparedEvent) -> bool:
@@ -72,11 +77,18 @@ class Encoders:
         prepared = job.prepared
         assert prepared is not None
         if _two_raw_images(prepared):
-            halves = _Halves()
-            self._tasks.put((job, _OUTPUT, halves))
-            self._tasks.put((job, _INPUT, halves))
+            assert isinstance(prepared.output, RawImage) and isinstance(prepared.input, RawImage)
+            if reuse_applies(prepared.output, prepared.input, self._options):
+                self._tasks.put((job, _PAIR, None))
+            else:
+                self._split(job)
         else:
             self._tasks.put((job, _WHOLE, None))
+
+    def _split(self, job: Job) -> None:
+        halves = _Halves()
+        self._tasks.put((job, _OUTPUT, halves))
+        self._tasks.put((job, _INPUT, halves))
 
     def start_workers(self) -> None:
         """Start the encoder threads (once; not after ``stop``)."""
@@ -92,7 +104,9 @@ class Encoders:
         while (task := self._tasks.get()) is not None:
             job, part, halves = task
             try:
-                if halves is None:
+                if part == _PAIR:
+                    self._encode_pair(job)
+                elif halves is None:
                     self._finished(job, self._encode_whole(job))
                 elif self._encode_half(job, part, halves):
                     self._finished(job, halves.error)
@@ -112,6 +126,28 @@ class Encoders:
             logger.warning("encoding failed: %s", exc)
             return Outcome(Cause.ENCODE_ERROR, f"encoding failed: {exc}")
         return None
+
+    def _encode_pair(self, job: Job) -> None:
+        """Both images on this thread, the output reusing the input's segments; two halves if that would not pay."""
+        prepared = job.prepared
+        assert prepared is not None and isinstance(prepared.output, RawImage) and isinstance(prepared.input, RawImage)
+        if job.ticket.settled:  # withdrawn while it waited
+            self._finished(job, self._encode_whole(job))
+            return
+        started = time.thread_time()
+        try:
+            pair = encode_pair(prepared.output, prepared.input, self._options)
+        except Exception:  # reuse only saves time: the usual encoders have the last word
+            logger.warning("JPEG segment reuse failed; encoding both images as usual", exc_info=True)
+            pair = None
+        if pair is None:
+            self._split(job)
+            return
+        self._ledger.count_encode(time.thread_time() - started, images=2)
+        output, input = (pybase64.b64encode(jpeg) for jpeg in pair)
+        job.request = Request.of(prepared.idempotency_key, splice(prepared.envelope, output, input))
+        job.release_frames()
+        self._finished(job, None)
 
     def _encode_half(self, job: Job, part: str, halves: _Halves) -> bool:
         """Encode one of two images; True for the thread that finished the last one."""

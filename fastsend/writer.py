@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import shutdown
 from .block import prepare_block_event
-from .config import Settings, jpeg_backend_wanted, warn_unknown_env
+from .config import Settings, jpeg_backend_wanted, jpeg_reuse_wanted, warn_unknown_env
 from .dispatch import Dispatcher
 from .events import Event, ValidationError, unexpected_keyword_message
 from .jpeg import jpeg_backend
@@ -79,7 +79,8 @@ class EventWriter:
     def __init__(self, url: str | None = None, **settings: Any) -> None:
         warn_unknown_env()
         self.settings = Settings.resolve(url=url, **settings)
-        jpeg_backend_wanted()  # FASTSEND_JPEG_BACKEND is checked now, not at the first event's encoding
+        jpeg_backend_wanted()  # FASTSEND_JPEG_* are checked now, not at the first event's encoding
+        jpeg_reuse_wanted()
         jpeg_backend()
         self.url = events_url(self.settings.url)
         if self.settings.url.endswith(EVENTS_PATH):
