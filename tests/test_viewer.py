@@ -195,7 +195,8 @@ def test_thumbnail_of_an_unknown_event_is_404(service: ReferenceService, event_i
 def test_api_key_guards_the_viewer_api_but_not_the_page(tmp_path: Path) -> None:
     with ReferenceService(tmp_path, api_key="s3cret") as service:
         event_id = post_event(service.url, api_key="s3cret")
-        for path in ("/viewer/api/events", "/viewer/api/newest", f"/viewer/api/events/{event_id}/thumbnail"):
+        thumbnail = f"/viewer/api/events/{event_id}/thumbnail"
+        for path in ("/viewer/api/events", "/viewer/api/newest", "/viewer/api/timeline", thumbnail):
             assert requests.get(service.url + path, timeout=10).status_code == 401
             wrong = requests.get(service.url + path, headers={"X-API-Key": "guess"}, timeout=10)
             assert wrong.status_code == 401
@@ -530,7 +531,7 @@ def test_hostile_strings_stay_text(browser: Any, service: ReferenceService) -> N
         """return {
             pwned: window.__pwned ?? null,
             scripts: document.scripts.length,
-            injected: document.querySelectorAll('img[src="x"], svg, b, i').length,
+            injected: document.querySelectorAll('img[src="x"], svg:not(#timeline-chart), b, i').length,
             images: document.querySelectorAll('img:not(.thumb)').length,
         }"""
     )
@@ -543,6 +544,8 @@ def test_hostile_strings_stay_text(browser: Any, service: ReferenceService) -> N
 def test_new_events_appear_without_a_reload(browser: Any, service: ReferenceService) -> None:
     post_event(service.url, event_data={"result": "pass", "externalId": "before"})
     _open_page(browser, service.url, 1)
+    caption = browser.find_element("id", "timeline-caption")
+    wait_until(browser, lambda _: caption.text.startswith("1 event "), "the chart counts the first event")
     browser.execute_script("window.__samePage = true")
     browser.find_element("name", "q").send_keys("typed, not applied")  # the refresh keeps the applied filters
     late = post_event(service.url, event_data={"result": "fail", "externalId": "arrived-later"})
@@ -550,6 +553,7 @@ def test_new_events_appear_without_a_reload(browser: Any, service: ReferenceServ
     assert cards[0]["id"] == late and "arrived-later" in cards[0]["text"]
     assert browser.execute_script("return window.__samePage") is True
     assert "2 events" in browser.find_element("id", "status").text
+    wait_until(browser, lambda _: caption.text.startswith("2 events "), "the chart counts the new event")
 
 
 @browser_test
