@@ -131,9 +131,7 @@ def test_newest_poll(benchmark: Any, viewer: ReferenceService, session: requests
     assert benchmark(lambda: _get(session, f"{viewer.url}/viewer/api/newest").json()["newest"]) == events
 
 
-@pytest.mark.parametrize(
-    "filters", [{}, {"schema": "quality_check", "q": "cam-3"}], ids=["all-events", "schema-and-text"]
-)
+@pytest.mark.parametrize("filters", [{}, {"schema": "quality_check", "q": "L1"}], ids=["all-events", "schema-and-text"])
 def test_timeline(benchmark: Any, viewer: ReferenceService, session: requests.Session, filters: dict[str, str]) -> None:
     """The chart's buckets: every matching event counted per bucket and schema."""
     url = f"{viewer.url}/viewer/api/timeline"

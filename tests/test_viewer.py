@@ -568,6 +568,8 @@ def test_page_asks_for_the_api_key(browser: Any, tmp_path: Path) -> None:
         cards = _wait_for_cards(browser, 1, "cards after the key")
         assert "guarded" in cards[0]["text"]
         wait_until(browser, lambda d: _cards(d)[0]["thumb"] > 0, "thumbnail fetched with the key")
+        caption = browser.find_element("id", "timeline-caption")
+        wait_until(browser, lambda _: caption.text.startswith("1 event "), "the chart fetched with the key")
         assert not browser.find_element("id", "key-form").is_displayed()
 
 
