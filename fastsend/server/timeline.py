@@ -43,8 +43,11 @@ _LAST_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - _E
 
 # SQLite keeps a time as whole milliseconds of a Julian day number; julianday() returns them over
 # 86,400,000 as a double, so rounding its offset from the epoch gives those milliseconds back exactly.
-_EPOCH_MS = "CAST(ROUND((julianday({}) - 2440587.5) * 86400000.0) AS INTEGER)"
+_DAY_TO_MS = "CAST(ROUND(({} - 2440587.5) * 86400000.0) AS INTEGER)"
+_EPOCH_MS = _DAY_TO_MS.format("julianday({})")
 _ROW_MS = _EPOCH_MS.format("inference_timestamp")
+# The oldest and newest matching times, converted once each rather than row by row.
+_ROW_RANGE_MS = ", ".join(_DAY_TO_MS.format(f"{edge}(julianday(inference_timestamp))") for edge in ("MIN", "MAX"))
 
 
 def bucket_width(start_ms: int, end_ms: int) -> int:
@@ -105,9 +108,7 @@ def _range(
         f"SELECT {_EPOCH_MS.format('?')}, {_EPOCH_MS.format('?')}", [since, until]
     ).fetchone()
     if start_ms is None or end_ms is None:
-        oldest, newest = connection.execute(
-            f"SELECT MIN({_ROW_MS}), MAX({_ROW_MS}) FROM events {where}", params
-        ).fetchone()
+        oldest, newest = connection.execute(f"SELECT {_ROW_RANGE_MS} FROM events {where}", params).fetchone()
         if oldest is None:
             return None
         start_ms = oldest if start_ms is None else start_ms
