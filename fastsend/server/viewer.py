@@ -14,6 +14,9 @@ Routes (added to the service's app by :func:`add_viewer_routes`):
   last stored event (0 when none); the page polls it to show new events.
 - ``GET /viewer/api/events/{id}/thumbnail`` → a JPEG at most
   256 pixels on its longer side, made once and cached (see :mod:`.thumbnails`).
+- ``GET /viewer/api/timeline?schema=&since=&until=&q=`` → the matching
+  events counted per schema in up to 60 buckets over the filtered range
+  (see :mod:`.timeline`), for the page's chart.
 
 The full event and its images come from the v2 API (``GET /v2/events/{id}``).
 
@@ -47,6 +50,7 @@ from aiohttp import web
 from fastsend.events import EVENT_SCHEMAS
 from fastsend.server.store import EventStore
 from fastsend.server.thumbnails import ThumbnailCache
+from fastsend.server.timeline import count_over_time
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "EventQuery", "ViewerIndex", "add_viewer_routes", "parse_query"]
 
@@ -172,6 +176,12 @@ class ViewerIndex:
                 self._connection.execute("COMMIT")
         return {"events": [_summary(row) for row in rows], "total": total, "newest": newest}
 
+    def timeline(self, query: EventQuery) -> dict[str, Any]:
+        """The events matching ``query``'s filters counted over time (see :func:`.timeline.count_over_time`)."""
+        where, params = query.where()
+        with self._lock:
+            return count_over_time(self._connection, where, params, query.since, query.until)
+
     def newest(self) -> int:
         """The sequence number of the last stored event, 0 when there is none."""
         with self._lock:
@@ -215,6 +225,7 @@ def add_viewer_routes(app: web.Application, store: EventStore, *, api_key: str |
     app.router.add_get("/viewer/api/events", guard(lambda request: _list(request, index)))
     app.router.add_get("/viewer/api/newest", guard(lambda request: _newest(index)))
     app.router.add_get("/viewer/api/events/{id}/thumbnail", guard(lambda request: _thumbnail(request, thumbnails)))
+    app.router.add_get("/viewer/api/timeline", guard(lambda request: _timeline(request, index)))
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -307,6 +318,31 @@ def _instant(params: Any, name: str) -> str | None:
 async def _newest(index: ViewerIndex) -> web.Response:
     newest = await asyncio.get_running_loop().run_in_executor(None, index.newest)
     return _json({"newest": newest})
+
+
+_TIMELINE_PARAMETERS = ("schema", "since", "until", "q")
+
+
+async def _timeline(request: web.Request, index: ViewerIndex) -> web.Response:
+    try:
+        query = _parse_timeline_query(request.query)
+    except _BadQuery as exc:
+        return _json({"detail": str(exc)}, 400)
+    return _json(await asyncio.get_running_loop().run_in_executor(None, index.timeline, query))
+
+
+def _parse_timeline_query(params: Any) -> EventQuery:
+    """The list's filters from the timeline route's query; an unknown or repeated parameter is refused too."""
+    for name in params:
+        values = params.getall(name)
+        if name not in _TIMELINE_PARAMETERS:
+            raise _BadQuery(
+                f"query parameter {name!r} (value {values[0]!r}) is not one the timeline takes:"
+                f" it takes {', '.join(_TIMELINE_PARAMETERS)}"
+            )
+        if len(values) > 1:
+            raise _BadQuery(f"query parameter {name!r} must be given once, not {len(values)} times ({values!r})")
+    return parse_query(params)
 
 
 async def _thumbnail(request: web.Request, thumbnails: ThumbnailCache) -> web.StreamResponse:
