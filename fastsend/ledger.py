@@ -132,9 +132,9 @@ class Ledger:
         with self._lock:
             self._retried += 1
 
-    def count_drained(self) -> None:
+    def count_drained(self, count: int = 1) -> None:
         with self._lock:
-            self._drained += 1
+            self._drained += count
 
     def count_spool_write_failure(self) -> None:
         with self._lock:
