@@ -46,14 +46,21 @@ def body_json(**overrides: Any) -> dict[str, Any]:
 
 
 def body_bytes(size: int | None = None) -> bytes:
-    """A valid body; with ``size``, padded (through its label) to exactly that many bytes."""
-    data = json.dumps(body_json()).encode()
+    """A valid body; with ``size``, padded to exactly that many bytes.
+
+    The image takes the padding (NULs after a JPEG's end are allowed; each 3 add 4 base64 characters),
+    the label the last 0 to 3 bytes.
+    """
     if size is None:
-        return data
-    padded = body_json(images=[{"base64Image": base64.b64encode(JPEG).decode(), "label": ""}])
-    base = len(json.dumps(padded).encode())
-    padded["images"][0]["label"] = "x" * (size - base)
-    data = json.dumps(padded).encode()
+        return json.dumps(body_json()).encode()
+
+    def padded(nuls: int, label: str) -> bytes:
+        image = base64.b64encode(JPEG + b"\0" * nuls).decode()
+        return json.dumps(body_json(images=[{"base64Image": image, "label": label}])).encode()
+
+    whole = -len(JPEG) % 3  # NULs that make the image a whole number of base64 groups
+    extra = size - len(padded(whole, ""))
+    data = padded(whole + extra // 4 * 3, "x" * (extra % 4))
     assert len(data) == size
     return data
 
