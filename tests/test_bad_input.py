@@ -777,6 +777,8 @@ def send_annotations(name: str, predictions: Any) -> None:
 @example(name="object_detections", predictions=[{"x": 10**400, "y": 1, "width": 1, "height": 1}])
 @example(name="object_detections", predictions=[{"y": 1, "width": 1, "height": 1}])
 @example(name="object_detections", predictions=[{"x": 1, "y": 1, "width": 1, "height": 1, "class": "\ud800"}])
+@example(name="object_detections", predictions=[{"x": 1, "y": 1, "width": 1, "height": 1, "class": "c" * 1001}])
+@example(name="classifications", predictions={"class_name": ["ok", "c" * 1001]})
 @example(
     name="instance_segmentations",
     predictions=[dict(DETECTION, points=[{"x": 1, "y": 2}, {"x": [1, 2], "y": 3}, {"x": 0, "y": 0}])],

@@ -274,6 +274,14 @@ BAD_QUERIES = [
     ("/v2/events?schema=custom", "schema", "custom"),
     ("/v2/events/some-id?fields=all", "fields", "all"),
     ("/v2/events/some-id/images/output?size=small", "size", "small"),
+    # The viewer's routes and /metrics follow the same rules.
+    ("/viewer/api/events?offset=99999999999999999999", "offset", "99999999999999999999"),
+    ("/viewer/api/events?offset=-1", "offset", "-1"),
+    ("/viewer/api/events?schema=custom&schema=", "schema", ""),
+    ("/viewer/api/events?event_schema=custom", "event_schema", "custom"),
+    ("/viewer/api/newest?since=1", "since", "1"),
+    ("/viewer/api/events/00000000-0000-0000-0000-000000000000/thumbnail?size=small", "size", "small"),
+    ("/metrics?name=x", "name", "x"),
 ]
 
 

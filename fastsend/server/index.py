@@ -91,14 +91,18 @@ def _text_clause(text: str) -> tuple[str, int]:
     return f"(({in_data} AND {_IN_EXTERNAL_ID}) OR ({in_metadata} AND {_IN_METADATA}))", 5
 
 
-def _clip(expression: str) -> str:
+def _clipped(expression: str) -> str:
+    """SQL for ``expression`` cut to SUMMARY_TEXT_CHARS plus ``…``, read once: at most one character past the cut."""
+    cut = SUMMARY_TEXT_CHARS
     return (
-        f"CASE WHEN length({expression}) > {SUMMARY_TEXT_CHARS}"
-        f" THEN substr({expression}, 1, {SUMMARY_TEXT_CHARS}) || '…' ELSE {expression} END"
+        f"(SELECT CASE WHEN length(text) > {cut} THEN substr(text, 1, {cut}) || '…' ELSE text END"
+        f" FROM (SELECT substr({expression}, 1, {cut + 1}) AS text))"
     )
 
 
-# Columns of a page's rows (the inner query picks the rows, this one shapes them).
+# Columns of a page's summaries. Each row is read where it lies (the page is chosen by seq alone), and
+# each long value once, so a long stored value passes through SQLite a row at a time and only its cut
+# form comes out.
 _SUMMARY_COLUMNS = ", ".join(
     [
         "seq",
@@ -107,18 +111,12 @@ _SUMMARY_COLUMNS = ", ".join(
         "idempotency_key",
         "inference_timestamp",
         "event_schema",
-        f"(SELECT json_group_object(key, CASE type WHEN 'text' THEN {_clip('value')} ELSE value END)"
+        f"(SELECT json_group_object(key, CASE type WHEN 'text' THEN {_clipped('value')} ELSE value END)"
         " FROM json_each(event_data))",
-        _clip("label"),
-        f"length(label) > {SUMMARY_TEXT_CHARS} OR EXISTS (SELECT 1 FROM json_each(event_data)"
-        f" WHERE type = 'text' AND length(value) > {SUMMARY_TEXT_CHARS})",
+        _clipped("json_extract(image_details, '$.label')"),
         "input_content_type IS NOT NULL",
         *(f"json_array_length(image_details, '$.{name}')" for name in _ANNOTATION_LISTS),
     ]
-)
-_PAGE_COLUMNS = (
-    "seq, id, received_at, idempotency_key, inference_timestamp, event_schema, event_data,"
-    " json_extract(image_details, '$.label') AS label, input_content_type, image_details"
 )
 
 
@@ -145,8 +143,8 @@ class EventIndex:
             self._connection.execute("BEGIN")
             try:
                 rows = self._connection.execute(
-                    f"SELECT {_SUMMARY_COLUMNS} FROM (SELECT {_PAGE_COLUMNS} FROM events {where}"
-                    " ORDER BY seq DESC LIMIT ? OFFSET ?) ORDER BY seq DESC",
+                    f"SELECT {_SUMMARY_COLUMNS} FROM events WHERE seq IN"
+                    f" (SELECT seq FROM events {where} ORDER BY seq DESC LIMIT ? OFFSET ?) ORDER BY seq DESC",
                     [*params, query.limit, query.offset],
                 ).fetchall()
                 (total,) = self._connection.execute(f"SELECT COUNT(*) FROM events {where}", params).fetchone()
@@ -166,7 +164,10 @@ class EventIndex:
 
 
 def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
-    seq, event_id, received_at, key, timestamp, schema, data, label, clipped, has_input, *counts = row
+    seq, event_id, received_at, key, timestamp, schema, data, label, has_input, *counts = row
+    event_data = orjson.loads(data)
+    # A cut text is one character longer than the cut (its "…"); a whole one is never longer than it.
+    texts = [label, *(value for value in event_data.values() if isinstance(value, str))]
     return {
         "seq": seq,
         "id": event_id,
@@ -174,9 +175,9 @@ def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
         "idempotency_key": key,
         "inference_timestamp": timestamp,
         "event_schema": schema,
-        "event_data": orjson.loads(data),
+        "event_data": event_data,
         "label": label,
         "has_input_image": bool(has_input),
         "annotations": {name: count for name, count in zip(_ANNOTATION_LISTS, counts, strict=True) if count},
-        "clipped": bool(clipped),
+        "clipped": any(text is not None and len(text) > SUMMARY_TEXT_CHARS for text in texts),
     }
