@@ -35,6 +35,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -479,14 +480,20 @@ async def _get_image(request: web.Request) -> web.StreamResponse:
     check_query(request.query)
     event_id, role = request.match_info["id"], request.match_info["role"]
     store = request.app[_STATE].store
-    found = await asyncio.get_running_loop().run_in_executor(None, store.image_file, event_id, role)
+    found = await asyncio.get_running_loop().run_in_executor(None, _image_file, store, event_id, role)
     if found is None:
         raise HttpError(404, f"event {event_id!r} has no {role} image")
     path, content_type = found
-    # Checked here: a file missing once the answer has started could no longer be a JSON 500.
-    await asyncio.get_running_loop().run_in_executor(None, os.stat, path)
     # Streamed from disk (sendfile): a client that never reads its answer holds no copy of the file.
     return web.FileResponse(path, headers={"Content-Type": content_type})
+
+
+def _image_file(store: EventStore, event_id: str, role: str) -> tuple[Path, str] | None:
+    found = store.image_file(event_id, role)
+    if found is not None:
+        # Checked here: a file found missing once the answer has started could no longer be a JSON 500.
+        os.stat(found[0])
+    return found
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -111,8 +111,10 @@ _SUMMARY_COLUMNS = ", ".join(
         "idempotency_key",
         "inference_timestamp",
         "event_schema",
-        f"(SELECT json_group_object(key, CASE type WHEN 'text' THEN {_clipped('value')} ELSE value END)"
-        " FROM json_each(event_data))",
+        # JSON text no longer than the cut cannot hold a string longer than it: most rows pass as they are.
+        f"CASE WHEN length(event_data) <= {SUMMARY_TEXT_CHARS} THEN event_data ELSE"
+        f" (SELECT json_group_object(key, CASE type WHEN 'text' THEN {_clipped('value')} ELSE value END)"
+        " FROM json_each(event_data)) END",
         _clipped("json_extract(image_details, '$.label')"),
         "input_content_type IS NOT NULL",
         *(f"json_array_length(image_details, '$.{name}')" for name in _ANNOTATION_LISTS),

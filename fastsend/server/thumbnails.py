@@ -61,7 +61,8 @@ THUMBNAIL_DECODE_MAX_BYTES = 64 * 1024 * 1024
 MAX_JPEG_SCANS = 500
 _JPEG_SCALES = (8, 4, 2)
 
-Thumbnail = tuple[Path, str]
+# What to answer with: a made thumbnail's bytes (small: read whole), or an image file to stream.
+Thumbnail = tuple[bytes | Path, str]
 
 
 class ThumbnailCache:
@@ -85,21 +86,34 @@ class ThumbnailCache:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def get(self, event_id: str) -> Thumbnail:
-        """The file to answer with and its content type; raises ``HttpError`` (404 no such event, 422 too large)."""
+        """The thumbnail's bytes (or the image file to serve instead) and its content type.
+
+        Raises ``HttpError``: 404 for no such event, 422 for an image too large to decode here.
+        """
         try:
             uuid.UUID(event_id)  # it names a file: nothing else may
         except ValueError:
             raise HttpError(404, f"event {event_id!r} not found") from None
+        loop = asyncio.get_running_loop()
+        cached = await loop.run_in_executor(None, self._cached, event_id)
+        if cached is not None:
+            return cached, "image/jpeg"
         making = self._making.get(event_id)
         if making is None:
-            making = asyncio.get_running_loop().run_in_executor(self._pool, self._thumbnail, event_id)
+            making = loop.run_in_executor(self._pool, self._thumbnail, event_id)
             self._making[event_id] = making
             making.add_done_callback(lambda _: self._making.pop(event_id, None))
         return await asyncio.shield(making)
 
+    def _cached(self, event_id: str) -> bytes | None:
+        try:
+            return (self.directory / f"{event_id}.jpg").read_bytes()
+        except FileNotFoundError:
+            return None
+
     def _thumbnail(self, event_id: str) -> Thumbnail:
-        cached = self.directory / f"{event_id}.jpg"
-        if cached.is_file():
+        cached = self._cached(event_id)  # made while this request waited for the pool
+        if cached is not None:
             return cached, "image/jpeg"
         source = self._store.image_file(event_id, "output")
         if source is None:
@@ -109,8 +123,8 @@ class ThumbnailCache:
         thumbnail = make_thumbnail(data, content_type, decode_max_bytes=self.decode_max_bytes)
         if thumbnail is None:
             return path, content_type
-        _write_atomically(cached, thumbnail)
-        return cached, "image/jpeg"
+        _write_atomically(self.directory / f"{event_id}.jpg", thumbnail)
+        return thumbnail, "image/jpeg"
 
 
 def make_thumbnail(

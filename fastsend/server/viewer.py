@@ -115,5 +115,8 @@ async def _newest(request: web.Request, index: EventIndex) -> web.Response:
 
 async def _thumbnail(request: web.Request, thumbnails: ThumbnailCache) -> web.StreamResponse:
     check_query(request.query)
-    path, content_type = await thumbnails.get(request.match_info["id"])
-    return web.FileResponse(path, headers={**_THUMBNAIL_HEADERS, "Content-Type": content_type})
+    thumbnail, content_type = await thumbnails.get(request.match_info["id"])
+    headers = {**_THUMBNAIL_HEADERS, "Content-Type": content_type}
+    if isinstance(thumbnail, bytes):
+        return web.Response(body=thumbnail, headers=headers)
+    return web.FileResponse(thumbnail, headers=headers)
