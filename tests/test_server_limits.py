@@ -566,7 +566,7 @@ def test_allowed_hosts_are_added(make_service: Any) -> None:
 def test_host_policy_off_loopback() -> None:
     anywhere = HostPolicy("0.0.0.0")
     assert anywhere.admits("rebound.example") and anywhere.admits("10.0.0.5:8001")
-    named = HostPolicy("0.0.0.0", ["events.lan"])
+    named = HostPolicy("0.0.0.0", ["events.lan:8001"])
     assert named.admits("events.lan:8001") and named.admits("localhost") and not named.admits("10.0.0.5")
     assert HostPolicy("::1").admits(None)  # HTTP/1.0 without Host: no browser sends that
 

@@ -40,10 +40,11 @@ def _host_name(header: str) -> str:
 
 
 class HostPolicy:
-    """The ``Host`` names a service bound to ``bind_host`` answers; ``allowed`` adds names (not patterns)."""
+    """The ``Host`` names a service bound to ``bind_host`` answers; ``allowed`` adds names (not patterns;
+    a port given with one is ignored)."""
 
     def __init__(self, bind_host: str, allowed: Iterable[str] = ()) -> None:
-        self.allowed = frozenset(name.lower().rstrip(".") for name in allowed)
+        self.allowed = frozenset(_host_name(name) for name in allowed)  # "gw.lan:8001" means gw.lan
         self.enforced = bool(self.allowed) or is_loopback_name(bind_host)
 
     def admits(self, host_header: str | None) -> bool:
