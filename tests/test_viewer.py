@@ -130,17 +130,21 @@ def test_text_search_reads_metadata_keys_and_values_as_text(service: ReferenceSe
 @pytest.mark.parametrize(
     ("params", "named"),
     [
-        ({"limit": "0"}, "limit must be between 1 and 200"),
-        ({"offset": "x"}, "offset must be an integer"),
-        ({"schema": "nope"}, "schema must be one of"),
-        ({"since": "yesterday"}, "since must be an ISO-8601 timestamp"),
-        ({"until": "2026-03-01T00:00:00"}, "until must carry a UTC offset"),
-        ({"q": "x" * 201}, "q must be at most 200 characters"),
+        ({"limit": "0"}, "query parameter limit: '0' must be an integer from 1 to 200"),
+        ({"offset": "x"}, "query parameter offset: 'x' must be an integer from 0 to 9223372036854775807"),
+        ({"offset": "9" * 23}, "query parameter offset: '99999999999999999999999' must be an integer from 0 to"),
+        ({"schema": "nope"}, "query parameter schema: 'nope' must be one of quality_check,"),
+        ({"since": "yesterday"}, "query parameter since: 'yesterday' must be an ISO-8601 timestamp"),
+        ({"until": "2026-03-01T00:00:00"}, "query parameter until: '2026-03-01T00:00:00' must carry a UTC offset"),
+        ({"q": "x" * 201}, "must be at most 200 characters (got 201)"),
+        ({"page": "2"}, "query parameter page: '2' is not a parameter of this endpoint"),
+        ({"limit": ["5", "6"]}, "query parameter limit: '6' is given more than once"),
     ],
 )
-def test_bad_query_names_the_parameter(service: ReferenceService, params: dict[str, str], named: str) -> None:
+def test_bad_query_names_the_parameter(service: ReferenceService, params: dict[str, Any], named: str) -> None:
     response = requests.get(f"{service.url}/viewer/api/events", params=params, timeout=10)
     assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("application/json")
     assert named in response.json()["detail"]
 
 
