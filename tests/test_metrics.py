@@ -3,6 +3,7 @@ events flow to loopback services, and compared with ``stats()`` and with what th
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from scripted_server import Reply
 
-from fastsend import Event
+from fastsend import AsyncEventWriter, Event, EventWriterSink
 from fastsend.ledger import ENCODE_BOUNDS, LATENCY_BOUNDS, Ledger
 from fastsend.results import Cause, Result
 from fastsend.server import Faults
@@ -285,6 +286,34 @@ def test_two_writers_on_one_url_are_two_series_that_sum(make_service, make_write
     assert sent == [2, 3]
     assert scraped.total("fastsend_events_total", url=url, outcome="sent") == service.stored_count() == 5
     assert scrape().label_values("writer", url=url) == numbers  # a writer keeps its number
+
+
+def test_the_writers_of_a_block_sink_and_an_async_writer_are_there_too(make_service, scrape, frame):
+    block_service, async_service = make_service(), make_service()
+    sink = EventWriterSink()
+    try:
+        result = sink.run(
+            event_schema="quality_check",
+            qc_result="pass",
+            output_image=frame,
+            event_ingestion_url=block_service.url,
+            fire_and_forget=False,
+        )
+        assert result["error_status"] is False
+
+        async def send_one() -> str:
+            async with AsyncEventWriter(async_service.url) as writer:
+                await writer.send(event(0), frame)
+                assert scrape().value("fastsend_events_total", url=writer.url, outcome="sent") == 1
+                return writer.url
+
+        async_url = asyncio.run(send_one())
+        scraped = scrape()
+        block_url = sink.writer_for(block_service.url, None, 5.0).url
+        assert scraped.value("fastsend_events_total", url=block_url, outcome="sent") == 1
+        assert async_url not in scraped.label_values("url")  # closed by its async with
+    finally:
+        sink.close(WAIT)
 
 
 # ---------------------------------------------------------------- registering
