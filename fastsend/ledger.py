@@ -183,7 +183,7 @@ class Ledger:
             self._spool_write_failures += 1
 
     def count_encode(self, seconds: float, images: int = 1) -> None:
-        """``images`` encoded in ``seconds`` of CPU time, all together."""
+        """``images`` encoded in ``seconds`` of CPU time, all together (the histogram counts each at the mean)."""
         with self._lock:
             self._encode_seconds += seconds
             self._images_encoded += images
