@@ -12,6 +12,7 @@ import base64
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import supervision as sv  # noqa: E402
 from inference.core.workflows.execution_engine.core import ExecutionEngine  # noqa: E402
 
 from fastsend.block import API_KEY_ENV  # noqa: E402
+from fastsend.jpeg import encode_jpeg  # noqa: E402
 from fastsend.server import ReferenceService  # noqa: E402
 
 # inference's own deprecation warnings at import are not this project's.
@@ -320,6 +322,44 @@ def test_fire_and_forget_returns_at_once_and_close_delivers_every_event(service)
     engine.close()  # the engine closes its blocks: the block waits for what it queued
     stored = [e for e in service.list_events() if e["event_data"].get("externalId") == "fire-and-forget"]
     assert len(stored) == 6
+
+
+def test_a_queued_event_keeps_its_frames_as_they_were_when_the_step_ran(service, monkeypatch):
+    """Blocks after a sink may draw on the frame in place: the queued event sends the frame it was given,
+    byte for byte the JPEG of that frame (the snapshot is the encoder's own YUV planes)."""
+    import fastsend.encoding
+    import fastsend.workflows.event_writer as block_module
+
+    borrowed = []
+    real_prepare = block_module.prepare_block_event
+
+    def recording_prepare(**params):
+        borrowed.append(params["output_image"].numpy_image)
+        return real_prepare(**params)
+
+    overwritten = threading.Event()
+    real_to_base64 = fastsend.encoding.to_base64
+
+    def encode_after_the_overwrite(source, options):
+        assert overwritten.wait(10)
+        return real_to_base64(source, options)
+
+    monkeypatch.setattr(block_module, "prepare_block_event", recording_prepare)
+    monkeypatch.setattr(fastsend.encoding, "to_base64", encode_after_the_overwrite)
+    engine = ExecutionEngine.init(
+        workflow_definition=workflow(step("fs", FASTSEND, STEPS["annotated"])), init_parameters={}
+    )
+    parameters = runtime(service.url, "drawn-on-later", batch=1, ff=True)
+    frame, original = parameters["image"][0], parameters["image"][0].copy()
+    engine.run(runtime_parameters=parameters)
+    assert np.shares_memory(borrowed[0], frame), "the step saw the caller's own array"
+    frame[:] = 0  # what a later block drawing on numpy_image does
+    overwritten.set()
+    engine.close()
+    (stored,) = [e for e in service.list_events() if e["event_data"].get("externalId") == "drawn-on-later"]
+    expected = encode_jpeg(original, "BGR", 95, "420")
+    assert service.get_image(stored["id"], "output") == expected
+    assert service.get_image(stored["id"], "input") == encode_jpeg(frames()[0], "BGR", 95, "420")
 
 
 def test_cooldown_throttles_and_reports_it(service):

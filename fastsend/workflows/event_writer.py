@@ -7,6 +7,8 @@ This module imports inference; ``fastsend.workflows.load_blocks()`` imports it.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -33,7 +35,9 @@ from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 from ..block import prepare_block_event
 from ..config import Settings
 from ..events import ValidationError
+from ..jpeg import JpegOptions, snapshot
 from ..results import QueueFullError, Result
+from ..wire import PreparedEvent
 from ..writer import EventWriter, EventWriterSink
 from . import BLOCK_TYPE
 
@@ -274,18 +278,18 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
             return _outputs(Result(False, "", "Sink cooldown applies"), throttled=True)
         try:
             writer = shared_writer(event_ingestion_url, Settings.one("api_key"), request_timeout)
-            # A synchronous call encodes before it returns; a queued one must not see later
-            # in-place edits of the frame (blocks may draw on numpy_image), so it is snapshotted.
             block_event = prepare_block_event(
                 event_schema=event_schema,
                 output_image=output_image,
                 event_ingestion_url=event_ingestion_url,
-                copy=bool(fire_and_forget),
+                copy=False,
                 **params,
             )
-            if not fire_and_forget:
+            if not fire_and_forget:  # encoded before it returns: the frames are read only meanwhile
                 return _outputs(writer.send_prepared(block_event.prepared))
-            future = writer.submit_prepared(block_event.prepared)
+            # A queued event must not see later in-place edits of its frames (blocks may draw on
+            # numpy_image): they are snapshotted now, as the YUV planes the writer's encoder starts from.
+            future = writer.submit_prepared(_snapshotted(block_event.prepared, _jpeg_options(writer.settings)))
         except (ValidationError, TypeError, QueueFullError) as exc:
             self._log_failure("event not sent", exc)
             return _outputs(Result(True, "", f"Event not sent: {exc}"))
@@ -333,6 +337,26 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
 
 def _outputs(result: Result, *, throttled: bool = False) -> dict[str, Any]:
     return {**result.as_dict(), "throttling_status": throttled}
+
+
+def _snapshotted(prepared: PreparedEvent, jpeg: JpegOptions) -> PreparedEvent:
+    """``prepared`` with the frames it borrowed snapshotted (as YUV planes for ``jpeg`` where they can be)."""
+    output = snapshot(prepared.output, jpeg)
+    if prepared.input is None or prepared.input is prepared.output:
+        source = output if prepared.input is not None else None
+    else:
+        source = snapshot(prepared.input, jpeg)
+    return dataclasses.replace(prepared, output=output, input=source)
+
+
+@functools.lru_cache(maxsize=16)
+def _options_of(quality: int, subsampling: str, max_side: int | None) -> JpegOptions:
+    return JpegOptions(quality, subsampling, max_side)
+
+
+def _jpeg_options(settings: Settings) -> JpegOptions:
+    """How the writer with these settings encodes (as its dispatcher does)."""
+    return _options_of(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
 
 
 # ---------------------------------------------------------------- shared writers
