@@ -564,6 +564,12 @@ def test_the_callers_own_arrays_are_never_recycled(make_frame):
 needs_turbojpeg = pytest.mark.skipif(not TURBOJPEG_LOADS, reason="planar snapshots need libturbojpeg")
 
 
+@pytest.fixture
+def planar_from_any_size(monkeypatch):
+    """Small test frames snapshot as planes too (by default only frames of 4 MiB and more do)."""
+    monkeypatch.setattr(jpeg, "PLANAR_MIN_BYTES", 0)
+
+
 # Chroma planes that are whole 8-sample blocks wide (or not subsampled across) are made planar.
 _HORIZONTAL_FACTOR = {"444": 1, "440": 1, "422": 2, "420": 2, "411": 4}
 
@@ -574,7 +580,7 @@ _HORIZONTAL_FACTOR = {"444": 1, "440": 1, "422": 2, "420": 2, "411": 4}
 @pytest.mark.parametrize("quality", [1, 95, 100])
 @pytest.mark.parametrize("height, width", [(48, 64), (37, 53), (1, 1), (17, 2), (33, 96), (9, 32)])
 def test_a_snapshot_for_known_options_encodes_to_the_frames_own_jpeg(
-    make_frame, channels, color, subsampling, quality, height, width
+    planar_from_any_size, make_frame, channels, color, subsampling, quality, height, width
 ):
     frame = make_frame(height, width, channels)
     options = JpegOptions(quality=quality, subsampling=subsampling)
@@ -590,7 +596,7 @@ def test_a_snapshot_for_known_options_encodes_to_the_frames_own_jpeg(
 @needs_turbojpeg
 @pytest.mark.parametrize("subsampling", SUBSAMPLINGS)
 @pytest.mark.parametrize("height, width", [(1080, 1920), (720, 1280), (480, 640), (768, 1366), (1081, 1918)])
-def test_camera_sizes_snapshot_to_the_frames_own_jpeg(make_frame, subsampling, height, width):
+def test_camera_sizes_snapshot_to_the_frames_own_jpeg(planar_from_any_size, make_frame, subsampling, height, width):
     frame = make_frame(height, width)
     options = JpegOptions(subsampling=subsampling)
     expected = encode_jpeg(frame, "BGR", options.quality, subsampling)
@@ -598,7 +604,7 @@ def test_camera_sizes_snapshot_to_the_frames_own_jpeg(make_frame, subsampling, h
 
 
 @needs_turbojpeg
-def test_a_planar_snapshot_holds_half_the_bytes_at_420_and_goes_back_to_the_pool(make_frame):
+def test_a_planar_snapshot_holds_half_the_bytes_at_420_and_goes_back_to_the_pool(planar_from_any_size, make_frame):
     frame = make_frame(48, 64)
     source = prepare_image(frame, jpeg=JpegOptions())
     assert source.recyclable and not source.borrowed
@@ -612,10 +618,14 @@ def test_a_planar_snapshot_holds_half_the_bytes_at_420_and_goes_back_to_the_pool
 
 @pytest.mark.parametrize(
     "case",
-    ["gray", "max_side", "simplejpeg", "strided view", "no options"],
+    ["gray", "max_side", "simplejpeg", "strided view", "no options", "small"],
 )
-def test_frames_that_cannot_be_planes_are_copied_as_pixels(use_backend, make_frame, case):
+def test_frames_that_cannot_be_planes_are_copied_as_pixels(
+    planar_from_any_size, monkeypatch, use_backend, make_frame, case
+):
     use_backend("simplejpeg" if case == "simplejpeg" else "turbojpeg")
+    if case == "small":
+        monkeypatch.setattr(jpeg, "PLANAR_MIN_BYTES", 48 * 64 * 3 + 1)
     frame = make_frame(48, 64, None if case == "gray" else 3)
     if case == "strided view":
         frame = frame[::2, ::3]
@@ -631,14 +641,16 @@ def test_frames_that_cannot_be_planes_are_copied_as_pixels(use_backend, make_fra
 @pytest.mark.parametrize(
     "other", [JpegOptions(subsampling="444"), JpegOptions(max_side=16)], ids=["other subsampling", "max_side"]
 )
-def test_a_planar_snapshot_refuses_options_it_was_not_made_for(make_frame, other):
+def test_a_planar_snapshot_refuses_options_it_was_not_made_for(planar_from_any_size, make_frame, other):
     source = prepare_image(make_frame(48, 64), jpeg=JpegOptions())
     with pytest.raises(ValueError, match="420 YUV planes"):
         to_base64(source, other)
 
 
 @needs_turbojpeg
-def test_snapshot_takes_over_a_handed_over_frame_and_leaves_everything_else(make_frame, jpeg_bytes):
+def test_snapshot_takes_over_a_handed_over_frame_and_leaves_everything_else(
+    planar_from_any_size, make_frame, jpeg_bytes
+):
     frame = make_frame(48, 64)
     expected = encode_jpeg(frame)
     handed_over = prepare_image(frame, copy=False)
@@ -660,7 +672,7 @@ def test_a_pil_image_is_not_borrowed(make_frame):
 
 
 @needs_turbojpeg
-def test_threads_encode_at_once_each_in_its_own_buffer(make_frame):
+def test_threads_encode_at_once_each_in_its_own_buffer(planar_from_any_size, make_frame):
     frames = [make_frame(48 + i, 64, seed=i) for i in range(4)]
     expected = [simplejpeg.encode_jpeg(f, quality=95, colorspace="BGR", colorsubsampling="420") for f in frames]
     results: dict[int, list[bytes]] = {i: [] for i in range(4)}
@@ -676,3 +688,11 @@ def test_threads_encode_at_once_each_in_its_own_buffer(make_frame):
     for thread in threads:
         thread.join(timeout=30)
     assert all(results[i] == [expected[i]] * 50 for i in range(4))
+
+
+@needs_turbojpeg
+def test_a_1080p_frame_snapshots_as_planes_by_default(make_frame):
+    frame = make_frame(1080, 1920)
+    source = prepare_image(frame, jpeg=JpegOptions())
+    assert source.planes is not None and source.array.nbytes == frame.nbytes // 2
+    assert jpeg_of(source) == encode_jpeg(frame)
