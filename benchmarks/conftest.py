@@ -3,16 +3,16 @@
 Run the suite (a few minutes; every comparison is made within one run, so read
 ratios and medians, not absolute numbers, on a shared machine)::
 
-    pytest benchmarks/ --benchmark-only
+    .venv/bin/python -m pytest benchmarks/ --benchmark-only --no-cov
 
 Smoke-run every benchmark once with tiny batches, plus the harness's own checks::
 
-    pytest benchmarks/ --benchmark-disable -q
+    .venv/bin/python -m pytest benchmarks/ --benchmark-disable --no-cov -q
 
 Save the numbers: add ``--benchmark-json=bench.json`` (events/s of the
 throughput scenarios are in each benchmark's ``extra_info`` and, with the
-encode+transfer bounds, under ``fastsend_throughput``). ``pytest`` in the repo
-root never collects this directory (``testpaths = ["tests"]``).
+encode+transfer bounds, under ``fastsend_throughput``). A plain test run in the
+repo root never collects this directory (``testpaths = ["tests"]``).
 
 Layout:
 - ``sink.py``: ``running_sink(status=201)`` — the minimal HTTP/1.1 receiver in
@@ -25,6 +25,10 @@ Layout:
   same batch per scenario; ``RESULTS`` feeds the summary printed at the end.
 - ``test_bench_core.py``: JPEG encode, annotations, body build micro-benchmarks.
 - ``test_bench_bounds.py``: encode-only, transfer-only, the reference sender.
+- ``test_bench_fastsend.py``: fastsend end to end; the interleaved ratios to quote.
+- ``test_bench_engine.py``: the two Event Writer blocks in inference's Execution
+  Engine and InferencePipeline (``engine_support.py``); skipped without inference.
+- ``cpu.py``: CPU per event by thread, and the cost around fastsend's encoder.
 - ``test_harness.py``: checks of the sink, frames and reference sender.
 """
 

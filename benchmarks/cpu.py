@@ -33,6 +33,7 @@ __all__ = [
     "CpuReport",
     "cpu_lines",
     "encode_seconds",
+    "planar_snapshots",
     "snapshot_seconds",
     "thread_role",
 ]
@@ -70,6 +71,13 @@ def _thread_clocks() -> dict[int, tuple[str, float]]:
             continue
         clocks[thread.ident] = (thread_role(thread.name), seconds)
     return clocks
+
+
+def planar_snapshots(frame: Any) -> bool:
+    """Whether fastsend snapshots ``frame`` as YUV planes when it knows the JPEG options (large frames, turbojpeg)."""
+    from fastsend import jpeg
+
+    return jpeg.jpeg_backend() == "turbojpeg" and frame.nbytes >= jpeg.PLANAR_MIN_BYTES
 
 
 def encode_seconds(stats: Mapping[str, Any]) -> float:

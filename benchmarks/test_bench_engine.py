@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, CpuReport, cpu_lines
+from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, CpuReport, cpu_lines, planar_snapshots
 from benchmarks.engine_support import ENTERPRISE, FASTSEND, TrackedPool, import_inference, sink_workflow, write_video
 from benchmarks.frames import SIZES, event_inputs
 from benchmarks.harness import SECTIONS, batch_size
@@ -111,9 +111,9 @@ def test_engine_interleaved(benchmark, scenario, sink_url, engines):
         FASTSEND_BLOCK: _engine_runs(built[FASTSEND_BLOCK], parameters, fastsend_settled),
         ENGINE_ONLY: _engine_runs(built[FASTSEND_BLOCK], {**parameters, "disable": True}, lambda: None),
     }
-    # The block snapshots 1920- and 640-wide frames as the encoder's YUV planes.
+    planar = planar_snapshots(inputs.output_frame)
     meters = {
-        name: CpuMeter(writer.stats, planar=True) if name == FASTSEND_BLOCK else CpuMeter() for name in contenders
+        name: CpuMeter(writer.stats, planar=planar) if name == FASTSEND_BLOCK else CpuMeter() for name in contenders
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     delivered = dict.fromkeys(contenders, 0)
@@ -171,7 +171,8 @@ def _engine_lines(
     around = ours.around_encoder_work_ms
     if around is not None:
         lines.append(
-            f"  around fastsend's encoder (planar snapshot as encoder work) without the engine's own "
+            f"  around fastsend's encoder{' (planar snapshot as encoder work)' if ours.planar else ''} without the "
+            f"engine's own "
             f"{bare.process_ms:.2f} ms per frame: {around - bare.process_ms:.2f} ms per event"
         )
     return lines
