@@ -206,7 +206,9 @@ def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
     if options.max_side is not None:
         array = downscale(array, options.max_side)
     jpeg = encode_jpeg(array, source.pixel_format, options.quality, options.subsampling)
-    return cast(bytes, pybase64.b64encode(jpeg))
+    # Annotated, not cast: recent pybase64 ships types (1.5 does); the 1.0 that inference pins has none.
+    encoded: bytes = pybase64.b64encode(jpeg)
+    return encoded
 
 
 # ---------------------------------------------------------------- inputs
