@@ -151,6 +151,7 @@ def _active_backend() -> tuple[str, Encoder]:
     global _backend
     if _backend is None:
         _backend = _select_backend()
+        logger.info("JPEG encoder backend: %s", _backend[0])
     return _backend
 
 
