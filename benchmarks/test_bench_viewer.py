@@ -7,7 +7,8 @@ image is fsynced)::
 
 Measured over HTTP on loopback against the reference service, the way the page
 asks: the first page of event summaries (50), the same with each filter, a
-deep page, the "newest" poll, the page's 50 thumbnails (made cold, then served
+deep page, the "newest" poll, the events-over-time chart's counts (all
+events, and schema + text filtered), the page's 50 thumbnails (made cold, then served
 from the disk cache), and, when Chromium is installed, the whole page in a
 headless browser from navigation until the 50 cards show their thumbnails.
 The newest 50 events carry 1920x1080 JPEGs (the first page's thumbnails are
@@ -128,6 +129,18 @@ def test_event_page(
 
 def test_newest_poll(benchmark: Any, viewer: ReferenceService, session: requests.Session, events: int) -> None:
     assert benchmark(lambda: _get(session, f"{viewer.url}/viewer/api/newest").json()["newest"]) == events
+
+
+@pytest.mark.parametrize("filters", [{}, {"schema": "quality_check", "q": "L1"}], ids=["all-events", "schema-and-text"])
+def test_timeline(benchmark: Any, viewer: ReferenceService, session: requests.Session, filters: dict[str, str]) -> None:
+    """The chart's buckets: every matching event counted per bucket and schema."""
+    url = f"{viewer.url}/viewer/api/timeline"
+    chart = benchmark(lambda: _get(session, url, **filters).json())
+    benchmark.extra_info.update(
+        filters=filters, total=chart["total"], buckets=len(chart["buckets"]), bucket_seconds=chart["bucket_seconds"]
+    )
+    listed = _get(session, f"{viewer.url}/viewer/api/events", limit=1, **filters).json()["total"]
+    assert chart["total"] == listed > 0
 
 
 def _first_page_ids(viewer: ReferenceService, http: requests.Session) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .events import ValidationError
+from .events import ValidationError, validate_class_names
 
 __all__ = [
     "classifications_to_wire",
@@ -145,6 +145,7 @@ def _detections_boxes(detections: Any, field: str) -> tuple[list[str], Boxes, li
     listed = [] if names is None else (names.tolist() if isinstance(names, np.ndarray) else list(names))[:count]
     # Like the reference: a detection past the end of the name list is "unknown".
     classes = [name if type(name) is str else str(name) for name in listed] + [UNKNOWN_CLASS] * (count - len(listed))
+    validate_class_names(field, classes)
     return classes, boxes, confidences
 
 
@@ -180,6 +181,7 @@ def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple
         raise _missing_key(predictions[index], f"{field}[{index}].{key}") from None
     numbers = _finite_column(rows, field, len(rows))
     classes = [str(p.get("class", UNKNOWN_CLASS)) for p in predictions]
+    validate_class_names(field, classes)
     return classes, numbers[:, :4].tolist(), numbers[:, 4].tolist()
 
 
@@ -370,4 +372,6 @@ def classifications_to_wire(predictions: Any, field: str = "classifications") ->
     # Like the reference: a class without a confidence gets 0.0.
     confidences = list(confidences[: len(names)]) + [0.0] * (len(names) - len(confidences))
     values = _finite_column(confidences, f"{field}.confidence", len(names))[:, 0].tolist() if names else []
-    return [{"class": str(name), "confidence": conf} for name, conf in zip(names, values, strict=True)]
+    classes = [str(name) for name in names]
+    validate_class_names(field, classes)
+    return [{"class": name, "confidence": conf} for name, conf in zip(classes, values, strict=True)]

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(command=None)
 
     serve = commands.add_parser("serve", help="run the reference Event Ingestion Service")
-    add_service_arguments(serve, default_data_dir="fastsend-data")
+    add_service_arguments(serve)
     serve.set_defaults(command=_serve)
 
     send = commands.add_parser("send", help="send one event and print its event_id")

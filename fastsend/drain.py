@@ -181,7 +181,11 @@ class Drainer:
         self._unreachable = outcome.status is None and outcome.cause in (Cause.CONNECTION, Cause.TIMEOUT)
         if outcome.delivered:
             self._ledger.count_drained()  # before the removal that may end a drain() waiting for it
-            await off_loop(self._outbox.remove, entry)
+            try:
+                await off_loop(self._outbox.remove, entry)
+            except BaseException:
+                self._ledger.count_drained(-1)  # still in the spool: it will be sent, and counted, again
+                raise
             if self._probing:  # another entry went while the oldest keeps failing: it moves behind them
                 await off_loop(self._outbox.postpone, self._head)
             self._failures = 0

@@ -21,9 +21,11 @@ __all__ = [
     "COMMON_KEYWORDS",
     "EVENT_SCHEMAS",
     "SCHEMA_KEYWORDS",
+    "TEXT_MAX_CHARS",
     "Event",
     "ValidationError",
     "parse_timestamp",
+    "validate_class_names",
     "validate_custom_metadata",
     "validate_event_data",
     "validate_text",
@@ -31,6 +33,9 @@ __all__ = [
 
 _SHOWN_VALUE_CHARS = 80
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+#: The most characters a text field holds unless its rule says otherwise: identifiers, locations, item
+#: types, image labels, class names. Far above real use; it keeps what one event can make a reader hold small.
+TEXT_MAX_CHARS = 1000
 
 
 class ValidationError(ValueError):
@@ -64,17 +69,36 @@ def _show(value: Any) -> str:
     return text
 
 
-def validate_text(field: str, value: Any, *, max_chars: int | None = None) -> str:
-    """A JSON-safe string: a real ``str``, encodable as UTF-8, within ``max_chars``."""
+def validate_text(field: str, value: Any, *, max_chars: int = TEXT_MAX_CHARS) -> str:
+    """A JSON-safe string: a real ``str``, encodable as UTF-8, of at most ``max_chars`` characters."""
     if not isinstance(value, str):
         raise ValidationError(field, value, f"must be a string, not {type(value).__name__}")
-    if max_chars is not None and len(value) > max_chars:
+    if len(value) > max_chars:
         raise ValidationError(field, value, f"must be at most {max_chars} characters (got {len(value)})")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValidationError(field, value, f"must be valid Unicode (lone surrogate at index {exc.start})") from None
     return value
+
+
+def validate_class_names(field: str, names: list[str]) -> None:
+    """An annotation list's class names, each by :func:`validate_text` (``field[i].class`` names a bad one).
+
+    One pass over them all first: a frame's dozen names cost one check, not a dozen.
+    """
+    if max(map(len, names), default=0) <= TEXT_MAX_CHARS and _encodable("".join(names)):
+        return
+    for index, name in enumerate(names):
+        validate_text(f"{field}[{index}].class", name)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Rule:
@@ -84,7 +108,7 @@ class _Rule:
 
 @dataclass(frozen=True)
 class _Text(_Rule):
-    max_chars: int | None = None
+    max_chars: int = TEXT_MAX_CHARS
     pattern: str | None = None
 
     def check(self, field: str, value: Any) -> str:
@@ -115,27 +139,27 @@ class _Count(_Rule):
         return count
 
 
-_EXTERNAL_ID = _Text(max_chars=1000)
+_SHORT_TEXT = _Text(max_chars=TEXT_MAX_CHARS)
 _LONG_TEXT = _Text(max_chars=10_000)
 
 # wire name -> rule, per schema; the service rejects keys not listed here.
 EVENT_SCHEMAS: dict[str, dict[str, _Rule]] = {
-    "quality_check": {"result": _Choice(("pass", "fail")), "externalId": _EXTERNAL_ID},
+    "quality_check": {"result": _Choice(("pass", "fail")), "externalId": _SHORT_TEXT},
     "inventory_count": {
-        "location": _Text(),
+        "location": _SHORT_TEXT,
         "itemCount": _Count(),
-        "itemType": _Text(),
-        "externalId": _EXTERNAL_ID,
+        "itemType": _SHORT_TEXT,
+        "externalId": _SHORT_TEXT,
     },
     "safety_alert": {
-        "alertType": _Text(pattern=r"[A-Za-z0-9_-]+"),
+        "alertType": _Text(max_chars=TEXT_MAX_CHARS, pattern=r"[A-Za-z0-9_-]+"),
         "severity": _Choice(("low", "medium", "high")),
         "description": _LONG_TEXT,
-        "externalId": _EXTERNAL_ID,
+        "externalId": _SHORT_TEXT,
     },
-    "custom": {"value": _LONG_TEXT, "externalId": _EXTERNAL_ID},
+    "custom": {"value": _LONG_TEXT, "externalId": _SHORT_TEXT},
     "operator_feedback": {
-        "relatedEventId": _Text(),
+        "relatedEventId": _SHORT_TEXT,
         "feedback": _Choice(("correct", "incorrect", "inconclusive")),
     },
 }

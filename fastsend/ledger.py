@@ -7,6 +7,9 @@ the event is counted by its outcome. Either way it settles exactly once.
 ``stats()`` is taken under the ledger's one lock, so a snapshot always adds up::
 
     submitted == sent + failed + dropped + spooled + cancelled + pending
+
+Besides a window of recent latencies for percentiles, the ledger counts every delivered event's
+latency and every image's encoding time into fixed buckets: what a Prometheus histogram needs.
 """
 
 from __future__ import annotations
@@ -14,20 +17,55 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from itertools import accumulate
+from typing import Any, TypedDict
 
 from .results import Cause, Outcome, Result, Settlement
 
-__all__ = ["Ledger", "Ticket"]
+__all__ = ["ENCODE_BOUNDS", "LATENCY_BOUNDS", "Histogram", "Ledger", "Ticket"]
 
 logger = logging.getLogger("fastsend")
 
 _LATENCY_WINDOW = 10_000
 # A camera outrunning the service fails or drops on every frame: one warning a second, with the count since.
 _WARN_INTERVAL_SECONDS = 1.0
+
+#: Upper bounds, in seconds, of the buckets of a delivered event's latency (submit to its 201).
+LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Upper bounds, in seconds, of the buckets of one image's encoding CPU time (JPEG and base64).
+ENCODE_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+class Histogram(TypedDict):
+    """Observations counted into buckets: ``cumulative[i]`` of them were ``<= bounds[i]``; ``count`` in all."""
+
+    bounds: list[float]
+    cumulative: list[int]
+    count: int
+    sum: float
+
+
+class _Buckets:
+    """A histogram being filled: one ``bisect`` and two additions per observation (under the ledger's lock)."""
+
+    __slots__ = ("_bounds", "_counts", "_sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self._sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        self._counts[bisect_left(self._bounds, value)] += times  # a value equal to a bound belongs to it
+        self._sum += value * times
+
+    def snapshot(self) -> Histogram:
+        *cumulative, count = accumulate(self._counts)
+        return {"bounds": list(self._bounds), "cumulative": cumulative, "count": count, "sum": self._sum}
 
 
 class Ticket:
@@ -53,6 +91,8 @@ class Ledger:
         self._counts: Counter[Settlement] = Counter()
         self._by_cause: dict[Settlement, Counter[str]] = {s: Counter() for s in Settlement}
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._latency_buckets = _Buckets(LATENCY_BOUNDS)
+        self._encode_buckets = _Buckets(ENCODE_BOUNDS)
         self._retried = 0
         self._bytes_sent = 0
         self._drained = 0
@@ -105,7 +145,9 @@ class Ledger:
             self._pending -= 1
             self._counts[settlement] += 1
             if settlement is Settlement.SENT:
-                self._latencies.append(time.monotonic() - ticket.submitted)
+                latency = time.monotonic() - ticket.submitted
+                self._latencies.append(latency)
+                self._latency_buckets.observe(latency)
             else:
                 self._by_cause[settlement][key] += 1
         ticket.future.set_result(result)
@@ -132,18 +174,21 @@ class Ledger:
         with self._lock:
             self._retried += 1
 
-    def count_drained(self) -> None:
+    def count_drained(self, count: int = 1) -> None:
         with self._lock:
-            self._drained += 1
+            self._drained += count
 
     def count_spool_write_failure(self) -> None:
         with self._lock:
             self._spool_write_failures += 1
 
     def count_encode(self, seconds: float, images: int = 1) -> None:
+        """``images`` encoded in ``seconds`` of CPU time, all together (the histogram counts each at the mean)."""
         with self._lock:
             self._encode_seconds += seconds
             self._images_encoded += images
+            if images:
+                self._encode_buckets.observe(seconds / images, images)
 
     def warn_rate_limited(self, key: str, count: int, message: str) -> None:
         """Log ``message`` at most once a second per writer, with every count since the last line."""
@@ -193,6 +238,8 @@ class Ledger:
                 "snapshot_ms_per_image": _mean(self._snapshot_seconds, self._images_snapshotted) * 1e3,
                 "images_encoded": self._images_encoded,
                 "images_snapshotted": self._images_snapshotted,
+                "latency_histogram": self._latency_buckets.snapshot(),
+                "encode_histogram": self._encode_buckets.snapshot(),
             }
 
 

@@ -21,7 +21,7 @@ import weakref
 from types import FrameType
 from typing import Protocol
 
-__all__ = ["SIGTERM_EXIT_CODE", "handles_sigterm", "register", "take_sigterm", "unregister"]
+__all__ = ["SIGTERM_EXIT_CODE", "handles_sigterm", "open_writers", "register", "take_sigterm", "unregister"]
 
 logger = logging.getLogger("fastsend")
 
@@ -56,6 +56,12 @@ def unregister(writer: Closable) -> None:
             _holding_sigterm.discard(writer)
             if not _holding_sigterm:
                 _release_sigterm()
+
+
+def open_writers() -> list[Closable]:
+    """Every writer of this process not closed yet (and still referenced), in no particular order."""
+    with _lock:
+        return list(_open)
 
 
 def take_sigterm() -> bool:

@@ -4,6 +4,8 @@
   port) as a subprocess, returned once it prints its URL, so a test can SIGKILL it.
 - ``python_env()``: the environment a child Python needs to import this checkout.
 - ``wait_until(predicate, timeout)``: poll, bounded in time and in count.
+- ``peak_rss(pid)`` / ``reset_peak_rss(pid)``: a child's peak resident memory
+  (``VmHWM``), and starting it afresh, for tests where memory is the point.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ import pytest
 
 from fastsend.server import ReferenceService
 
-__all__ = ["REPO_ROOT", "TIMEOUT", "port_of", "python_env", "start_service", "wait_until"]
+__all__ = [
+    "REPO_ROOT",
+    "TIMEOUT",
+    "peak_rss",
+    "port_of",
+    "python_env",
+    "reset_peak_rss",
+    "start_service",
+    "wait_until",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 20.0
@@ -31,11 +42,22 @@ def python_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def start_service(data_dir: Path, port: int = 0, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    """The reference service in a subprocess on ``port`` (0: a free one); returns it and its base URL."""
-    command = [sys.executable, "-m", "fastsend.server", "--port", str(port), "--data-dir", str(data_dir)]
+def start_service(
+    data_dir: Path | None, port: int = 0, *extra: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """The reference service in a subprocess on ``port`` (0: a free one); returns it and its base URL.
+
+    ``data_dir`` None: no ``--data-dir`` (the default, relative to ``cwd``). ``env`` adds variables.
+    """
+    command = [sys.executable, "-m", "fastsend.server", "--port", str(port)]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
     process = subprocess.Popen(
-        [*command, "--log-level", "WARNING", *extra], stdout=subprocess.PIPE, text=True, env=python_env()
+        [*command, "--log-level", "WARNING", *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**python_env(), **(env or {})},
+        cwd=cwd,
     )
     assert process.stdout is not None
     readable, _, _ = select.select([process.stdout], [], [], TIMEOUT)
@@ -62,3 +84,19 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 def port_of(service: ReferenceService) -> int:
     """The port an in-process reference service listens on."""
     return int(service.url.rsplit(":", 1)[1])
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory in bytes (``VmHWM``; Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start ``pid``'s peak resident memory afresh from now; skips the test where the kernel does not allow it."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError as exc:
+        pytest.skip(f"cannot reset the peak memory of a child process here ({exc})")

@@ -224,20 +224,20 @@ def count_rule(value: Any) -> bool:
 RULES: dict[str, dict[str, Callable[[Any], bool]]] = {
     "quality_check": {"result": choice_rule("pass", "fail"), "externalId": text_rule(1000)},
     "inventory_count": {
-        "location": text_rule(),
+        "location": text_rule(1000),
         "itemCount": count_rule,
-        "itemType": text_rule(),
+        "itemType": text_rule(1000),
         "externalId": text_rule(1000),
     },
     "safety_alert": {
-        "alertType": lambda value: text_rule()(value) and bool(value) and set(value) <= ALERT_TYPE_CHARS,
+        "alertType": lambda value: text_rule(1000)(value) and bool(value) and set(value) <= ALERT_TYPE_CHARS,
         "severity": choice_rule("low", "medium", "high"),
         "description": text_rule(10_000),
         "externalId": text_rule(1000),
     },
     "custom": {"value": text_rule(10_000), "externalId": text_rule(1000)},
     "operator_feedback": {
-        "relatedEventId": text_rule(),
+        "relatedEventId": text_rule(1000),
         "feedback": choice_rule("correct", "incorrect", "inconclusive"),
     },
 }
@@ -457,7 +457,7 @@ def test_solution_and_label_are_text(solution: Any, label: Any) -> None:
         assert error is None, error
         assert same_json(body_of(event).get("solution"), None if solution is None else plain(solution))
     prepared, error = outcome(lambda: prepare_event(Event.custom(), JPEG, label=label))
-    if label is not None and not text_rule()(label):
+    if label is not None and not text_rule(1000)(label):
         assert error is not None and error.field == "label"
     else:
         assert error is None, error
@@ -803,6 +803,8 @@ def send_annotations(name: str, predictions: Any) -> None:
 @example(name="object_detections", predictions=[{"x": 10**400, "y": 1, "width": 1, "height": 1}])
 @example(name="object_detections", predictions=[{"y": 1, "width": 1, "height": 1}])
 @example(name="object_detections", predictions=[{"x": 1, "y": 1, "width": 1, "height": 1, "class": "\ud800"}])
+@example(name="object_detections", predictions=[{"x": 1, "y": 1, "width": 1, "height": 1, "class": "c" * 1001}])
+@example(name="classifications", predictions={"class_name": ["ok", "c" * 1001]})
 @example(
     name="instance_segmentations",
     predictions=[dict(DETECTION, points=[{"x": 1, "y": 2}, {"x": [1, 2], "y": 3}, {"x": 0, "y": 0}])],

@@ -117,6 +117,22 @@ def test_external_id_is_at_most_1000_chars(build):
 
 
 @pytest.mark.parametrize(
+    "build, keyword, wire",
+    [
+        (lambda text: Event.inventory_count(location=text), "location", "location"),
+        (lambda text: Event.inventory_count(item_type=text), "item_type", "itemType"),
+        (lambda text: Event.safety_alert(alert_type=text), "alert_type", "alertType"),
+        (lambda text: Event.operator_feedback(related_event_id=text), "related_event_id", "relatedEventId"),
+    ],
+)
+def test_short_text_fields_are_at_most_1000_chars(build, keyword, wire):
+    assert build("a" * 1000).data[wire] == "a" * 1000
+    with rejects(keyword, f"event_data.{wire}") as info:
+        build("a" * 1001)
+    assert info.value.rule == "must be at most 1000 characters (got 1001)"
+
+
+@pytest.mark.parametrize(
     "build, key",
     [
         (lambda text: Event.safety_alert(description=text), "description"),

@@ -359,7 +359,8 @@ def test_close_spools_what_is_queued_and_the_next_writer_delivers_it(tmp_path, s
         ledger.submit(first, "queued", 12)
         time.sleep(0.1)
         spooled_before_close = first.stats()["spooled"]  # an unreachable service sends events to the spool at once
-        assert first.close(timeout=0.1) == first.stats()["spooled"] - spooled_before_close
+        # close() counts what it spooled itself; events meeting a refused connection meanwhile spool on their own.
+        assert 0 <= first.close(timeout=0.1) <= first.stats()["spooled"] - spooled_before_close
         first_stats = first.stats()
         assert first_stats["spooled"] + first_stats["sent"] == 12 and first_stats["spooled"] >= 10
         assert len(entries(spool_dir)) == first_stats["spooled"]

@@ -815,7 +815,7 @@ def test_an_entry_the_service_keeps_refusing_moves_behind_the_others(make_writer
         answers = script.answers
         first_other = min(i for i, (phase, x, _, _) in enumerate(answers) if phase == "stuck" and x != "stuck-0")
         stuck_phase = [(x, status) for phase, x, _, status in answers[:first_other] if phase == "stuck"]
-        assert stuck_phase and set(stuck_phase) == {("stuck-0", 500)}, stuck_phase
+        assert set(stuck_phase) <= {("stuck-0", 500)}, stuck_phase  # empty if the switch met a probe of the next
         assert sum(x == "stuck-0" for _, x, _, _ in answers[:first_other]) >= 3, answers[:first_other]
         script.phase = "open"
         stats = drain_all(writer, 5)

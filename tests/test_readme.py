@@ -117,7 +117,7 @@ def test_the_error_messages_shown_are_the_real_ones():
 
 def test_the_reference_service_section_lists_every_option():
     parser = argparse.ArgumentParser()
-    add_service_arguments(parser, default_data_dir="fastsend-data")
+    add_service_arguments(parser)
     options = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
     options.discard("--help")
     delimited = re.search(r"<!-- reference-service: begin -->(.*)<!-- reference-service: end -->", README, re.S)

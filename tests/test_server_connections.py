@@ -245,8 +245,8 @@ def test_descriptor_exhaustion_is_logged_once_and_clears(tmp_path: Path) -> None
 
 def test_limits_are_serve_options(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    add_service_arguments(parser, default_data_dir=str(tmp_path))
-    defaults = config_from_arguments(parser.parse_args([]))
+    add_service_arguments(parser)
+    defaults = config_from_arguments(parser.parse_args(["--data-dir", str(tmp_path)]))
     assert (defaults.header_timeout, defaults.body_timeout, defaults.idle_timeout) == (10.0, 60.0, 75.0)
     assert (defaults.max_connections, defaults.body_budget_bytes) == (1000, 256 * 1024 * 1024)
     flags = "--header-timeout 2 --body-timeout 3 --idle-timeout 4 --max-connections 5 --body-budget-bytes 70000000"

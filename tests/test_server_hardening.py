@@ -46,14 +46,21 @@ def body_json(**overrides: Any) -> dict[str, Any]:
 
 
 def body_bytes(size: int | None = None) -> bytes:
-    """A valid body; with ``size``, padded (through its label) to exactly that many bytes."""
-    data = json.dumps(body_json()).encode()
+    """A valid body; with ``size``, padded to exactly that many bytes.
+
+    The image takes the padding (NULs after a JPEG's end are allowed; each 3 add 4 base64 characters),
+    the label the last 0 to 3 bytes.
+    """
     if size is None:
-        return data
-    padded = body_json(images=[{"base64Image": base64.b64encode(JPEG).decode(), "label": ""}])
-    base = len(json.dumps(padded).encode())
-    padded["images"][0]["label"] = "x" * (size - base)
-    data = json.dumps(padded).encode()
+        return json.dumps(body_json()).encode()
+
+    def padded(nuls: int, label: str) -> bytes:
+        image = base64.b64encode(JPEG + b"\0" * nuls).decode()
+        return json.dumps(body_json(images=[{"base64Image": image, "label": label}])).encode()
+
+    whole = -len(JPEG) % 3  # NULs that make the image a whole number of base64 groups
+    extra = size - len(padded(whole, ""))
+    data = padded(whole + extra // 4 * 3, "x" * (extra % 4))
     assert len(data) == size
     return data
 
@@ -267,6 +274,14 @@ BAD_QUERIES = [
     ("/v2/events?schema=custom", "schema", "custom"),
     ("/v2/events/some-id?fields=all", "fields", "all"),
     ("/v2/events/some-id/images/output?size=small", "size", "small"),
+    # The viewer's routes and /metrics follow the same rules.
+    ("/viewer/api/events?offset=99999999999999999999", "offset", "99999999999999999999"),
+    ("/viewer/api/events?offset=-1", "offset", "-1"),
+    ("/viewer/api/events?schema=custom&schema=", "schema", ""),
+    ("/viewer/api/events?event_schema=custom", "event_schema", "custom"),
+    ("/viewer/api/newest?since=1", "since", "1"),
+    ("/viewer/api/events/00000000-0000-0000-0000-000000000000/thumbnail?size=small", "size", "small"),
+    ("/metrics?name=x", "name", "x"),
 ]
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 import requests
 import simplejpeg
 from service_process import python_env
-from viewer_support import GREY, browser_missing, grey_jpeg, post_event, start_chromium
+from viewer_support import GREY, browser_missing, grey_jpeg, post_event, start_chromium, wait_until
 
 import fastsend
 from fastsend.jpeg import encode_jpeg
@@ -130,17 +130,21 @@ def test_text_search_reads_metadata_keys_and_values_as_text(service: ReferenceSe
 @pytest.mark.parametrize(
     ("params", "named"),
     [
-        ({"limit": "0"}, "limit must be between 1 and 200"),
-        ({"offset": "x"}, "offset must be an integer"),
-        ({"schema": "nope"}, "schema must be one of"),
-        ({"since": "yesterday"}, "since must be an ISO-8601 timestamp"),
-        ({"until": "2026-03-01T00:00:00"}, "until must carry a UTC offset"),
-        ({"q": "x" * 201}, "q must be at most 200 characters"),
+        ({"limit": "0"}, "query parameter limit: '0' must be an integer from 1 to 200"),
+        ({"offset": "x"}, "query parameter offset: 'x' must be an integer from 0 to 9223372036854775807"),
+        ({"offset": "9" * 23}, "query parameter offset: '99999999999999999999999' must be an integer from 0 to"),
+        ({"schema": "nope"}, "query parameter schema: 'nope' must be one of quality_check,"),
+        ({"since": "yesterday"}, "query parameter since: 'yesterday' must be an ISO-8601 timestamp"),
+        ({"until": "2026-03-01T00:00:00"}, "query parameter until: '2026-03-01T00:00:00' must carry a UTC offset"),
+        ({"q": "x" * 201}, "must be at most 200 characters (got 201)"),
+        ({"page": "2"}, "query parameter page: '2' is not a parameter of this endpoint"),
+        ({"limit": ["5", "6"]}, "query parameter limit: '6' is given more than once"),
     ],
 )
-def test_bad_query_names_the_parameter(service: ReferenceService, params: dict[str, str], named: str) -> None:
+def test_bad_query_names_the_parameter(service: ReferenceService, params: dict[str, Any], named: str) -> None:
     response = requests.get(f"{service.url}/viewer/api/events", params=params, timeout=10)
     assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("application/json")
     assert named in response.json()["detail"]
 
 
@@ -195,7 +199,8 @@ def test_thumbnail_of_an_unknown_event_is_404(service: ReferenceService, event_i
 def test_api_key_guards_the_viewer_api_but_not_the_page(tmp_path: Path) -> None:
     with ReferenceService(tmp_path, api_key="s3cret") as service:
         event_id = post_event(service.url, api_key="s3cret")
-        for path in ("/viewer/api/events", "/viewer/api/newest", f"/viewer/api/events/{event_id}/thumbnail"):
+        thumbnail = f"/viewer/api/events/{event_id}/thumbnail"
+        for path in ("/viewer/api/events", "/viewer/api/newest", "/viewer/api/timeline", thumbnail):
             assert requests.get(service.url + path, timeout=10).status_code == 401
             wrong = requests.get(service.url + path, headers={"X-API-Key": "guess"}, timeout=10)
             assert wrong.status_code == 401
@@ -237,12 +242,6 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def _wait(driver: Any, condition: Callable[[Any], object], message: str) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, TIMEOUT, poll_frequency=0.1).until(condition, message)
-
-
 def _cards(driver: Any) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = driver.execute_script(
         """return [...document.querySelectorAll('#events .card')].map(card => ({
@@ -262,7 +261,7 @@ def _wait_for_cards(driver: Any, count: int, message: str) -> list[dict[str, Any
         shown[:] = _cards(driver)
         return len(shown) == count
 
-    _wait(driver, ready, message)
+    wait_until(driver, ready, message)
     return shown
 
 
@@ -273,7 +272,7 @@ def _open_page(driver: Any, url: str, expected_cards: int) -> list[dict[str, Any
 
 def _wait_drawn(driver: Any) -> None:
     drawn = "return document.querySelector('#detail canvas')?.dataset.drawn === 'true'"
-    _wait(driver, lambda d: d.execute_script(drawn), "the opened event drawn")
+    wait_until(driver, lambda d: d.execute_script(drawn), "the opened event drawn")
 
 
 def _apply_filters(driver: Any, expected_cards: int) -> list[dict[str, Any]]:
@@ -295,7 +294,7 @@ def test_page_lists_stored_events_newest_first_with_thumbnails(browser: Any, ser
     assert [card["id"] for card in cards] == ids[::-1]
     assert all(card["schema"] == "quality_check" for card in cards)
     assert "part-2" in cards[0]["text"] and "pass" in cards[0]["text"]
-    _wait(browser, lambda d: all(0 < card["thumb"] <= THUMBNAIL_SIDE for card in _cards(d)), "thumbnails loaded")
+    wait_until(browser, lambda d: all(0 < card["thumb"] <= THUMBNAIL_SIDE for card in _cards(d)), "thumbnails loaded")
     assert "3 events" in browser.find_element("id", "status").text
 
 
@@ -429,8 +428,78 @@ def test_detail_draws_the_annotations_and_shows_the_data(browser: Any, service: 
     for shown in ("lot-42", "dock-3", "station A", "defect", "66%", "camera", "shift", "Input image"):
         assert shown in text
     input_width = "return document.querySelector('#detail figure.input img').naturalWidth"
-    _wait(browser, lambda d: d.execute_script(input_width) == 320, "the input image shown")
+    wait_until(browser, lambda d: d.execute_script(input_width) == 320, "the input image shown")
     assert f"event={event_id}" in browser.current_url
+
+
+# COCO's 17 keypoints of a standing figure facing the camera, as (x, y): nose, eyes, ears, shoulders,
+# elbows, wrists, hips, knees, ankles (the person's left first). Shoulders, hips and shins are straight
+# horizontal or vertical lines, so their pixels are wholly covered by a 2-pixel line.
+FIGURE = [
+    (320, 60), (335, 50), (305, 50), (350, 60), (290, 60),
+    (380, 130), (260, 130), (420, 200), (220, 200), (440, 270), (200, 270),
+    (360, 260), (280, 260), (370, 350), (270, 350), (370, 440), (270, 440),
+]  # fmt: skip
+
+
+def _pose(name: str, points: dict[int, tuple[int, int]], box: tuple[int, int, int, int]) -> dict[str, Any]:
+    x, y, width, height = box
+    keypoints = [{"id": i, "x": px, "y": py} for i, (px, py) in points.items()]
+    return {"class": name, "x": x, "y": y, "width": width, "height": height, "confidence": 0.9, "keypoints": keypoints}
+
+
+@browser_test
+def test_known_skeletons_join_their_keypoints(browser: Any, service: ReferenceService) -> None:
+    event_id = post_event(
+        service.url,
+        image=grey_jpeg(640, 480),
+        keypoints=[
+            # All 17 COCO ids: the COCO skeleton, whatever the class is called.
+            _pose("player", dict(enumerate(FIGURE)), (320, 250, 300, 420)),
+            # A "person" missing some keypoints, one of them marked not found at (0, 0).
+            _pose(
+                "Person",
+                {5: (610, 150), 6: (530, 150), 11: (600, 300), 12: (540, 300), 13: (600, 390), 14: (0, 0)},
+                (570, 270, 100, 280),
+            ),
+            # Two keypoints of a class with no known skeleton: dots only.
+            _pose("widget", {0: (60, 420), 1: (140, 420)}, (100, 420, 120, 40)),
+        ],
+    )
+    _open_page(browser, service.url, 1)
+    browser.find_element("css selector", f'.card[data-id="{event_id}"]').click()
+    _wait_drawn(browser)
+    grey = (GREY, GREY, GREY)
+    player, person, widget = (_swatch(browser, name) for name in ("player", "Person", "widget"))
+    assert not any(_near(colour, grey, 30) for colour in (player, person, widget))
+
+    for x, y in [(320, 130), (320, 260), (370, 395), (270, 395)]:  # shoulders, hips, both shins
+        assert _near(_pixel(browser, x, y), player), (x, y)
+    for x, y in [(400, 265), (330, 195), (320, 440)]:  # wrist–hip, shoulder–opposite hip, ankle–ankle
+        assert _near(_pixel(browser, x, y), grey, 4), (x, y)
+
+    assert _near(_pixel(browser, 570, 150), person) and _near(_pixel(browser, 600, 345), person)
+    assert _near(_pixel(browser, 135, 75), grey, 4)  # no line to the keypoint at (0, 0) …
+    assert _near(_pixel(browser, 2, 2), grey, 4)  # … and no dot there
+
+    assert _near(_pixel(browser, 60, 420), widget) and _near(_pixel(browser, 140, 420), widget)
+    assert _near(_pixel(browser, 100, 420), grey, 4)
+
+
+# The "skeleton" of the person category in the COCO keypoint annotations (ids from 1).
+COCO_ANNOTATION_SKELETON = [
+    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
+    [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
+]  # fmt: skip
+
+
+@browser_test
+def test_the_coco_skeleton_is_cocos(browser: Any, service: ReferenceService) -> None:
+    browser.get(service.url + "/")
+    edges = browser.execute_async_script(
+        "import('/viewer/static/skeletons.js').then(module => arguments[0](module.COCO_SKELETON))"
+    )
+    assert sorted(sorted(edge) for edge in edges) == sorted(sorted([a - 1, b - 1]) for a, b in COCO_ANNOTATION_SKELETON)
 
 
 HOSTILE = {
@@ -466,7 +535,7 @@ def test_hostile_strings_stay_text(browser: Any, service: ReferenceService) -> N
         """return {
             pwned: window.__pwned ?? null,
             scripts: document.scripts.length,
-            injected: document.querySelectorAll('img[src="x"], svg, b, i').length,
+            injected: document.querySelectorAll('img[src="x"], svg:not(#timeline-chart), b, i').length,
             images: document.querySelectorAll('img:not(.thumb)').length,
         }"""
     )
@@ -479,6 +548,8 @@ def test_hostile_strings_stay_text(browser: Any, service: ReferenceService) -> N
 def test_new_events_appear_without_a_reload(browser: Any, service: ReferenceService) -> None:
     post_event(service.url, event_data={"result": "pass", "externalId": "before"})
     _open_page(browser, service.url, 1)
+    caption = browser.find_element("id", "timeline-caption")
+    wait_until(browser, lambda _: caption.text.startswith("1 event "), "the chart counts the first event")
     browser.execute_script("window.__samePage = true")
     browser.find_element("name", "q").send_keys("typed, not applied")  # the refresh keeps the applied filters
     late = post_event(service.url, event_data={"result": "fail", "externalId": "arrived-later"})
@@ -486,6 +557,7 @@ def test_new_events_appear_without_a_reload(browser: Any, service: ReferenceServ
     assert cards[0]["id"] == late and "arrived-later" in cards[0]["text"]
     assert browser.execute_script("return window.__samePage") is True
     assert "2 events" in browser.find_element("id", "status").text
+    wait_until(browser, lambda _: caption.text.startswith("2 events "), "the chart counts the new event")
 
 
 @browser_test
@@ -494,12 +566,14 @@ def test_page_asks_for_the_api_key(browser: Any, tmp_path: Path) -> None:
         post_event(service.url, event_data={"result": "pass", "externalId": "guarded"}, api_key="s3cret")
         browser.get(service.url + "/")
         form = browser.find_element("id", "key-form")
-        _wait(browser, lambda _: form.is_displayed(), "key form")
+        wait_until(browser, lambda _: form.is_displayed(), "key form")
         assert _cards(browser) == []
         form.find_element("name", "key").send_keys("s3cret\n")
         cards = _wait_for_cards(browser, 1, "cards after the key")
         assert "guarded" in cards[0]["text"]
-        _wait(browser, lambda d: _cards(d)[0]["thumb"] > 0, "thumbnail fetched with the key")
+        wait_until(browser, lambda d: _cards(d)[0]["thumb"] > 0, "thumbnail fetched with the key")
+        caption = browser.find_element("id", "timeline-caption")
+        wait_until(browser, lambda _: caption.text.startswith("1 event "), "the chart fetched with the key")
         assert not browser.find_element("id", "key-form").is_displayed()
 
 

@@ -327,8 +327,9 @@ def test_bad_images_are_named(jpeg_bytes):
 
 def test_a_class_name_json_cannot_carry_is_refused_at_prepare_time(jpeg_bytes):
     with pytest.raises(ValidationError) as info:
-        prepare_event(Event.custom(), jpeg_bytes, classifications={"class_name": ["lone \ud800"]})
-    assert info.value.field == "annotations"
+        prepare_event(Event.custom(), jpeg_bytes, classifications={"class_name": ["ok", "lone \ud800"]})
+    assert info.value.field == "classifications[1].class"
+    assert "must be valid Unicode" in str(info.value)
 
 
 def test_every_event_gets_its_own_idempotency_key(jpeg_bytes):

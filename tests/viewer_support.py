@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,21 @@ import requests
 
 from fastsend.jpeg import encode_jpeg
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "browser_missing", "grey_jpeg", "post_event", "start_chromium"]
+__all__ = [
+    "CHROMEDRIVER",
+    "CHROMIUM",
+    "WAIT_SECONDS",
+    "browser_missing",
+    "grey_jpeg",
+    "post_event",
+    "start_chromium",
+    "wait_until",
+]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 GREY = 128
+WAIT_SECONDS = 15.0  # the longest a test waits for the page to show something
 
 
 # CI drives the browser on one Python only: the page does not change with the interpreter.
@@ -56,6 +67,13 @@ def start_chromium() -> Any:
     driver.set_page_load_timeout(20)
     driver.set_script_timeout(20)
     return driver
+
+
+def wait_until(driver: Any, condition: Callable[[Any], object], message: str) -> None:
+    """Poll ``condition(driver)`` every 0.1 s until it is truthy; fail with ``message`` after WAIT_SECONDS."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.1).until(condition, message)
 
 
 def grey_jpeg(width: int = 640, height: int = 360) -> bytes:

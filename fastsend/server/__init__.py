@@ -5,7 +5,10 @@ contract (with the rules of :mod:`fastsend.events`), stores events durably
 (SQLite WAL + fsynced image files), honours ``Idempotency-Key`` and can
 inject latency, errors, dropped connections and capacity limits. It bounds
 what a client can hold: header, body and idle timeouts, a cap on open
-connections and a memory budget for bodies in progress.
+connections, a memory budget for bodies in progress, a limit on every text
+field and on the pixels an image declares, and thumbnails decoded within a
+memory bound on threads of their own. Bound to loopback it answers only
+loopback ``Host`` names; ``/metrics`` speaks Prometheus (the ``metrics`` extra).
 
 It is a reference for development and tests, not a production ingestion backend.
 
@@ -17,10 +20,11 @@ It is a reference for development and tests, not a production ingestion backend.
 from fastsend.server.app import DEFAULT_MAX_BODY_BYTES
 from fastsend.server.faults import Faults
 from fastsend.server.service import DEFAULT_PORT, ReferenceService, ServiceConfig, run, serve
-from fastsend.server.validation import EventBody, Image, validate_body
+from fastsend.server.validation import DEFAULT_MAX_IMAGE_PIXELS, EventBody, Image, validate_body
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_PORT",
     "EventBody",
     "Faults",

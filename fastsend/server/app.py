@@ -4,26 +4,38 @@ Endpoints:
 
 - ``POST /v2/events`` → 201 ``{"id"}``; 400 (not JSON / not an object / bad
   ``Idempotency-Key`` / a query parameter), 401, 408 (body not received in
-  time), 413, 415, 422 (``ValidationError`` message), 529 with
-  ``Retry-After`` (write capacity or body memory budget), or an injected fault.
-- ``GET /v2/events?limit=&offset=&event_schema=`` → ``{"events", "total"}``,
-  newest first.
+  time), 413, 415 (not ``application/json``, or a ``Content-Encoding``), 422
+  (``ValidationError`` message), 529 with ``Retry-After`` (write capacity or
+  body memory budget), or an injected fault.
+- ``GET /v2/events?limit=&offset=&event_schema=`` → ``{"events", "total"}``:
+  event summaries (see :mod:`.index`), newest first.
 - ``GET /v2/events/{id}`` → one event; ``GET /v2/events/{id}/images/output``
-  and ``/images/input`` → the raw image bytes.
+  and ``/images/input`` → the raw image bytes, streamed from disk.
 - ``GET /healthz`` → ``{"status": "ok"}`` (never needs the API key).
+- ``GET /metrics`` → Prometheus text (see :mod:`.metrics`); 501 without the
+  ``metrics`` extra.
 
-Query parameters are strict, like bodies: on every ``/v2`` route an unknown or
-repeated parameter, or a value breaking its rule, is a 400 naming it.
-Every error body is ``{"detail": "..."}``, a 500 included.
+Query parameters are strict, like bodies: on every route an unknown or
+repeated parameter, or a value breaking its rule, is a 400 naming it
+(:mod:`.queries`). Every error body is ``{"detail": "..."}``, a 500 included.
+The API key, when there is one, guards ``/v2``, ``/viewer/api`` and
+``/metrics``. Requests whose ``Host`` the :class:`~.hosts.HostPolicy` refuses
+get a 421. Every answer carries ``X-Content-Type-Options: nosniff``.
+
+Request bodies are never inflated: the server runs with aiohttp's
+``auto_decompress`` off, and a body with a ``Content-Encoding`` gets 415.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,9 +43,15 @@ from aiohttp import web
 
 from fastsend.events import EVENT_SCHEMAS, ValidationError
 from fastsend.server.committer import Committer
+from fastsend.server.errors import HttpError, json_response
 from fastsend.server.faults import FaultAction, FaultInjector, Faults
+from fastsend.server.hosts import HostPolicy
+from fastsend.server.index import EventIndex, EventQuery
+from fastsend.server.metrics import CONTENT_TYPE, MISSING_DETAIL, Metrics, service_metrics
+from fastsend.server.queries import MAX_OFFSET, BadQuery, check_query, choice_parameter, int_parameter
 from fastsend.server.store import EventStore, StoredEvent
-from fastsend.server.validation import EventBody, validate_body
+from fastsend.server.thumbnails import ThumbnailCache
+from fastsend.server.validation import DEFAULT_MAX_IMAGE_PIXELS, EventBody, validate_body
 from fastsend.server.viewer import add_viewer_routes
 
 __all__ = [
@@ -53,8 +71,9 @@ DEFAULT_BODY_BUDGET_BYTES = 256 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
-MAX_LIST_OFFSET = 2**63 - 1  # SQLite's largest integer
 IDEMPOTENCY_KEY_MAX_CHARS = 255
+# Routes that hold event data or say how the service runs; they need the API key when there is one.
+_GUARDED_PREFIXES = ("/v2/", "/viewer/api/", "/metrics")
 # What a client is told to wait before retrying a 529.
 RETRY_AFTER_SECONDS = 1
 # How much of the body a dropped request reads before the connection is cut.
@@ -100,32 +119,25 @@ class _Held:
 @dataclass
 class _State:
     store: EventStore
+    index: EventIndex
     committer: Committer
     api_key: bytes | None
     capacity: int | None
     max_body_bytes: int
+    max_image_pixels: int
     body_budget: BodyBudget
     body_timeout: float
     faults: FaultInjector
+    hosts: HostPolicy
+    metrics: Metrics | None
     writes_in_progress: int = 0
 
 
 _STATE = web.AppKey("state", _State)
 
 
-class _HttpError(Exception):
-    """Answer with ``status``, ``{"detail": detail}`` and ``headers``; ``close``: then close the connection."""
-
-    def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None, close: bool = False) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
-        self.close = close
-
-
-def _at_capacity(detail: str) -> _HttpError:
-    return _HttpError(529, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+def _at_capacity(detail: str) -> HttpError:
+    return HttpError(529, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def create_app(
@@ -137,38 +149,58 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    hosts: HostPolicy | None = None,
     faults: Faults | None = None,
 ) -> web.Application:
-    """The aiohttp application serving the v2 events API from ``store``.
+    """The aiohttp application serving the v2 events API and the viewer from ``store``.
 
     ``api_key`` (``None`` or empty: no authentication) guards every ``/v2``
-    route. ``capacity`` is the most writes in progress before a request gets
-    529 (``None``: unlimited). ``body_budget_bytes`` bounds the bodies held
-    at once across requests (a body that would pass it gets 529 with
-    ``Retry-After``); ``body_timeout`` is how long a body may take to arrive
-    once its headers have (then 408 and the connection is closed).
+    route, the viewer's data and ``/metrics``. ``capacity`` is the most writes
+    in progress before a request gets 529 (``None``: unlimited).
+    ``body_budget_bytes`` bounds the bodies held at once across requests (a
+    body that would pass it gets 529 with ``Retry-After``); ``body_timeout`` is
+    how long a body may take to arrive once its headers have (then 408 and the
+    connection is closed). ``max_image_pixels`` is the most pixels an image may
+    declare. ``hosts`` says which ``Host`` names are answered (default: those
+    of a service bound to 127.0.0.1).
     """
     if body_budget_bytes < max_body_bytes:
         raise ValueError(
             f"body_budget_bytes must be at least max_body_bytes ({max_body_bytes}), not {body_budget_bytes}"
         )
-    app = web.Application(middlewares=[_json_errors, _require_api_key])
+    app = web.Application(middlewares=[_count_answers, _json_errors, _check_host, _require_api_key])
+    index = EventIndex(store.data_dir / "events.sqlite3")
+    thumbnails = ThumbnailCache(store)
+    budget = BodyBudget(body_budget_bytes)
     app[_STATE] = _State(
         store=store,
+        index=index,
         committer=committer,
         api_key=api_key.encode() if api_key else None,
         capacity=capacity,
         max_body_bytes=max_body_bytes,
-        body_budget=BodyBudget(body_budget_bytes),
+        max_image_pixels=max_image_pixels,
+        body_budget=budget,
         body_timeout=body_timeout,
         faults=FaultInjector(faults),
+        hosts=hosts or HostPolicy("127.0.0.1"),
+        metrics=service_metrics(store.count, lambda: budget.in_use, body_budget_bytes),
     )
+
+    async def close(_: web.Application) -> None:
+        thumbnails.close()
+        index.close()
+
+    app.on_cleanup.append(close)
+    app.on_response_prepare.append(_common_headers)
     app.router.add_post("/v2/events", _post_event)
     app.router.add_get("/v2/events", _list_events)
     app.router.add_get("/v2/events/{id}", _get_event)
     app.router.add_get("/v2/events/{id}/images/{role:output|input}", _get_image)
     app.router.add_get("/healthz", _healthz)
-    add_viewer_routes(app, store, api_key=api_key)
+    app.router.add_get("/metrics", _metrics)
+    add_viewer_routes(app, index, thumbnails)
     return app
 
 
@@ -215,24 +247,33 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
     return body
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    response = _json({"detail": detail}, status)
-    response.headers.update(headers or {})
-    return response
+    return json_response({"detail": detail}, status, headers)
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # No browser may read an answer as anything but its declared type (an image as HTML, say).
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+@web.middleware
+async def _count_answers(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    response = await handler(request)
+    metrics = request.app[_STATE].metrics
+    if metrics is not None:
+        resource = request.match_info.route.resource
+        metrics.answered(resource.canonical if resource is not None else "unmatched", response.status)
+    return response
 
 
 @web.middleware
 async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except _HttpError as exc:
+    except HttpError as exc:
         response = _error(exc.status, exc.detail, exc.headers)
         if exc.close:
             # Send it now and drop the connection, rather than let aiohttp wait for the rest of the body.
@@ -241,6 +282,8 @@ async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamRes
             await response.write_eof()
             request.protocol.force_close()
         return response
+    except BadQuery as exc:
+        return _error(400, str(exc))
     except web.HTTPException as exc:  # routing: unknown path, wrong method
         if exc.status < 400:
             raise
@@ -251,9 +294,19 @@ async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamRes
 
 
 @web.middleware
+async def _check_host(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    hosts = request.app[_STATE].hosts
+    host = request.headers.get("Host")
+    if not hosts.admits(host):
+        assert host is not None  # a request without Host is admitted
+        return _error(421, hosts.refusal(host))
+    return await handler(request)
+
+
+@web.middleware
 async def _require_api_key(request: web.Request, handler: _Handler) -> web.StreamResponse:
     expected = request.app[_STATE].api_key
-    if expected is not None and request.path.startswith("/v2/"):
+    if expected is not None and request.path.startswith(_GUARDED_PREFIXES):
         given = request.headers.get("X-API-Key")
         if given is None:
             return _error(401, "missing X-API-Key header")
@@ -271,23 +324,42 @@ async def _post_event(request: web.Request) -> web.StreamResponse:
         await request.release()
         return _error(state.faults.faults.error_status, state.faults.faults.error_detail)
 
-    _query(request)
-    if request.content_type != "application/json":
-        raise _HttpError(415, f"Content-Type must be application/json, not {request.content_type!r}")
+    check_query(request.query)
+    _check_encoding(request)
     idempotency_key = _idempotency_key(request)
     # The body's bytes stay held until the event is stored: the parsed form lives that long too.
     held = state.body_budget.hold()
     try:
         raw = await _read_body(request, state, held)
+        if state.metrics is not None:
+            state.metrics.received(len(raw))
         # Parsing and base64-decoding a large body is CPU work; keep it off the loop.
-        event = await asyncio.get_running_loop().run_in_executor(None, _parse_event, raw)
-        del raw
+        parse = functools.partial(_parse_event, raw, state.max_image_pixels)
+        event = await asyncio.get_running_loop().run_in_executor(None, parse)
+        del raw, parse
         event_id, created = await _store(state, event, idempotency_key)
     finally:
         held.release()
     if not created:
         logger.debug("Idempotency-Key %r repeated; answering with event %s", idempotency_key, event_id)
-    return _json({"id": event_id}, 201)
+    elif state.metrics is not None:
+        images = (event.output_image, event.input_image)
+        state.metrics.stored(sum(len(image.data) for image in images if image is not None))
+    return json_response({"id": event_id}, 201)
+
+
+def _check_encoding(request: web.Request) -> None:
+    """415 unless the body is JSON as it is: the API compresses nothing, and inflating is a bomb's way in."""
+    if request.content_type != "application/json":
+        raise HttpError(415, f"Content-Type must be application/json, not {request.content_type!r}")
+    encoding = request.headers.get("Content-Encoding", "identity")
+    if encoding.strip().lower() != "identity":
+        # Closed rather than drained: what follows is a compressed body nobody will read.
+        raise HttpError(
+            415,
+            f"Content-Encoding must be absent (identity), not {encoding[:100]!r}: send the body uncompressed",
+            close=True,
+        )
 
 
 async def _store(state: _State, event: EventBody, idempotency_key: str | None) -> tuple[str, bool]:
@@ -302,7 +374,7 @@ async def _store(state: _State, event: EventBody, idempotency_key: str | None) -
         try:
             return await state.committer.submit(event, idempotency_key)
         except Exception as exc:  # noqa: BLE001 - disk full, I/O or SQLite error; the committer logged it
-            raise _HttpError(500, f"could not store the event: {exc}") from None
+            raise HttpError(500, f"could not store the event: {exc}") from None
     finally:
         state.writes_in_progress -= 1
 
@@ -325,7 +397,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     # valid UTF-8 or not, shows up here as a character outside that range.
     if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX_CHARS or not all("\x21" <= char <= "\x7e" for char in key):
         rule = f"must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters (0x21-0x7E)"
-        raise _HttpError(400, str(ValidationError("Idempotency-Key", key, rule)))
+        raise HttpError(400, str(ValidationError("Idempotency-Key", key, rule)))
     return key
 
 
@@ -334,11 +406,11 @@ async def _read_body(request: web.Request, state: _State, held: _Held) -> bytear
     limit = state.max_body_bytes
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise _HttpError(413, f"request body exceeds {limit} bytes")
+        raise HttpError(413, f"request body exceeds {limit} bytes")
     try:
         return await asyncio.wait_for(_receive_body(request, limit, held), state.body_timeout)
     except asyncio.TimeoutError:
-        raise _HttpError(
+        raise HttpError(
             408, f"request body not received within {state.body_timeout:g} s of its headers", close=True
         ) from None
 
@@ -351,14 +423,14 @@ async def _receive_body(request: web.Request, limit: int, held: _Held) -> bytear
     while chunk := await request.content.readany():
         body += chunk
         if len(body) > limit:
-            raise _HttpError(413, f"request body exceeds {limit} bytes")
+            raise HttpError(413, f"request body exceeds {limit} bytes")
         if not held.grow_to(len(body)):
             del body
             raise await _over_budget(request, held)
     return body
 
 
-async def _over_budget(request: web.Request, held: _Held) -> _HttpError:
+async def _over_budget(request: web.Request, held: _Held) -> HttpError:
     budget = held.budget
     held.release()
     # Read the rest and drop it (memory stays flat) so the client is able to read the answer.
@@ -371,78 +443,68 @@ async def _over_budget(request: web.Request, held: _Held) -> _HttpError:
     )
 
 
-def _parse_event(raw: bytes | bytearray) -> EventBody:
+def _parse_event(raw: bytes | bytearray, max_image_pixels: int) -> EventBody:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise _HttpError(400, f"body is not valid JSON: {exc}") from None
+        raise HttpError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise _HttpError(400, f"body must be a JSON object, not {type(body).__name__}")
+        raise HttpError(400, f"body must be a JSON object, not {type(body).__name__}")
     try:
-        return validate_body(body)
+        return validate_body(body, max_image_pixels=max_image_pixels)
     except ValidationError as exc:
-        raise _HttpError(422, str(exc)) from None
+        raise HttpError(422, str(exc)) from None
 
 
 async def _list_events(request: web.Request) -> web.Response:
-    query = _query(request, "limit", "offset", "event_schema")
-    limit = _int_parameter(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
-    offset = _int_parameter(query, "offset", 0, 0, MAX_LIST_OFFSET)
-    schema = query.get("event_schema")
-    if schema is not None and schema not in EVENT_SCHEMAS:
-        raise _bad_parameter("event_schema", schema, f"must be one of {', '.join(EVENT_SCHEMAS)}")
-    store = request.app[_STATE].store
-    events, total = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: store.list_events(limit=limit, offset=offset, event_schema=schema)
+    query = check_query(request.query, "limit", "offset", "event_schema")
+    page = EventQuery(
+        limit=int_parameter(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT),
+        offset=int_parameter(query, "offset", 0, 0, MAX_OFFSET),
+        schema=choice_parameter(query, "event_schema", EVENT_SCHEMAS),
     )
-    return _json({"events": [event_json(event) for event in events], "total": total})
-
-
-def _query(request: web.Request, *allowed: str) -> dict[str, str]:
-    """The query of a ``/v2`` route as a dict; an unknown or repeated parameter is a 400."""
-    query: dict[str, str] = {}
-    for name, value in request.query.items():
-        if name not in allowed:
-            takes = f"takes only {', '.join(allowed)}" if allowed else "takes no query parameters"
-            raise _bad_parameter(name, value, f"is not a parameter of this endpoint ({takes})")
-        if name in query:
-            raise _bad_parameter(name, value, "is given more than once")
-        query[name] = value
-    return query
-
-
-def _int_parameter(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = query.get(name)
-    if text is None:
-        return default
-    # ASCII digits only: int() would also take "+5", " 5", "5_0" and non-ASCII digits.
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise _bad_parameter(name, text, f"must be an integer from {low} to {high}")
-    return int(text)
-
-
-def _bad_parameter(name: str, value: str, rule: str) -> _HttpError:
-    return _HttpError(400, str(ValidationError(f"query parameter {name}", value, rule)))
+    found = await asyncio.get_running_loop().run_in_executor(None, request.app[_STATE].index.page, page)
+    return json_response({"events": found["events"], "total": found["total"]})
 
 
 async def _get_event(request: web.Request) -> web.Response:
-    _query(request)
+    check_query(request.query)
     event_id = request.match_info["id"]
     event = await asyncio.get_running_loop().run_in_executor(None, request.app[_STATE].store.get, event_id)
     if event is None:
-        raise _HttpError(404, f"event {event_id!r} not found")
-    return _json(event_json(event))
+        raise HttpError(404, f"event {event_id!r} not found")
+    return json_response(event_json(event))
 
 
-async def _get_image(request: web.Request) -> web.Response:
-    _query(request)
+async def _get_image(request: web.Request) -> web.StreamResponse:
+    check_query(request.query)
     event_id, role = request.match_info["id"], request.match_info["role"]
-    image = await asyncio.get_running_loop().run_in_executor(None, request.app[_STATE].store.image, event_id, role)
-    if image is None:
-        raise _HttpError(404, f"event {event_id!r} has no {role} image")
-    return web.Response(body=image.data, content_type=image.content_type)
+    store = request.app[_STATE].store
+    found = await asyncio.get_running_loop().run_in_executor(None, _image_file, store, event_id, role)
+    if found is None:
+        raise HttpError(404, f"event {event_id!r} has no {role} image")
+    path, content_type = found
+    # Streamed from disk (sendfile): a client that never reads its answer holds no copy of the file.
+    return web.FileResponse(path, headers={"Content-Type": content_type})
+
+
+def _image_file(store: EventStore, event_id: str, role: str) -> tuple[Path, str] | None:
+    found = store.image_file(event_id, role)
+    if found is not None:
+        # Checked here: a file found missing once the answer has started could no longer be a JSON 500.
+        os.stat(found[0])
+    return found
 
 
 async def _healthz(request: web.Request) -> web.Response:
     # Its query is ignored: probes add cache-busting parameters.
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    check_query(request.query)
+    metrics = request.app[_STATE].metrics
+    if metrics is None:
+        raise HttpError(501, MISSING_DETAIL)
+    text = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+    return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})

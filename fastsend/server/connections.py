@@ -212,6 +212,7 @@ def _answer_and_close(transport: asyncio.Transport, status: int, detail: str, re
     head = [
         f"HTTP/1.1 {status} {reasons[status]}",
         "Content-Type: application/json",
+        "X-Content-Type-Options: nosniff",
         f"Content-Length: {len(body)}",
         "Connection: close",
     ]

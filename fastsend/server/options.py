@@ -1,19 +1,32 @@
-"""The service's command-line options, shared by ``fastsend serve`` and ``python -m fastsend.server``."""
+"""The service's command-line options, shared by ``fastsend serve`` and ``python -m fastsend.server``.
+
+The API key may come from ``--api-key``, ``--api-key-file`` or the
+``FASTSEND_SERVE_API_KEY`` environment variable, in that order; the last two
+keep it out of the process's command line, which other users see (``ps``,
+``/proc/<pid>/cmdline``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
 from fastsend.events import ValidationError
 from fastsend.server.app import DEFAULT_BODY_BUDGET_BYTES, DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 from fastsend.server.connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from fastsend.server.faults import Faults
 from fastsend.server.service import DEFAULT_PORT, ServiceConfig
+from fastsend.server.validation import DEFAULT_MAX_IMAGE_PIXELS
 
-__all__ = ["add_service_arguments", "config_from_arguments"]
+__all__ = ["API_KEY_ENV", "DEFAULT_DATA_DIR", "add_service_arguments", "config_from_arguments"]
+
+API_KEY_ENV = "FASTSEND_SERVE_API_KEY"
+DEFAULT_DATA_DIR = "fastsend-data"
 
 
-def add_service_arguments(parser: argparse.ArgumentParser, *, default_data_dir: str | None = None) -> None:
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """Add host, port, storage, auth, capacity, limit and fault-injection options to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument(
@@ -21,11 +34,27 @@ def add_service_arguments(parser: argparse.ArgumentParser, *, default_data_dir: 
     )
     parser.add_argument(
         "--data-dir",
-        default=default_data_dir,
-        required=default_data_dir is None,
-        help="directory for the SQLite database and image files",
+        default=DEFAULT_DATA_DIR,
+        help=f"directory for the SQLite database and image files (default {DEFAULT_DATA_DIR})",
     )
-    parser.add_argument("--api-key", help="require this X-API-Key on /v2 routes")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests with this Host name (repeatable); bound to loopback, only loopback names"
+        " are answered otherwise",
+    )
+    auth = parser.add_argument_group(
+        "API key",
+        f"Required as X-API-Key on /v2, the viewer's data and /metrics when set. Taken from --api-key, else"
+        f" --api-key-file, else the {API_KEY_ENV} environment variable; the last two keep it out of the"
+        " command line, which other users of the machine can read (ps).",
+    )
+    auth.add_argument("--api-key", help="the key itself (visible in ps; prefer the file or the variable)")
+    auth.add_argument(
+        "--api-key-file", metavar="PATH", help="read the key from this file (surrounding whitespace dropped)"
+    )
     parser.add_argument("--capacity", type=int, help="writes in progress before answering 529")
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -39,6 +68,12 @@ def add_service_arguments(parser: argparse.ArgumentParser, *, default_data_dir: 
         type=int,
         default=DEFAULT_BODY_BUDGET_BYTES,
         help=f"bytes of bodies held at once across requests; past it 529 (default {DEFAULT_BODY_BUDGET_BYTES})",
+    )
+    limits.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"images declaring more pixels (width × height) get 422 (default {DEFAULT_MAX_IMAGE_PIXELS})",
     )
     limits.add_argument(
         "--header-timeout",
@@ -73,8 +108,12 @@ def add_service_arguments(parser: argparse.ArgumentParser, *, default_data_dir: 
     faults.add_argument("--seed", type=int, help="seed for the fault draws")
 
 
-def config_from_arguments(args: argparse.Namespace) -> ServiceConfig:
-    """The ServiceConfig the options describe; a bad value raises ``ValidationError`` naming the option."""
+def config_from_arguments(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """The ServiceConfig the options (and ``environ``, default ``os.environ``) describe.
+
+    A bad value raises ``ValidationError`` naming the option.
+    """
+    api_key = _api_key(args, os.environ if environ is None else environ)
     try:
         faults = Faults(
             latency=args.latency,
@@ -88,7 +127,7 @@ def config_from_arguments(args: argparse.Namespace) -> ServiceConfig:
             data_dir=args.data_dir,
             host=args.host,
             port=args.port,
-            api_key=args.api_key,
+            api_key=api_key,
             capacity=args.capacity,
             max_body_bytes=args.max_body_bytes,
             body_budget_bytes=args.body_budget_bytes,
@@ -96,9 +135,29 @@ def config_from_arguments(args: argparse.Namespace) -> ServiceConfig:
             body_timeout=args.body_timeout,
             idle_timeout=args.idle_timeout,
             max_connections=args.max_connections,
+            max_image_pixels=args.max_image_pixels,
+            allowed_hosts=tuple(args.allowed_host),
             faults=faults,
         )
     except ValueError as exc:
         # Faults and ServiceConfig say "<name> must …": name the option it came from.
         name, _, rule = str(exc).partition(" ")
         raise ValidationError(f"--{name.replace('_', '-')}", getattr(args, name, None), rule) from None
+
+
+def _api_key(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    if args.api_key is not None and args.api_key_file is not None:
+        raise ValidationError("--api-key-file", args.api_key_file, "cannot be given with --api-key: give one")
+    if args.api_key is not None:
+        return str(args.api_key)
+    if args.api_key_file is not None:
+        try:
+            key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError(
+                "--api-key-file", args.api_key_file, f"must be a readable UTF-8 file ({exc})"
+            ) from None
+        if not key:
+            raise ValidationError("--api-key-file", args.api_key_file, "must hold the key (the file is empty)")
+        return key
+    return environ.get(API_KEY_ENV) or None

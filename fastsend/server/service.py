@@ -39,7 +39,9 @@ from fastsend.server.connections import (
     QuietAcceptErrors,
 )
 from fastsend.server.faults import Faults
+from fastsend.server.hosts import HostPolicy
 from fastsend.server.store import EventStore
+from fastsend.server.validation import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["DEFAULT_PORT", "ReferenceService", "ServiceConfig", "run", "serve"]
 
@@ -60,9 +62,12 @@ class ServiceConfig:
     """Everything the service needs to start. ``port=0`` picks a free port.
 
     Limits: ``max_body_bytes`` per body (413); ``body_budget_bytes`` for all
-    bodies held at once (529); ``header_timeout`` / ``body_timeout`` seconds
-    for a request's headers / body to arrive (408); ``idle_timeout`` seconds
-    between requests on a connection; ``max_connections`` open at once (503).
+    bodies held at once (529); ``max_image_pixels`` an image may declare
+    (422); ``header_timeout`` / ``body_timeout`` seconds for a request's
+    headers / body to arrive (408); ``idle_timeout`` seconds between requests
+    on a connection; ``max_connections`` open at once (503).
+    ``allowed_hosts``: ``Host`` names answered besides the loopback ones (see
+    :mod:`fastsend.server.hosts`).
     """
 
     data_dir: str | os.PathLike[str]
@@ -76,6 +81,8 @@ class ServiceConfig:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    allowed_hosts: tuple[str, ...] = ()
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
@@ -83,6 +90,8 @@ class ServiceConfig:
             raise ValueError(f"capacity must be >= 0 or None, not {self.capacity!r}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, not {self.max_body_bytes!r}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive, not {self.max_image_pixels!r}")
         if self.body_budget_bytes < self.max_body_bytes:
             raise ValueError(
                 f"body_budget_bytes must be at least max_body_bytes ({self.max_body_bytes}),"
@@ -122,11 +131,18 @@ async def _running(config: ServiceConfig) -> AsyncIterator[_Running]:
             max_body_bytes=config.max_body_bytes,
             body_budget_bytes=config.body_budget_bytes,
             body_timeout=config.body_timeout,
+            max_image_pixels=config.max_image_pixels,
+            hosts=HostPolicy(config.host, config.allowed_hosts),
             faults=config.faults,
         )
         guard = ConnectionGuard(config.connection_limits())
         app.middlewares.insert(0, guard.middleware)  # first: it marks the end of a request's headers
-        runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT, keepalive_timeout=config.idle_timeout)
+        runner = web.AppRunner(
+            app,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            keepalive_timeout=config.idle_timeout,
+            auto_decompress=False,  # a compressed body is refused (415), never inflated on the loop
+        )
         await runner.setup()
         try:
             # Our own listening socket rather than web.TCPSite, to put the guard in front of aiohttp's protocol.
@@ -223,6 +239,8 @@ class ReferenceService:
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        allowed_hosts: tuple[str, ...] = (),
         faults: Faults | None = None,
     ) -> None:
         self.config = ServiceConfig(
@@ -237,6 +255,8 @@ class ReferenceService:
             body_timeout=body_timeout,
             idle_timeout=idle_timeout,
             max_connections=max_connections,
+            max_image_pixels=max_image_pixels,
+            allowed_hosts=allowed_hosts,
             faults=faults or Faults(),
         )
         self._thread: threading.Thread | None = None
@@ -321,7 +341,8 @@ class ReferenceService:
     def list_events(
         self, *, limit: int = 1000, offset: int = 0, event_schema: str | None = None
     ) -> list[dict[str, Any]]:
-        """Stored events, newest first, in the ``GET /v2/events`` shape."""
+        """Stored events, newest first, each whole as ``GET /v2/events/{id}`` shows it (the HTTP list gives
+        summaries)."""
         events, _ = self._require_running().store.list_events(limit=limit, offset=offset, event_schema=event_schema)
         return [event_json(event) for event in events]
 

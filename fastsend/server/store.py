@@ -258,6 +258,11 @@ class EventStore:
 
     def image(self, event_id: str, role: str) -> Image | None:
         """The ``"output"`` or ``"input"`` image of an event, or ``None`` when it has none."""
+        found = self.image_file(event_id, role)
+        return None if found is None else Image(found[0].read_bytes(), found[1])
+
+    def image_file(self, event_id: str, role: str) -> tuple[Path, str] | None:
+        """The file and content type of an event's ``"output"`` or ``"input"`` image, or ``None``."""
         if role not in ("output", "input"):
             raise ValueError(f"role must be 'output' or 'input', not {role!r}")
         with self._read_lock:
@@ -266,7 +271,7 @@ class EventStore:
             ).fetchone()
         if row is None or row[0] is None:
             return None
-        return Image((self.images_dir / row[0]).read_bytes(), row[1])
+        return self.images_dir / row[0], row[1]
 
 
 def _stored_event(row: tuple[Any, ...]) -> StoredEvent:

@@ -8,6 +8,10 @@ Everything is strict: unknown keys are rejected at every level, numbers must
 be finite and not bools, and a list the client should have omitted (empty)
 is an error. Every failure is a :class:`~fastsend.events.ValidationError`
 naming the field, the value and the rule.
+
+One rule is the service's own: an image may declare at most
+``max_image_pixels`` pixels (read from its header; nothing is decoded), so
+no stored image is a decompression bomb for the viewer's thumbnails.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pybase64
+import simplejpeg
 
 from fastsend.events import (
     INT64_MIN,
@@ -32,7 +37,10 @@ from fastsend.events import (
 )
 from fastsend.jpeg import check_image_file
 
-__all__ = ["EventBody", "Image", "validate_body"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "EventBody", "Image", "validate_body"]
+
+#: 50 megapixels: 8K video is 33; a 50 MP image takes 150 MB once decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 _REQUIRED_KEYS = ("inference_timestamp", "event_schema", "event_data", "images", "displayImagePosition")
 _OPTIONAL_KEYS = ("custom_metadata", "solution")
@@ -85,12 +93,15 @@ class EventBody:
     solution: str | None
 
 
-def validate_body(body: Any) -> EventBody:
-    """Check a parsed JSON body against the v2 contract; raises ``ValidationError``."""
+def validate_body(body: Any, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> EventBody:
+    """Check a parsed JSON body against the v2 contract; raises ``ValidationError``.
+
+    An image declaring more than ``max_image_pixels`` pixels is refused.
+    """
     _check_keys("", body, _REQUIRED_KEYS, _OPTIONAL_KEYS)
     timestamp = _timestamp(body["inference_timestamp"])
     event_data = validate_event_data(body["event_schema"], body["event_data"])
-    output_image, input_image, details = _single_image_entry(body["images"])
+    output_image, input_image, details = _single_image_entry(body["images"], max_image_pixels)
     position = body["displayImagePosition"]
     if isinstance(position, bool) or not isinstance(position, int) or position != 0:
         raise ValidationError("displayImagePosition", position, "must be the integer 0 (the only image)")
@@ -132,7 +143,7 @@ def _timestamp(value: Any) -> str:
     return validate_inference_timestamp(value)
 
 
-def _single_image_entry(images: Any) -> tuple[Image, Image | None, dict[str, Any]]:
+def _single_image_entry(images: Any, max_pixels: int) -> tuple[Image, Image | None, dict[str, Any]]:
     if not isinstance(images, list):
         raise ValidationError("images", images, "must be a list")
     if len(images) != 1:
@@ -140,9 +151,11 @@ def _single_image_entry(images: Any) -> tuple[Image, Image | None, dict[str, Any
     field = "images[0]"
     entry = images[0]
     _check_keys(field, entry, ("base64Image",), _IMAGE_OPTIONAL_KEYS)
-    output_image = _image(f"{field}.base64Image", entry["base64Image"])
+    output_image = _image(f"{field}.base64Image", entry["base64Image"], max_pixels)
     input_image = (
-        _image(f"{field}.inputBase64Image", entry["inputBase64Image"]) if "inputBase64Image" in entry else None
+        _image(f"{field}.inputBase64Image", entry["inputBase64Image"], max_pixels)
+        if "inputBase64Image" in entry
+        else None
     )
     if "label" in entry:
         validate_text(f"{field}.label", entry["label"])
@@ -153,7 +166,7 @@ def _single_image_entry(images: Any) -> tuple[Image, Image | None, dict[str, Any
     return output_image, input_image, details
 
 
-def _image(field: str, value: Any) -> Image:
+def _image(field: str, value: Any, max_pixels: int) -> Image:
     if not isinstance(value, str):
         raise ValidationError(field, value, f"must be a base64 string, not {type(value).__name__}")
     if value.startswith("data:"):
@@ -166,7 +179,24 @@ def _image(field: str, value: Any) -> Image:
         raise ValidationError(
             field, value, "must be standard base64 (RFC 4648 §4: A-Z a-z 0-9 + /, '=' padding, no line breaks)"
         ) from None
-    return Image(data, check_image_file(data, field, value))
+    content_type = check_image_file(data, field, value)
+    width, height = _declared_size(data, content_type)
+    if width * height > max_pixels:
+        raise ValidationError(
+            field,
+            value,
+            f"must declare at most {max_pixels} pixels (the service's --max-image-pixels);"
+            f" this image declares {width}×{height} = {width * height}",
+        )
+    return Image(data, content_type)
+
+
+def _declared_size(data: bytes, content_type: str) -> tuple[int, int]:
+    """Width and height from the header: libjpeg-turbo's reading for a JPEG, IHDR for a PNG."""
+    if content_type == "image/jpeg":
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        return int(width), int(height)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _annotations(field: str, value: Any, keys: tuple[str, ...]) -> None:
@@ -215,7 +245,7 @@ def _keypoint_list(field: str, value: Any) -> None:
 
 
 _ANNOTATION_FIELD_RULES: dict[str, Callable[[str, Any], object]] = {
-    "class": validate_text,
+    "class": validate_text,  # the client's rule too (events.validate_class_names)
     "x": _number,
     "y": _number,
     "width": _number,

@@ -1,10 +1,12 @@
-// The event viewer: a filtered, paged list of events (newest first), the opened event's
-// images, annotations and data, and new events as they arrive.
+// The event viewer: a filtered, paged list of events (newest first), a chart of the filtered
+// events over time, the opened event's images, annotations and data, and new events as they arrive.
 // Everything shown comes from senders, so it only ever reaches the page as text
 // (textContent, attributes set one by one) — never as HTML.
 
 import { AuthError, eventUrl, getImageUrl, getJson, setApiKey, thumbnailUrl } from "./api.js";
+import { formatTime } from "./format.js";
 import { classColour, classCounts, drawAnnotated, formatConfidence } from "./overlay.js";
+import { renderTimeline } from "./timeline.js";
 
 const PAGE_SIZE = 50;
 const POLL_MS = 2000;
@@ -23,6 +25,8 @@ const state = {
   newest: 0, // seq of the newest stored event when the list was loaded
   selected: null,
   loading: null,
+  charting: null, // the chart's request in flight
+  charted: 0, // seq of the newest stored event when the chart was counted
   needsKey: false,
 };
 const thumbnails = new Map(); // event id -> blob: URL, for the cards on screen
@@ -38,16 +42,6 @@ function el(tag, className, ...children) {
     node.append(child instanceof Node ? child : String(child));
   }
   return node;
-}
-
-function formatTime(iso) {
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return String(iso);
-  const pad = (n) => String(n).padStart(2, "0");
-  return (
-    `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ` +
-    `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`
-  );
 }
 
 function formatValue(value) {
@@ -244,6 +238,30 @@ function renderPager(count) {
   $("older").disabled = state.offset + count >= state.total;
 }
 
+// ---------------------------------------------------------------- events over time
+
+async function loadTimeline() {
+  const request = getJson("/viewer/api/timeline", state.filters);
+  state.charting = request;
+  let data;
+  try {
+    data = await request;
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  if (state.charting !== request) return; // a newer request superseded this one
+  state.charted = data.newest;
+  renderTimeline(data, showRange);
+}
+
+/** Narrow the time filter to [start, end) — a clicked bar — and apply it. */
+function showRange(start, end) {
+  filtersForm.elements.since.value = toLocalInput(start);
+  filtersForm.elements.until.value = toLocalInput(end);
+  applyFilters();
+}
+
 // ---------------------------------------------------------------- the opened event
 
 async function openEvent(id) {
@@ -334,6 +352,7 @@ async function poll() {
   if (!document.hidden && !state.needsKey) {
     try {
       const { newest } = await getJson("/viewer/api/newest");
+      if (newest > state.charted) loadTimeline();
       if (newest > state.newest) {
         if (state.offset === 0) {
           await loadList({ fresh: true });
@@ -353,19 +372,20 @@ async function poll() {
 restoreFromUrl();
 state.filters = filterParams();
 
-filtersForm.addEventListener("submit", (event) => {
-  event.preventDefault();
+function applyFilters() {
   state.filters = filterParams();
   state.offset = 0;
   loadList();
+  loadTimeline();
+}
+
+filtersForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  applyFilters();
 });
 filtersForm.addEventListener("reset", () => {
   // After the form has cleared its fields.
-  setTimeout(() => {
-    state.filters = filterParams();
-    state.offset = 0;
-    loadList();
-  });
+  setTimeout(applyFilters);
 });
 $("newer").addEventListener("click", () => {
   state.offset = Math.max(0, state.offset - PAGE_SIZE);
@@ -384,8 +404,10 @@ $("key-form").addEventListener("submit", (event) => {
   setApiKey(event.target.elements.key.value);
   event.target.reset();
   loadList().then(() => state.selected && !state.needsKey && openEvent(state.selected));
+  loadTimeline();
 });
 
+loadTimeline();
 loadList().then(() => {
   if (state.selected && !state.needsKey) openEvent(state.selected);
   setTimeout(poll, POLL_MS);

@@ -1,5 +1,8 @@
 // Annotations drawn over an image on a <canvas>: boxes with class and confidence,
-// instance polygons and keypoints. Coordinates are image pixels; boxes are centre-based.
+// instance polygons and keypoints (joined by their skeleton when it is known, see skeletons.js).
+// Coordinates are image pixels; boxes are centre-based.
+
+import { isFound, skeletonsByClass } from "./skeletons.js";
 
 const PALETTE = [
   "#ff3b30", "#34c759", "#0a84ff", "#ff9f0a", "#bf5af2",
@@ -53,8 +56,11 @@ export function drawAnnotated(canvas, image, details) {
       labels.push({ text: `${item.class} ${formatConfidence(item.confidence)}`, left, top, colour });
     }
   }
+  const skeletons = skeletonsByClass(details.keypoints);
   for (const item of details.keypoints ?? []) {
-    drawKeypoints(context, item.keypoints, classColour(item.class), line * 2);
+    const colour = classColour(item.class);
+    drawSkeleton(context, item.keypoints, skeletons.get(item.class), colour);
+    drawKeypoints(context, item.keypoints, colour, line * 2);
   }
   // Labels last, so no box crosses a label.
   const fontSize = Math.max(12, Math.round(Math.max(width, height) / 60));
@@ -83,8 +89,25 @@ function drawPolygon(context, points, colour) {
   context.stroke();
 }
 
+/** A line for each edge whose two keypoints the detection has (and found). */
+function drawSkeleton(context, keypoints, edges, colour) {
+  if (!edges) return;
+  const byId = new Map((keypoints ?? []).filter(isFound).map((point) => [point.id, point]));
+  context.beginPath();
+  for (const [a, b] of edges) {
+    const from = byId.get(a);
+    const to = byId.get(b);
+    if (!from || !to) continue;
+    context.moveTo(from.x, from.y);
+    context.lineTo(to.x, to.y);
+  }
+  context.strokeStyle = colour;
+  context.lineCap = "round";
+  context.stroke();
+}
+
 function drawKeypoints(context, keypoints, colour, radius) {
-  for (const point of keypoints ?? []) {
+  for (const point of (keypoints ?? []).filter(isFound)) {
     context.beginPath();
     context.arc(point.x, point.y, radius, 0, 2 * Math.PI);
     context.fillStyle = colour;

@@ -1,0 +1,65 @@
+"""Which ``Host`` names the service answers, against DNS rebinding.
+
+A page on any site can make a browser send requests to ``127.0.0.1`` by
+pointing a name it controls there (DNS rebinding); the request then carries
+that name in ``Host``. A service bound to a loopback address therefore answers
+only requests whose ``Host`` is a loopback name — ``localhost``, a name under
+``.localhost``, a loopback address (``127.0.0.1``, ``[::1]``) — or one of the
+names it was given (``--allowed-host``). Bound to another address it answers
+any ``Host``, unless names were given: then only those and the loopback names.
+A request without ``Host`` (HTTP/1.0) is answered: browsers always send one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+__all__ = ["HostPolicy", "is_loopback_name"]
+
+
+def is_loopback_name(name: str) -> bool:
+    """Whether ``name`` (a host name or address, without port or brackets) always means this machine."""
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port: ``[::1]:8001`` → ``::1``."""
+    header = header.strip()
+    if header.startswith("["):
+        return header[1:].partition("]")[0].lower()
+    if header.count(":") == 1:
+        header = header.partition(":")[0]
+    return header.lower().rstrip(".")
+
+
+class HostPolicy:
+    """The ``Host`` names a service bound to ``bind_host`` answers; ``allowed`` adds names (not patterns;
+    a port given with one is ignored)."""
+
+    def __init__(self, bind_host: str, allowed: Iterable[str] = ()) -> None:
+        self.allowed = frozenset(_host_name(name) for name in allowed)  # "gw.lan:8001" means gw.lan
+        self.enforced = bool(self.allowed) or is_loopback_name(bind_host)
+
+    def admits(self, host_header: str | None) -> bool:
+        """Whether a request with this ``Host`` header (``None``: none) is answered."""
+        if not self.enforced or host_header is None:
+            return True
+        name = _host_name(host_header)
+        return name in self.allowed or is_loopback_name(name)
+
+    def refusal(self, host_header: str) -> str:
+        """The ``detail`` of the 421 a refused request gets."""
+        names = "loopback names (localhost, 127.0.0.1, [::1])"
+        if self.allowed:
+            names += f" and {', '.join(sorted(self.allowed))}"
+        return (
+            f"Host {host_header[:100]!r} is not served here: this service answers only {names};"
+            " start it with --allowed-host NAME to add one"
+        )
