@@ -163,11 +163,18 @@ def _read(path: Path | None, flag: str) -> bytes | None:
         raise ValidationError(flag, str(path), f"must be a readable file ({exc.strerror})") from None
 
 
+_SEND_OPTIONS = {"output_image": "--image", "input_image": "--input-image", "label": "--label"}
+
+
 def _send(args: argparse.Namespace) -> int:
     event = _cli_event(args)
     image, input_image = _read(args.image, "--image"), _read(args.input_image, "--input-image")
     with EventWriter(args.url, request_timeout=args.timeout, deadline=args.deadline) as writer:
-        result = writer.send(event, image, input_image=input_image, label=args.label)
+        try:
+            result = writer.send(event, image, input_image=input_image, label=args.label)
+        except ValidationError as error:  # named by the option typed, not the keyword of send()
+            option = _SEND_OPTIONS.get(error.field)
+            raise error if option is None else error.renamed(option) from None
     if result.error_status:
         print(f"error: {result.message}", file=sys.stderr)
         return EXIT_FAILED

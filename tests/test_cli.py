@@ -125,6 +125,22 @@ def test_send_names_the_option_typed_when_a_value_breaks_its_rule(service, jpeg_
     assert done.stderr.startswith("error: --item-count (event_data.itemCount): -3 must be between 0 and")
 
 
+def test_send_names_the_image_and_label_options_typed(service, jpeg_file: Path, tmp_path: Path) -> None:
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_bytes(b"plain text")
+    done = fastsend_cli("send", "--url", service.url, "--image", str(not_an_image), "--schema", "custom")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --image (output_image): b'plain text' bytes must be a JPEG or PNG"), (
+        done.stderr
+    )
+    done = fastsend_cli(
+        "send", "--url", service.url, "--image", str(jpeg_file), "--schema", "custom", "--label", "x" * 1001
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --label (images[0].label): 'xxx"), done.stderr
+    assert service.stored_count() == 0
+
+
 def test_send_help_explains_the_metadata_convention() -> None:
     done = fastsend_cli("send", "--help")
     assert done.returncode == 0
