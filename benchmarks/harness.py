@@ -29,6 +29,7 @@ __all__ = [
     "REFERENCE_FIRE_AND_FORGET",
     "REFERENCE_SYNC",
     "RESULTS",
+    "SECTIONS",
     "SMOKE_BATCH",
     "TRANSFER_CONCURRENCY",
     "TRANSFER_ONLY",
@@ -59,6 +60,8 @@ TRANSFER_CONCURRENCY = 4
 RESULTS: dict[str, dict[str, float]] = {}
 #: scenario → lines printed under its rates in the terminal summary.
 NOTES: dict[str, list[str]] = {}
+#: title → lines: more sections of the terminal summary (the engine benchmarks'), printed after the rates.
+SECTIONS: dict[str, list[str]] = {}
 
 
 def batch_size(benchmark: Any, scenario: str) -> int:

@@ -36,6 +36,16 @@ def _rss_mb() -> float:
     return pages * resource.getpagesize() / MiB
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. ``ru_maxrss`` is not: Linux carries it over ``fork`` and ``exec``,
+    so a probe started from a large pytest process would report that process's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000)
@@ -52,7 +62,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         stats = writer.stats()
         writer.close(timeout=0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     settings = writer.settings
     pool_mb = FRAME_POOL_IDLE_BYTES / MiB
     bound = baseline + settings.queue_bytes / MiB + settings.max_in_flight * event_frame_mb + pool_mb + OVERHEAD_MB

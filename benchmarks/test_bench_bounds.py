@@ -2,10 +2,11 @@
 
 - encode-only: the event's two JPEG encodes (q95, 4:2:0, fastsend's backend) on
   ``os.cpu_count()`` threads, nothing else;
-- transfer-only: real-size bodies, built in advance, POSTed to the sink with
-  fastsend's HTTP/1.1 client and nothing else, ``TRANSFER_CONCURRENCY`` requests in flight;
+- transfer-only: real-size bodies, built in advance, POSTed to the sink through
+  fastsend's transport (its tuned aiohttp session) and nothing else,
+  ``TRANSFER_CONCURRENCY`` requests in flight;
 - encode+transfer bound = 1 / (1/encode-only + 1/transfer-only), in the summary;
-- the HTTP client's CPU per request, fastsend's against an aiohttp session (same job);
+- the transport's CPU per request, fastsend's against an aiohttp session as documented (same job);
 - the reference sender, synchronous and fire-and-forget through its pool.
 
 Every contender sends ``harness.BATCH[scenario]`` events per round to the same sink.

@@ -22,7 +22,9 @@ from benchmarks.reference_sender import (
 from fastsend.jpeg import _load_turbojpeg, _simplejpeg_encode
 from fastsend.wire import build_envelope, splice
 
-_TURBO = _load_turbojpeg()
+_TURBOJPEG = _load_turbojpeg()
+# The JPEG as the encoders use it: a view of the thread's output buffer, base64-encoded from there.
+_TURBO = _TURBOJPEG.compress if _TURBOJPEG is not None else None
 
 
 def _cv2_encode(array, pixel_format, quality, subsampling):

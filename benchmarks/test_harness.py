@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
+import time
 
 import aiohttp
 import cv2
@@ -133,3 +135,46 @@ def test_reference_sender_sync_and_fire_and_forget(sink_url):
         failing.submit(*args)
         with pytest.raises(RuntimeError, match="529"):
             failing.drain(timeout=10)
+
+
+def test_cpu_meter_attributes_a_threads_cpu_to_its_role():
+    from benchmarks.cpu import CpuMeter, thread_role
+
+    assert thread_role("fastsend-encode-1") == "fastsend encoders"
+    assert thread_role("enterprise-sink_0") == "enterprise pool"
+    assert thread_role("Thread-7") == "other"
+
+    def burn_on_an_encoder_thread(events: int) -> None:
+        def spin() -> None:
+            end = time.thread_time() + 0.05 * events
+            while time.thread_time() < end:
+                pass
+
+        worker = threading.Thread(target=spin, name="fastsend-encode-9")
+        worker.start()
+        worker.join(timeout=10)
+
+    meter = CpuMeter()
+    meter.measure(burn_on_an_encoder_thread, 2)
+    report = meter.report()
+    assert report.events == 2 and report.encode_ms is None
+    # The thread ended before the second reading: its CPU is the process's, not attributed to a live thread.
+    assert report.process_ms >= 45
+    assert report.by_role_ms["unattributed"] >= 45
+
+
+def test_cpu_meter_takes_the_encode_and_snapshot_cpu_from_a_writers_stats():
+    from benchmarks.cpu import CpuMeter
+
+    stats = iter(
+        [
+            {"encode_ms_per_image": 2.0, "images_encoded": 10, "snapshot_ms_per_image": 1.0, "images_snapshotted": 10},
+            {"encode_ms_per_image": 2.0, "images_encoded": 14, "snapshot_ms_per_image": 1.0, "images_snapshotted": 14},
+        ]
+    )
+    meter = CpuMeter(lambda: next(stats), planar=True)
+    meter.measure(lambda events: None, 2)
+    report = meter.report()
+    assert report.encode_ms == pytest.approx(4.0) and report.snapshot_ms == pytest.approx(2.0)
+    assert report.around_encoder_ms == pytest.approx(report.process_ms - 4.0)
+    assert report.around_encoder_work_ms == pytest.approx(report.process_ms - 6.0)

@@ -89,6 +89,7 @@ def prepare_block_event(
     instance_segmentations: Any = None,
     keypoint_detections: Any = None,
     copy: bool = True,
+    jpeg: JpegOptions | None = None,
     **schema_fields: Any,
 ) -> BlockEvent:
     """Validate a block call and prepare it; the schema fields are ``qc_result``,
@@ -110,6 +111,7 @@ def prepare_block_event(
             instance_segmentations=instance_segmentations,
             keypoint_detections=keypoint_detections,
             copy=copy,
+            jpeg=jpeg,
         )
     except ValidationError as error:
         if error.field != "label":

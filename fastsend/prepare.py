@@ -19,6 +19,7 @@ from .annotations import (
 )
 from .events import Event, ValidationError
 from .jpeg import ImageSource, JpegOptions, RawImage, prepare_image, release_frame, to_base64
+from .jpeg_pair import reuse_possible
 from .wire import Envelope, build_envelope, splice
 
 __all__ = ["PreparedEvent", "new_idempotency_key", "prepare_event", "render_body"]
@@ -117,21 +118,27 @@ def prepare_event(
     keypoint_detections: Any = None,
     color: str = "bgr",
     copy: bool = True,
+    jpeg: JpegOptions | None = None,
 ) -> PreparedEvent:
     """Validate images and predictions, convert the annotations, serialize the envelope.
 
     Raises ``ValidationError`` naming the field; nothing here is deferred that could
-    fail later for a reason the caller could have been told now.
+    fail later for a reason the caller could have been told now. ``jpeg``: the options
+    the images will be encoded with, so that a snapshot can already be the encoder's
+    first stage (YUV planes); left as pixels when the two frames may share JPEG segments.
     """
     if not isinstance(event, Event):
         raise ValidationError("event", event, "must be a fastsend.Event (build it with Event.quality_check(...) etc.)")
-    output = prepare_image(image, field="output_image", color=color, copy=copy)
+    two_frames = input_image is not None and input_image is not image
+    if jpeg is not None and two_frames and reuse_possible(jpeg):
+        jpeg = None  # segment reuse compares and encodes the frames' pixels
+    output = prepare_image(image, field="output_image", color=color, copy=copy, jpeg=jpeg)
     if input_image is None:
         source = None
     elif input_image is image:
         source = output
     else:
-        source = prepare_image(input_image, field="input_image", color=color, copy=copy)
+        source = prepare_image(input_image, field="input_image", color=color, copy=copy, jpeg=jpeg)
     annotations = {}
     for key, predictions, convert, field in (
         ("objectDetections", object_detections, object_detections_to_wire, "object_detections"),

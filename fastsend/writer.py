@@ -20,7 +20,8 @@ from .block import prepare_block_event
 from .config import Settings, jpeg_backend_wanted, jpeg_reuse_wanted, warn_unknown_env
 from .dispatch import Dispatcher
 from .events import Event, ValidationError, unexpected_keyword_message
-from .jpeg import jpeg_backend
+from .jpeg import JpegOptions, jpeg_backend
+from .jpeg_pair import jpeg_reuse
 from .prepare import PreparedEvent, prepare_event
 from .results import QueueFullError, Result
 from .spool import Spool
@@ -65,7 +66,7 @@ def _keywords_of(function: Callable[..., Any]) -> list[str]:
     return [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
 
 
-_PREPARE_KEYWORDS = _keywords_of(prepare_event)
+_PREPARE_KEYWORDS = [name for name in _keywords_of(prepare_event) if name != "jpeg"]  # the writer's own
 
 
 class EventWriter:
@@ -82,6 +83,10 @@ class EventWriter:
         jpeg_backend_wanted()  # FASTSEND_JPEG_* are checked now, not at the first event's encoding
         jpeg_reuse_wanted()
         jpeg_backend()
+        jpeg_reuse()
+        self.jpeg_options = JpegOptions(
+            self.settings.jpeg_quality, self.settings.jpeg_subsampling, self.settings.jpeg_max_side
+        )
         self.url = events_url(self.settings.url)
         if self.settings.url.endswith(EVENTS_PATH):
             logger.warning(
@@ -143,6 +148,7 @@ class EventWriter:
             keypoint_detections=keypoint_detections,
             color=color,
             copy=copy,
+            jpeg=self.jpeg_options,
         )
         return self.submit_prepared(prepared, deadline=deadline)
 
@@ -293,7 +299,11 @@ class EventWriterSink:
             logger.error("could not start a writer for %s: %s", event_ingestion_url, exc)
             return Result(True, "", f"Event not sent: could not start a writer for its URL: {exc}"), None
         # A synchronous call encodes before it returns: the images need no snapshot.
-        block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
+        # A queued event must not see later in-place edits of its frames (blocks may draw on numpy_image):
+        # they are snapshotted, as the encoder's YUV planes where that pays.
+        block_event = prepare_block_event(
+            event_ingestion_url=writer.settings.url, copy=fire_and_forget, jpeg=writer.jpeg_options, **params
+        )
         if fire_and_forget:
             return Result(False, "", BACKGROUND_MESSAGE), writer.submit_prepared(block_event.prepared)
         return writer.send_prepared(block_event.prepared, deadline=float(request_timeout)), None

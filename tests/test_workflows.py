@@ -12,6 +12,7 @@ import base64
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from service_process import python_env
 require_inference()
 
 import cv2  # noqa: E402
+import simplejpeg  # noqa: E402
 import supervision as sv  # noqa: E402
 from inference.core.workflows.execution_engine.core import ExecutionEngine  # noqa: E402
 
@@ -320,6 +322,50 @@ def test_fire_and_forget_returns_at_once_and_close_delivers_every_event(service)
     engine.close()  # the engine closes its blocks: the block waits for what it queued
     stored = [e for e in service.list_events() if e["event_data"].get("externalId") == "fire-and-forget"]
     assert len(stored) == 6
+
+
+def test_a_queued_event_keeps_its_frames_as_they_were_when_the_step_ran(service, monkeypatch):
+    """Blocks after a sink may draw on the frame in place: the queued event sends the frame it was given,
+    byte for byte the JPEG of that frame."""
+    import fastsend.encoding
+    import fastsend.writer as block_module  # where the block's calls are prepared
+
+    borrowed = []
+    real_prepare = block_module.prepare_block_event
+
+    def recording_prepare(**params):
+        borrowed.append(params["output_image"].numpy_image)
+        return real_prepare(**params)
+
+    overwritten = threading.Event()
+    real_to_base64, real_encode_pair = fastsend.encoding.to_base64, fastsend.encoding.encode_pair
+
+    def encode_after_the_overwrite(source, options):
+        assert overwritten.wait(10)
+        return real_to_base64(source, options)
+
+    def encode_pair_after_the_overwrite(output, input, options):
+        assert overwritten.wait(10)
+        return real_encode_pair(output, input, options)
+
+    monkeypatch.setattr(block_module, "prepare_block_event", recording_prepare)
+    monkeypatch.setattr(fastsend.encoding, "to_base64", encode_after_the_overwrite)
+    monkeypatch.setattr(fastsend.encoding, "encode_pair", encode_pair_after_the_overwrite)
+    engine = ExecutionEngine.init(
+        workflow_definition=workflow(step("fs", FASTSEND, STEPS["annotated"])), init_parameters={}
+    )
+    parameters = runtime(service.url, "drawn-on-later", batch=1, ff=True)
+    frame, original = parameters["image"][0], parameters["image"][0].copy()
+    engine.run(runtime_parameters=parameters)
+    assert np.shares_memory(borrowed[0], frame), "the step saw the caller's own array"
+    frame[:] = 0  # what a later block drawing on numpy_image does
+    overwritten.set()
+    engine.close()
+    (stored,) = [e for e in service.list_events() if e["event_data"].get("externalId") == "drawn-on-later"]
+    # Compared as pixels: a pair may be encoded by the segment-reusing encoder, whose bytes differ.
+    for kind, frame_then in (("output", original), ("input", frames()[0])):
+        sent = simplejpeg.decode_jpeg(service.get_image(stored["id"], kind), colorspace="BGR")
+        assert np.abs(sent.astype(int) - frame_then.astype(int)).mean() < 2.0, kind
 
 
 def test_cooldown_throttles_and_reports_it(service):

@@ -32,7 +32,7 @@ from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
 from ..events import ValidationError
 from ..results import QueueFullError, Result
-from ..writer import EventWriterSink
+from ..writer import EventWriter, EventWriterSink
 from . import BLOCK_TYPE
 
 __all__ = ["BlockManifest", "FastsendEventWriterSinkBlockV1", "flush_shared_writers"]
@@ -334,6 +334,11 @@ def _outputs(result: Result, *, throttled: bool = False) -> dict[str, Any]:
 
 # One writer per URL for the whole process, shared by every step and run (queue, encoders, pool, spool).
 _SHARED = EventWriterSink()
+
+
+def shared_writer(base_url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
+    """The process's writer for this URL (a new key or timeout replaces it); other settings from ``FASTSEND_*``."""
+    return _SHARED.writer_for(base_url, api_key, request_timeout)
 
 
 def flush_shared_writers(timeout: float | None = None) -> int:
