@@ -41,6 +41,26 @@ Wire = list[dict[str, Any]]
 Boxes = Sequence[Sequence[float]]  # (centre x, centre y, width, height) rows
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+def _missing_key(prediction: Mapping[str, Any], field: str) -> ValidationError:
+    return ValidationError(field, _MISSING, f"is required in every prediction (this one has {list(prediction)})")
+
+
+def _required(prediction: Mapping[str, Any], key: str, field: str) -> Any:
+    """``prediction[key]``, which must be there and not ``None``."""
+    value = prediction.get(key)
+    if value is None:
+        raise _missing_key(prediction, field)
+    return value
+
+
 def _is_detections(obj: Any) -> bool:
     return hasattr(obj, "xyxy") and hasattr(obj, "data")
 
@@ -153,8 +173,12 @@ def _prediction_boxes(predictions: list[Mapping[str, Any]], field: str) -> tuple
         return [], [], []
     try:
         rows = [(p["x"], p["y"], p["width"], p["height"], p.get("confidence", 0.0)) for p in predictions]
-    except KeyError as exc:
-        raise ValidationError(f"{field}[].{exc.args[0]}", predictions, "is required in every prediction") from None
+    except KeyError:
+        # Found again, by index, only when one is missing: the loop above is the per-frame path.
+        index, key = next(
+            (i, k) for i, p in enumerate(predictions) for k in ("x", "y", "width", "height") if k not in p
+        )
+        raise _missing_key(predictions[index], f"{field}[{index}].{key}") from None
     numbers = _finite_column(rows, field, len(rows))
     classes = [str(p.get("class", UNKNOWN_CLASS)) for p in predictions]
     validate_class_names(field, classes)
@@ -208,7 +232,9 @@ def _polygon(points: Any, field: str) -> list[list[float]]:
 def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segmentations") -> Wire:
     """Boxes plus ``points``: ``data["polygon"]`` as given, else the largest external contour of each mask.
 
-    A detection whose polygon has fewer than 3 points is dropped.
+    A detection whose polygon has fewer than 3 points is dropped. Boxes with nothing to
+    outline them (Detections without ``mask`` or ``data["polygon"]``, a prediction
+    without ``points``) are refused: they would vanish from the event.
     """
     if _is_detections(predictions):
         entries = _boxes_to_wire(*_detections_boxes(predictions, field))
@@ -218,12 +244,18 @@ def instance_segmentations_to_wire(predictions: Any, field: str = "instance_segm
             points = [_polygon(polygons[i], f"{field}.polygon[{i}]") for i in range(len(entries))]
         elif getattr(predictions, "mask", None) is not None:
             points = [_largest_contour(mask) for mask in predictions.mask]
+        elif entries:  # boxes with nothing to outline: they would vanish from the event
+            rule = "is required: the detections carry neither a mask nor data['polygon']"
+            raise ValidationError(f"{field}.mask", None, f"{rule} (boxes alone go in object_detections)")
         else:
-            points = [[] for _ in entries]
+            points = []
     else:
         listed = _predictions_list(predictions, field)
         entries = _boxes_to_wire(*_prediction_boxes(listed, field))
-        points = [_prediction_polygon(p.get("points"), f"{field}[{i}].points") for i, p in enumerate(listed)]
+        points = [
+            _prediction_polygon(_required(p, "points", f"{field}[{i}].points"), f"{field}[{i}].points")
+            for i, p in enumerate(listed)
+        ]
     # Masks pair with boxes up to the shorter of the two.
     return [dict(entry, points=polygon) for entry, polygon in zip(entries, points, strict=False) if len(polygon) >= 3]
 
@@ -247,13 +279,20 @@ def _real_keypoint_count(names: Any, slots: int) -> int:
 
 
 def keypoints_to_wire(predictions: Any, field: str = "keypoint_detections") -> Wire:
-    """Boxes plus ``keypoints: [{id, x, y}]``; padding slots skipped, detections with none dropped."""
+    """Boxes plus ``keypoints: [{id, x, y}]``; padding slots skipped, detections with none dropped.
+
+    Boxes without keypoints at all (Detections without ``data["keypoints_xy"]``, a
+    prediction without ``keypoints``) are refused: they would vanish from the event.
+    """
     if _is_detections(predictions):
         entries = _boxes_to_wire(*_detections_boxes(predictions, field))
         data = predictions.data or {}
-        xy = data.get("keypoints_xy")
-        if xy is None or not entries:
+        if not entries:
             return []
+        xy = data.get("keypoints_xy")
+        if xy is None:  # boxes without keypoints: they would vanish from the event
+            rule = "is required: the detections carry no data['keypoints_xy']"
+            raise ValidationError(f"{field}.keypoints_xy", None, f"{rule} (boxes alone go in object_detections)")
         xy = _finite_column(xy, f"{field}.keypoints_xy", len(entries))
         if xy.shape[1] % 2:
             raise ValidationError(f"{field}.keypoints_xy", data.get("keypoints_xy"), "must be N×K×2")
@@ -270,7 +309,8 @@ def keypoints_to_wire(predictions: Any, field: str = "keypoint_detections") -> W
         listed = _predictions_list(predictions, field)
         entries = _boxes_to_wire(*_prediction_boxes(listed, field))
         keypoint_lists = (
-            _prediction_keypoints(p.get("keypoints"), f"{field}[{i}].keypoints") for i, p in enumerate(listed)
+            _prediction_keypoints(_required(p, "keypoints", f"{field}[{i}].keypoints"), f"{field}[{i}].keypoints")
+            for i, p in enumerate(listed)
         )
     return [dict(entry, keypoints=points) for entry, points in zip(entries, keypoint_lists, strict=True) if points]
 

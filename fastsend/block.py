@@ -100,18 +100,23 @@ def prepare_block_event(
         known = [*_SCHEMA_FIELDS, *_OTHER_PARAMETERS]
         raise TypeError(unexpected_keyword_message("Event Writer block", unknown[0], known))
     event = _event(event_schema, custom_metadata, schema_fields)
-    prepared = prepare_event(
-        event,
-        output_image,
-        input_image=input_image,
-        label=image_label,
-        object_detections=object_detections,
-        classifications=classifications,
-        instance_segmentations=instance_segmentations,
-        keypoint_detections=keypoint_detections,
-        copy=copy,
-        jpeg=jpeg,
-    )
+    try:
+        prepared = prepare_event(
+            event,
+            output_image,
+            input_image=input_image,
+            label=image_label,
+            object_detections=object_detections,
+            classifications=classifications,
+            instance_segmentations=instance_segmentations,
+            keypoint_detections=keypoint_detections,
+            copy=copy,
+            jpeg=jpeg,
+        )
+    except ValidationError as error:
+        if error.field != "label":
+            raise
+        raise error.renamed("image_label") from None
     return BlockEvent(events_url(event_ingestion_url), prepared)
 
 

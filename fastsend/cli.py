@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import platform
 import sys
 import tempfile
 import time
@@ -11,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from . import __version__
 from .demo import run_demo
 from .events import SCHEMA_KEYWORDS, Event, ValidationError
 from .jpeg import jpeg_backend
@@ -24,6 +27,9 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # `fastsend` alone: what it can do, rather than an error
+        parser.print_help()
+        return EXIT_OK
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
@@ -39,11 +45,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+_METADATA_HELP = (
+    "custom metadata, repeatable: KEY=VALUE sends VALUE as a string (zip=007 stays '007'); "
+    "KEY:=JSON sends a JSON number, true or false (line:=3, ratio:=0.5, ok:=true)"
+)
+
+
+def _flag(keyword: str) -> str:
+    return "--" + keyword.replace("_", "-")
+
+
+# Each schema field's option, once: --external-id serves four schemas.
+_SCHEMA_OPTIONS = dict.fromkeys(keyword for keywords in SCHEMA_KEYWORDS.values() for keyword in keywords)
+
+
 def _parser() -> argparse.ArgumentParser:
     description = "Send vision events to an Event Ingestion Service (v2)."
     parser = argparse.ArgumentParser(prog="fastsend", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(required=True, metavar="{serve,send,demo}")
+    version = f"fastsend {__version__} (Python {platform.python_version()})"
+    parser.add_argument("--version", action="version", version=version)
+    commands = parser.add_subparsers(metavar="{serve,send,demo}")
+    parser.set_defaults(command=None)
 
     serve = commands.add_parser("serve", help="run the reference Event Ingestion Service")
     add_service_arguments(serve)
@@ -55,17 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--input-image", type=Path, help="original frame file (JPEG or PNG)")
     send.add_argument("--label")
     send.add_argument("--schema", required=True, choices=list(SCHEMA_KEYWORDS))
-    for flag in ("--result", "--external-id", "--location", "--item-type", "--alert-type", "--severity"):
-        send.add_argument(flag)
-    send.add_argument("--item-count", type=int)
-    send.add_argument("--description")
-    send.add_argument("--value")
-    send.add_argument("--related-event-id")
-    send.add_argument("--feedback")
+    for keyword in _SCHEMA_OPTIONS:
+        schemas = ", ".join(schema for schema, keywords in SCHEMA_KEYWORDS.items() if keyword in keywords)
+        send.add_argument(_flag(keyword), type=int if keyword == "item_count" else str, help=f"for --schema {schemas}")
     send.add_argument("--solution")
-    send.add_argument(
-        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="custom metadata (repeatable)"
-    )
+    send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE|KEY:=JSON", help=_METADATA_HELP)
     send.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt")
     send.add_argument("--deadline", type=float, default=30.0, help="seconds in all, retries included")
     send.set_defaults(command=_send)
@@ -99,44 +116,42 @@ def _serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- send
 
 
-def _metadata_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def _metadata_pair(pair: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → a string; ``KEY:=JSON`` → the JSON value (HTTPie's convention)."""
+    key, sep, value = pair.partition("=")
+    if not sep:
+        raise ValidationError("--metadata", pair, "must be KEY=VALUE (a string) or KEY:=JSON (a number, true or false)")
+    if not key.endswith(":"):  # a metadata key has no ':' of its own, so ':=' is unambiguous
+        return key, value
+    try:
+        return key[:-1], json.loads(value)
+    except ValueError as exc:
+        rule = f"must hold JSON after := (a number, true or false; {exc}); KEY=VALUE sends VALUE as a string"
+        raise ValidationError("--metadata", pair, rule) from None
 
 
 def _metadata(pairs: list[str]) -> dict[str, Any] | None:
-    if not pairs:
-        return None
-    metadata = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValidationError("--metadata", pair, "must be KEY=VALUE")
-        metadata[key] = _metadata_value(value)
-    return metadata
+    return dict(_metadata_pair(pair) for pair in pairs) if pairs else None
 
 
 def _cli_event(args: argparse.Namespace) -> Event:
-    common = {"custom_metadata": _metadata(args.metadata), "solution": args.solution}
-    builders = {
-        "quality_check": lambda: Event.quality_check(args.result, args.external_id, **common),
-        "inventory_count": lambda: Event.inventory_count(
-            args.location, args.item_count, args.item_type, args.external_id, **common
-        ),
-        "safety_alert": lambda: Event.safety_alert(
-            args.alert_type, args.severity, args.description, args.external_id, **common
-        ),
-        "custom": lambda: Event.custom(args.value, args.external_id, **common),
-        "operator_feedback": lambda: Event.operator_feedback(args.related_event_id, args.feedback, **common),
-    }
-    return builders[args.schema]()
+    """The event the options describe; an option the schema does not take is an error, not ignored."""
+    schema_keywords = SCHEMA_KEYWORDS[args.schema]
+    for keyword in _SCHEMA_OPTIONS:
+        value = getattr(args, keyword)
+        if value is not None and keyword not in schema_keywords:
+            takes = ", ".join(_flag(name) for name in schema_keywords)
+            raise ValidationError(_flag(keyword), value, f"is not a field of {args.schema} (it takes {takes})")
+    fields = {keyword: getattr(args, keyword) for keyword in schema_keywords}
+    try:
+        build = getattr(Event, args.schema)
+        return cast(Event, build(**fields, custom_metadata=_metadata(args.metadata), solution=args.solution))
+    except ValidationError as error:
+        if error.field in fields or error.field == "solution":
+            raise error.renamed(_flag(error.field)) from None
+        if error.field.startswith("custom_metadata"):
+            raise error.renamed("--metadata") from None
+        raise
 
 
 def _read(path: Path | None, flag: str) -> bytes | None:
@@ -148,11 +163,18 @@ def _read(path: Path | None, flag: str) -> bytes | None:
         raise ValidationError(flag, str(path), f"must be a readable file ({exc.strerror})") from None
 
 
+_SEND_OPTIONS = {"output_image": "--image", "input_image": "--input-image", "label": "--label"}
+
+
 def _send(args: argparse.Namespace) -> int:
     event = _cli_event(args)
     image, input_image = _read(args.image, "--image"), _read(args.input_image, "--input-image")
     with EventWriter(args.url, request_timeout=args.timeout, deadline=args.deadline) as writer:
-        result = writer.send(event, image, input_image=input_image, label=args.label)
+        try:
+            result = writer.send(event, image, input_image=input_image, label=args.label)
+        except ValidationError as error:  # named by the option typed, not the keyword of send()
+            option = _SEND_OPTIONS.get(error.field)
+            raise error if option is None else error.renamed(option) from None
     if result.error_status:
         print(f"error: {result.message}", file=sys.stderr)
         return EXIT_FAILED

@@ -96,7 +96,7 @@ class SyntheticVideo:
 
     @staticmethod
     def _annotate(frame: npt.NDArray[np.uint8], predictions: list[dict[str, Any]]) -> npt.NDArray[np.uint8]:
-        out = frame.copy()
+        out: npt.NDArray[np.uint8] = frame.copy()  # some numpy stubs type copy() as Any
         for p in predictions:
             x0, y0 = int(p["x"] - p["width"] / 2), int(p["y"] - p["height"] / 2)
             x1, y1 = x0 + int(p["width"]) - 1, y0 + int(p["height"]) - 1

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "TEXT_MAX_CHARS",
     "Event",
     "ValidationError",
+    "parse_timestamp",
     "validate_class_names",
     "validate_custom_metadata",
     "validate_event_data",
@@ -250,6 +251,71 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+# The ISO-8601 forms accepted, the same on every Python (datetime.fromisoformat learned "Z", fractions
+# other than 3 or 6 digits and the basic format only in 3.11, and week dates besides).
+_FRACTION = r"(?:[.,](?P<fraction>[0-9]+))?"
+_EXTENDED_TIMESTAMP = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt ]"
+    rf"(?P<hour>[0-9]{{2}}):(?P<minute>[0-9]{{2}})(?::(?P<second>[0-9]{{2}}){_FRACTION})?"
+    # ±HH:MM:SS[.ffffff] is what datetime.isoformat() writes for an offset with seconds.
+    r"(?P<offset>[Zz]|[+-][0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?|[0-9]{2})?)?"
+)
+_BASIC_TIMESTAMP = re.compile(
+    r"(?P<year>[0-9]{4})(?P<month>[0-9]{2})(?P<day>[0-9]{2})[Tt]"
+    rf"(?P<hour>[0-9]{{2}})(?P<minute>[0-9]{{2}})(?:(?P<second>[0-9]{{2}}){_FRACTION})?"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}(?:[0-9]{2})?)?"
+)
+TIMESTAMP_FRACTION_MAX_DIGITS = 9
+_TIMESTAMP_FORM = "YYYY-MM-DDTHH:MM[:SS[.fraction]] and Z or ±HH:MM"
+
+
+def parse_timestamp(text: str, field: str = "inference_timestamp") -> datetime:
+    """An ISO-8601 timestamp with a UTC offset as an aware ``datetime``; the same on Python 3.10 to 3.13.
+
+    Accepted: ``YYYY-MM-DDTHH:MM[:SS[.fraction]]`` (``T``, ``t`` or a space between date and
+    time; ``.`` or ``,`` before the fraction) or the basic form ``YYYYMMDDTHHMM[SS[.fraction]]``,
+    then an offset: ``Z``, ``±HH:MM``, ``±HHMM``, ``±HH`` (or ``±HH:MM:SS[.ffffff]``, as
+    ``datetime.isoformat()`` writes it). The fraction has 1 to 9 digits; digits past the
+    microsecond are dropped (truncated, never rounded: rounding could carry into the next
+    second, day or year). A text without an offset is refused: its moment is unknown.
+    """
+    match = _EXTENDED_TIMESTAMP.fullmatch(text) or _BASIC_TIMESTAMP.fullmatch(text)
+    if match is None:
+        raise ValidationError(field, text, f"must be an ISO-8601 timestamp ({_TIMESTAMP_FORM})")
+    parts = match.groupdict()
+    if parts["offset"] is None:
+        raise ValidationError(field, text, "must carry a UTC offset (Z or ±HH:MM)")
+    fraction = parts["fraction"] or ""
+    if len(fraction) > TIMESTAMP_FRACTION_MAX_DIGITS:
+        rule = f"must have at most {TIMESTAMP_FRACTION_MAX_DIGITS} digits of fractional seconds (got {len(fraction)})"
+        raise ValidationError(field, text, rule)
+    offset = _offset(parts["offset"], field, text)
+    try:
+        return datetime(
+            int(parts["year"]),
+            int(parts["month"]),
+            int(parts["day"]),
+            int(parts["hour"]),
+            int(parts["minute"]),
+            int(parts["second"] or 0),
+            int(fraction[:6].ljust(6, "0")),
+            tzinfo=offset,
+        )
+    except ValueError as exc:  # month 13, February 30, hour 24, second 60, year 0
+        raise ValidationError(field, text, f"must be a real date and time ({exc})") from None
+
+
+def _offset(text: str, field: str, given: str) -> timezone:
+    if text in ("Z", "z"):
+        return timezone.utc
+    digits, _, micro = text[1:].replace(":", "").partition(".")
+    hours, minutes, seconds = int(digits[0:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        raise ValidationError(field, given, f"must have a UTC offset between -23:59 and +23:59 (got {text})")
+    size = timedelta(hours=hours, minutes=minutes, seconds=seconds, microseconds=int(micro.ljust(6, "0")))
+    return timezone(-size if text[0] == "-" else size)
+
+
 def _timestamp(value: datetime | str | None) -> str:
     if value is None:
         return _utc_now()
@@ -258,13 +324,7 @@ def _timestamp(value: datetime | str | None) -> str:
             raise ValidationError("inference_timestamp", value, "must be timezone-aware")
         return _utc_isoformat(value)
     if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValidationError("inference_timestamp", value, "must be an ISO-8601 timestamp") from None
-        if parsed.tzinfo is None:
-            raise ValidationError("inference_timestamp", value, "must carry a UTC offset")
-        return _utc_isoformat(parsed, value)
+        return _utc_isoformat(parse_timestamp(value), value)
     raise ValidationError("inference_timestamp", value, "must be a datetime or an ISO-8601 string")
 
 
@@ -378,9 +438,9 @@ def validate_inference_timestamp(value: Any) -> str:
     """An inference timestamp as UTC ISO-8601 text, the form sent on the wire.
 
     Accepts a timezone-aware ``datetime`` or an ISO-8601 string carrying an
-    offset (any offset; ``Z`` from Python 3.11, whose ``fromisoformat`` knows
-    it); both are converted to UTC. A naive value, or one outside years 1 to
-    9999 once in UTC, is refused.
+    offset, read by :func:`parse_timestamp` (``Z`` included, on every Python);
+    both are converted to UTC. A naive value, or one outside years 1 to 9999
+    once in UTC, is refused.
     """
     if value is None:
         raise ValidationError("inference_timestamp", value, "must be a datetime or an ISO-8601 string")

@@ -158,6 +158,7 @@ def _active_backend() -> _Backend:
     global _backend
     if _backend is None:
         _backend = _select_backend()
+        logger.info("JPEG encoder backend: %s", _backend[0])
     return _backend
 
 
@@ -219,7 +220,9 @@ def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
         if options.max_side is not None:
             array = downscale(array, options.max_side)
         jpeg = _jpeg(array, source.pixel_format, options.quality, options.subsampling)
-    return cast(bytes, pybase64.b64encode(jpeg))
+    # Annotated, not cast: recent pybase64 ships types (1.5 does); the 1.0 that inference pins has none.
+    encoded: bytes = pybase64.b64encode(jpeg)
+    return encoded
 
 
 def _planes_jpeg(source: RawImage, options: JpegOptions) -> memoryview:
@@ -314,8 +317,10 @@ def _prepare_file(path: str | os.PathLike[str], field: str) -> ImageSource:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as exc:
+        shown = os.fspath(path)
+        where = "" if os.path.isabs(shown) else f", relative to {os.getcwd()}"
         reason = exc.strerror or str(exc)
-        raise ValidationError(field, os.fspath(path), f"must be a readable image file ({reason})") from None
+        raise ValidationError(field, shown, f"must be the path of a readable image file ({reason}{where})") from None
     if data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC):
         check_image_file(data, field, os.fspath(path))
         return EncodedImage(pybase64.b64encode(data))
@@ -485,11 +490,8 @@ def _prepare_text(text: str, field: str) -> ImageSource:
     encoded = _base64_image(text, field)
     if encoded is not None:
         return encoded
-    if len(text) <= _MAX_PATH_CHARS and os.path.isfile(text):
-        return _prepare_file(text, field)
-    if text.lower().endswith(_IMAGE_SUFFIXES):
-        where = "" if os.path.isabs(text) else f" (relative to {os.getcwd()})"
-        raise ValidationError(field, text, f"must be the path of an existing image file{where}")
+    if len(text) <= _MAX_PATH_CHARS and (os.path.isfile(text) or text.lower().endswith(_IMAGE_SUFFIXES)):
+        return _prepare_file(text, field)  # a missing file is refused there, in the words a Path gets
     rule = "is neither standard padded base64 of a JPEG/PNG file nor the path of an existing file"
     raise ValidationError(field, text, f"{rule}; {_ACCEPTED_INPUTS}")
 

@@ -89,7 +89,7 @@ def build_envelope(
     """
     entry: dict[str, Any] = {}
     if label is not None:
-        entry["label"] = validate_text("image_label", label)
+        entry["label"] = _label(label)
     for key, items in (annotations or {}).items():
         if key not in ANNOTATION_KEYS:
             raise ValidationError("annotations", key, f"must be one of {', '.join(ANNOTATION_KEYS)}")
@@ -110,6 +110,13 @@ def build_envelope(
         ) from None
     entry_rest = b"}" if rest == b"{}" else b"," + rest[1:]
     return Envelope(head=head, tail=entry_rest + b"]," + orjson.dumps(after)[1:])
+
+
+def _label(label: Any) -> str:
+    try:
+        return validate_text("label", label)
+    except ValidationError as error:  # the caller's keyword first, then where it goes in the body
+        raise ValidationError("label", label, error.rule, wire_field="images[0].label") from None
 
 
 def splice(envelope: Envelope, output_b64: bytes, input_b64: bytes | None = None) -> list[bytes]:

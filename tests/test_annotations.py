@@ -209,12 +209,16 @@ def test_inference_predictions_are_already_centre_based():
 
 
 @pytest.mark.parametrize("key", ["x", "y", "width", "height"])
-def test_inference_predictions_need_every_coordinate(key):
-    broken = [dict(PREDICTIONS["predictions"][0])]
-    del broken[0][key]
+def test_inference_predictions_need_every_coordinate_and_the_error_names_the_index(key):
+    good = dict(PREDICTIONS["predictions"][0])
+    broken = {name: value for name, value in good.items() if name != key}
     with pytest.raises(ValidationError) as info:
-        object_detections_to_wire({"predictions": broken})
-    assert info.value.field == f"object_detections[].{key}"
+        object_detections_to_wire({"predictions": [good, good, broken]})
+    assert info.value.field == f"object_detections[2].{key}"
+    assert (
+        str(info.value)
+        == f"object_detections[2].{key}: <missing> is required in every prediction (this one has {list(broken)})"
+    )
 
 
 def test_inference_predictions_with_nan_are_rejected():
@@ -295,8 +299,29 @@ def test_a_mask_without_opencv_names_the_masks_extra(monkeypatch):
         instance_segmentations_to_wire(det)
 
 
-def test_detections_without_masks_or_polygons_give_no_segmentations():
-    assert instance_segmentations_to_wire(detections(BOXES, confidence=[1, 1, 1])) == []
+def test_detections_without_masks_or_polygons_are_refused_saying_what_is_missing():
+    with pytest.raises(ValidationError) as info:
+        instance_segmentations_to_wire(detections(BOXES, confidence=[1, 1, 1]))
+    assert info.value.field == "instance_segmentations.mask"
+    assert str(info.value) == (
+        "instance_segmentations.mask: None is required: the detections carry neither a mask nor data['polygon']"
+        " (boxes alone go in object_detections)"
+    )
+    assert "object_detections" in info.value.rule
+
+
+def test_no_detections_need_no_masks():
+    assert instance_segmentations_to_wire(sv.Detections.empty()) == []
+
+
+def test_a_segmentation_prediction_without_points_is_refused_by_index():
+    with_points = {"x": 3, "y": 4, "width": 1, "height": 1, "points": [{"x": 0, "y": 0}] * 3}
+    without = {"x": 3, "y": 4, "width": 1, "height": 1, "class": "leaf"}
+    for missing in (without, dict(without, points=None)):
+        with pytest.raises(ValidationError) as info:
+            instance_segmentations_to_wire({"predictions": [with_points, missing]})
+        assert info.value.field == "instance_segmentations[1].points"
+        assert "is required in every prediction" in str(info.value)
 
 
 def test_nan_polygon_is_rejected():
@@ -314,7 +339,7 @@ def test_inference_segmentation_predictions():
         "predictions": [
             {"x": 3, "y": 4, "width": 4.5, "height": 5.25, "confidence": 0.7, "class": "leaf", "points": points},
             {"x": 3, "y": 4, "width": 1, "height": 1, "confidence": 0.7, "class": "speck", "points": points[:2]},
-            {"x": 3, "y": 4, "width": 1, "height": 1, "confidence": 0.7, "class": "none"},
+            {"x": 3, "y": 4, "width": 1, "height": 1, "confidence": 0.7, "class": "none", "points": []},
         ]
     }
     assert instance_segmentations_to_wire(predictions) == [
@@ -374,8 +399,23 @@ def test_without_keypoint_names_every_slot_is_real():
     ]
 
 
-def test_detections_without_keypoints_give_none():
-    assert keypoints_to_wire(detections(BOXES, confidence=[1, 1, 1])) == []
+def test_detections_without_keypoints_are_refused_saying_what_is_missing():
+    with pytest.raises(ValidationError) as info:
+        keypoints_to_wire(detections(BOXES, confidence=[1, 1, 1]))
+    assert info.value.field == "keypoint_detections.keypoints_xy"
+    assert "the detections carry no data['keypoints_xy']" in info.value.rule
+
+
+def test_no_detections_need_no_keypoints():
+    assert keypoints_to_wire(sv.Detections.empty()) == []
+
+
+def test_a_keypoint_prediction_without_keypoints_is_refused_by_index():
+    with pytest.raises(ValidationError) as info:
+        keypoints_to_wire(
+            [{"x": 10, "y": 20, "width": 4, "height": 8, "keypoints": []}, {"x": 1, "y": 1, "width": 1, "height": 1}]
+        )
+    assert info.value.field == "keypoint_detections[1].keypoints"
 
 
 def test_nan_keypoint_is_rejected():

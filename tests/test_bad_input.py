@@ -442,7 +442,8 @@ def test_inference_timestamp_is_a_real_utc_moment_or_refused(moment: Any) -> Non
     sent = datetime.fromisoformat(body_of(event)["inference_timestamp"])
     assert sent.utcoffset() == timedelta(0)
     if moment is not None:
-        given_moment = moment if isinstance(moment, datetime) else datetime.fromisoformat(moment)
+        # The strings here are isoformat()'s or the samples above, which 3.10's fromisoformat reads once Z is spelt out.
+        given_moment = moment if isinstance(moment, datetime) else datetime.fromisoformat(moment.replace("Z", "+00:00"))
         assert given_moment.tzinfo is not None and sent == given_moment
 
 
@@ -457,7 +458,7 @@ def test_solution_and_label_are_text(solution: Any, label: Any) -> None:
         assert same_json(body_of(event).get("solution"), None if solution is None else plain(solution))
     prepared, error = outcome(lambda: prepare_event(Event.custom(), JPEG, label=label))
     if label is not None and not text_rule(1000)(label):
-        assert error is not None and error.field == "image_label"
+        assert error is not None and error.field == "label"
     else:
         assert error is None, error
         raw = rendered(prepared)
@@ -688,6 +689,31 @@ def test_a_missing_image_file_is_refused_by_submit_on_the_callers_thread(tmp_pat
         assert writer.stats()["submitted"] == 0
 
 
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_a_missing_file_gets_one_message_given_as_str_or_as_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = "frame.jpg" if relative else str(tmp_path / "frame.jpg")
+    errors = [
+        outcome(lambda given=given: prepare_image(given, field="output_image"))[1] for given in (missing, Path(missing))
+    ]
+    assert errors[0] is not None and errors[1] is not None
+    assert str(errors[0]) == str(errors[1])
+    assert (errors[0].field, errors[0].value) == (errors[1].field, errors[1].value) == ("output_image", missing)
+    where = f", relative to {tmp_path}" if relative else ""
+    assert errors[0].rule == f"must be the path of a readable image file (No such file or directory{where})"
+
+
+def test_submit_and_send_name_a_bad_label_label() -> None:
+    with EventWriter("http://127.0.0.1:9", retries=0) as writer:
+        for call in (writer.submit, writer.send):
+            with pytest.raises(ValidationError) as info:
+                call(Event.custom(value="v"), JPEG, label=123)
+            assert str(info.value) == "label (images[0].label): 123 must be a string, not int"
+        assert writer.stats()["submitted"] == 0
+
+
 def test_block_errors_name_the_blocks_parameters() -> None:
     sink = EventWriterSink()
     try:
@@ -904,6 +930,18 @@ def test_supervision_detections_with_nan_or_inf_are_refused() -> None:
                 assert error is not None and error.field == f"{name}.{field}", error
         _, error = outcome(functools.partial(prepare_event, Event.custom(), JPEG, classifications=bad_confidence))
         assert error is not None and error.field == "classifications.confidence"
+
+
+def test_boxes_given_as_segmentations_or_keypoints_without_them_are_refused_not_sent_bare() -> None:
+    sv = pytest.importorskip("supervision")
+    boxes = sv.Detections(xyxy=np.array([[0.0, 0.0, 10.0, 10.0]]), confidence=np.array([0.5]))
+    for name, missing in (("instance_segmentations", "mask"), ("keypoint_detections", "keypoints_xy")):
+        with EventWriter("http://127.0.0.1:9", retries=0) as writer:
+            with pytest.raises(ValidationError) as info:
+                writer.submit(Event.custom(value="v"), JPEG, **{name: boxes})
+            assert writer.stats()["submitted"] == 0
+        assert info.value.field == f"{name}.{missing}"
+        assert "the detections carry" in info.value.rule and "object_detections" in info.value.rule
 
 
 # ---------------------------------------------------------------- the service's validation

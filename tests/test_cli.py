@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import re
 import select
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import simplejpeg
 
+import fastsend
 from fastsend import cli
 from fastsend.server import ReferenceService
 
@@ -51,7 +53,9 @@ def test_send_prints_the_event_id_and_the_service_stores_the_event(service, jpeg
     done = fastsend_cli(
         "send", "--url", service.url, "--image", str(jpeg_file), "--input-image", str(jpeg_file),
         "--schema", "safety_alert", "--alert-type", "fall", "--severity", "high",
-        "--metadata", "line=3", "--metadata", "ok=true", "--metadata", "ratio=0.5", "--metadata", "site=north dock",
+        "--metadata", "line:=3", "--metadata", "ok:=true", "--metadata", "ratio:=0.5", "--metadata", "site=north dock",
+        "--metadata", "zip=007", "--metadata", "id=12345678901234567890123", "--metadata", "flag=true",
+        "--metadata", "quoted:=\"7\"", "--metadata", "formula=a=b",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     event_id = done.stdout.strip()
@@ -59,7 +63,11 @@ def test_send_prints_the_event_id_and_the_service_stores_the_event(service, jpeg
     assert stored is not None
     assert stored["event_schema"] == "safety_alert"
     assert stored["event_data"] == {"alertType": "fall", "severity": "high"}
-    assert stored["custom_metadata"] == {"line": 3, "ok": True, "ratio": 0.5, "site": "north dock"}
+    # KEY=VALUE is a string, whatever it looks like; KEY:=JSON is typed.
+    assert stored["custom_metadata"] == {
+        "line": 3, "ok": True, "ratio": 0.5, "site": "north dock",
+        "zip": "007", "id": "12345678901234567890123", "flag": "true", "quoted": "7", "formula": "a=b",
+    }  # fmt: skip
     assert service.get_image(event_id, "output") == jpeg_file.read_bytes()
     assert service.get_image(event_id, "input") == jpeg_file.read_bytes()
 
@@ -71,6 +79,87 @@ def test_send_with_invalid_field_exits_2_naming_the_field(service, jpeg_file: Pa
     assert done.returncode == 2
     assert "severity" in done.stderr and "extreme" in done.stderr
     assert service.stored_count() == 0
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--schema", "custom", "--severity", "high"], "--severity: 'high' is not a field of custom (it takes --value"),
+        (["--schema", "quality_check", "--value", "x"], "--value: 'x' is not a field of quality_check"),
+        (["--schema", "operator_feedback", "--item-count", "3"], "--item-count: 3 is not a field of operator_feedback"),
+    ],
+)
+def test_send_with_an_option_its_schema_does_not_take_exits_2_naming_it(
+    service, jpeg_file: Path, options: list[str], named: str
+) -> None:
+    done = fastsend_cli("send", "--url", service.url, "--image", str(jpeg_file), *options)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {named}"), done.stderr
+    assert service.stored_count() == 0
+
+
+@pytest.mark.parametrize(
+    "pair, named",
+    [
+        ("zip:=007", "--metadata: 'zip:=007' must hold JSON after :="),
+        ("line", "--metadata: 'line' must be KEY=VALUE (a string) or KEY:=JSON"),
+        ("id:=12345678901234567890123", "--metadata (custom_metadata['id']): 12345678901234567890123 must fit in 64"),
+        ("ratio:=NaN", "--metadata (custom_metadata['ratio']): nan must be a finite number"),
+        ("list:=[1]", "--metadata (custom_metadata['list']): [1] must be str, int, float or bool"),
+    ],
+)
+def test_send_with_bad_metadata_exits_2_naming_the_option(service, jpeg_file: Path, pair: str, named: str) -> None:
+    done = fastsend_cli(
+        "send", "--url", service.url, "--image", str(jpeg_file), "--schema", "custom", "--metadata", pair
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {named}"), done.stderr
+    assert service.stored_count() == 0
+
+
+def test_send_names_the_option_typed_when_a_value_breaks_its_rule(service, jpeg_file: Path) -> None:
+    done = fastsend_cli(
+        "send", "--url", service.url, "--image", str(jpeg_file), "--schema", "inventory_count", "--item-count", "-3"
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --item-count (event_data.itemCount): -3 must be between 0 and")
+
+
+def test_send_names_the_image_and_label_options_typed(service, jpeg_file: Path, tmp_path: Path) -> None:
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_bytes(b"plain text")
+    done = fastsend_cli("send", "--url", service.url, "--image", str(not_an_image), "--schema", "custom")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --image (output_image): b'plain text' bytes must be a JPEG or PNG"), (
+        done.stderr
+    )
+    done = fastsend_cli(
+        "send", "--url", service.url, "--image", str(jpeg_file), "--schema", "custom", "--label", "x" * 1001
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --label (images[0].label): 'xxx"), done.stderr
+    assert service.stored_count() == 0
+
+
+def test_send_help_explains_the_metadata_convention() -> None:
+    done = fastsend_cli("send", "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "KEY=VALUE sends VALUE as a string" in text and "KEY:=JSON sends a JSON number, true or false" in text
+
+
+def test_fastsend_alone_prints_the_help_and_exits_0() -> None:
+    done = fastsend_cli()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: fastsend")
+    assert all(command in done.stdout for command in ("serve", "send", "demo", "--version"))
+    assert done.stderr == ""
+
+
+def test_version_prints_the_package_version_and_the_python() -> None:
+    done = fastsend_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"fastsend {fastsend.__version__} (Python {platform.python_version()})"
 
 
 def test_send_with_unreadable_image_exits_2(service, tmp_path: Path) -> None:

@@ -459,13 +459,90 @@ def test_a_supplied_aware_datetime_is_honoured_in_utc(when):
     assert datetime.fromisoformat(stamp) == when
 
 
-@pytest.mark.parametrize(
-    "text", ["2026-11-26T04:44:12.123456+00:00", "2026-11-26T06:44:12+02:00", "2026-11-26T04:44:12Z"]
-)
-def test_a_supplied_iso_string_with_offset_is_sent_in_utc(text):
-    stamp = Event.custom(inference_timestamp=text).inference_timestamp
-    assert stamp.endswith("+00:00")
-    assert datetime.fromisoformat(stamp) == datetime.fromisoformat(text)
+# text -> the UTC text sent; written out by hand, so the parser is checked against the calendar, not itself.
+ACCEPTED_TIMESTAMPS = {
+    "2026-11-26T04:44:12Z": "2026-11-26T04:44:12+00:00",  # JavaScript's toISOString() without millis
+    "2026-11-26T04:44:12.123Z": "2026-11-26T04:44:12.123000+00:00",  # toISOString()
+    "2026-11-26T04:44:12z": "2026-11-26T04:44:12+00:00",
+    "2026-11-26T04:44:12+00:00": "2026-11-26T04:44:12+00:00",
+    "2026-11-26T04:44:12-00:00": "2026-11-26T04:44:12+00:00",
+    "2026-11-26T10:14:12+05:30": "2026-11-26T04:44:12+00:00",
+    "2026-11-25T20:44:12-08:00": "2026-11-26T04:44:12+00:00",
+    "2026-11-26T10:14:12+0530": "2026-11-26T04:44:12+00:00",
+    "2026-11-26T06:44:12+02": "2026-11-26T04:44:12+00:00",  # PostgreSQL's text form
+    "2026-11-26 04:44:12+00:00": "2026-11-26T04:44:12+00:00",
+    "2026-11-26t04:44:12Z": "2026-11-26T04:44:12+00:00",
+    "2026-11-26T04:44Z": "2026-11-26T04:44:00+00:00",
+    "2026-11-26T04:44:12+00:00:30": "2026-11-26T04:43:42+00:00",  # datetime.isoformat() of an offset with seconds
+    "20261126T044412Z": "2026-11-26T04:44:12+00:00",  # the basic form
+    "20261126T104412.5+0600": "2026-11-26T04:44:12.500000+00:00",
+    # fractional seconds of every length from 1 to 9 digits
+    "2026-11-26T04:44:12.5Z": "2026-11-26T04:44:12.500000+00:00",
+    "2026-11-26T04:44:12.12Z": "2026-11-26T04:44:12.120000+00:00",
+    "2026-11-26T04:44:12.1234Z": "2026-11-26T04:44:12.123400+00:00",
+    "2026-11-26T04:44:12.12345Z": "2026-11-26T04:44:12.123450+00:00",
+    "2026-11-26T04:44:12.123456+00:00": "2026-11-26T04:44:12.123456+00:00",
+    "2026-11-26T04:44:12.000001Z": "2026-11-26T04:44:12.000001+00:00",
+    "2026-11-26T04:44:12,5Z": "2026-11-26T04:44:12.500000+00:00",  # ISO-8601's decimal comma
+    # past the microsecond (.NET writes 7 digits, Go and Java 9): truncated, never rounded up
+    "2026-11-26T04:44:12.1234567Z": "2026-11-26T04:44:12.123456+00:00",
+    "2026-11-26T04:44:12.123456789Z": "2026-11-26T04:44:12.123456+00:00",
+    "2026-11-26T04:44:12.999999999Z": "2026-11-26T04:44:12.999999+00:00",
+    "9999-12-31T23:59:59.999999999Z": "9999-12-31T23:59:59.999999+00:00",  # rounding would leave the calendar
+    "2026-11-26T04:44:12.0000009Z": "2026-11-26T04:44:12+00:00",
+}
+
+
+@pytest.mark.parametrize("text, sent", ACCEPTED_TIMESTAMPS.items(), ids=list(ACCEPTED_TIMESTAMPS))
+def test_an_iso_8601_string_with_an_offset_is_sent_in_utc(text, sent):
+    assert Event.custom(inference_timestamp=text).inference_timestamp == sent
+
+
+# text -> the words the rule must say
+REFUSED_TIMESTAMPS = {
+    "2026-11-26T04:44:12": "must carry a UTC offset",
+    "20261126T044412": "must carry a UTC offset",
+    "2026-11-26": "must be an ISO-8601 timestamp (YYYY-MM-DDTHH:MM",
+    "2026-11-26T04Z": "must be an ISO-8601 timestamp",  # minutes are required
+    "2026-11-26T04:44:12.Z": "must be an ISO-8601 timestamp",
+    "2026-11-26T04:44:12.1234567890Z": "at most 9 digits of fractional seconds (got 10)",
+    "2026-11-26T04:44:12Z ": "must be an ISO-8601 timestamp",
+    " 2026-11-26T04:44:12Z": "must be an ISO-8601 timestamp",
+    "2026-11-26_04:44:12Z": "must be an ISO-8601 timestamp",
+    "2026-W48-4T04:44:12Z": "must be an ISO-8601 timestamp",  # week dates
+    "20261126T04:44:12Z": "must be an ISO-8601 timestamp",  # basic date, extended time
+    "\u0662\u0660\u0662\u0666-11-26T04:44:12Z": "must be an ISO-8601 timestamp",  # digits, but not ASCII ones
+    "2026-13-01T00:00:00Z": "must be a real date and time (month must be in 1..12)",
+    "2026-02-29T00:00:00Z": "must be a real date and time (day is out of range for month)",
+    "2026-11-26T24:00:00Z": "must be a real date and time (hour must be in 0..23)",
+    "2026-12-31T23:59:60Z": "must be a real date and time (second must be in 0..59)",
+    "0000-01-01T00:00:00Z": "must be a real date and time (year 0 is out of range)",
+    "2026-11-26T04:44:12+24:00": "UTC offset between -23:59 and +23:59 (got +24:00)",
+    "2026-11-26T04:44:12-05:60": "UTC offset between -23:59 and +23:59 (got -05:60)",
+    "0001-01-01T00:00:00+01:00": "must fall within years 1 to 9999 in UTC",
+    "yesterday": "must be an ISO-8601 timestamp",
+    "": "must be an ISO-8601 timestamp",
+}
+
+
+@pytest.mark.parametrize("text, rule", REFUSED_TIMESTAMPS.items(), ids=[repr(text) for text in REFUSED_TIMESTAMPS])
+def test_a_timestamp_outside_the_rule_is_refused_saying_which_rule(text, rule):
+    with rejects("inference_timestamp") as info:
+        Event.custom(inference_timestamp=text)
+    assert info.value.value == text
+    assert rule in info.value.rule
+
+
+def test_every_aware_datetime_isoformat_writes_is_read_back_as_the_same_moment():
+    offsets = [timedelta(0), timedelta(hours=5, minutes=30), -timedelta(hours=23, minutes=59, seconds=59)]
+    offsets.append(timedelta(minutes=19, seconds=32, microseconds=13))  # Amsterdam's mean time, in 1900
+    for offset in offsets:
+        for naive in (datetime(2026, 11, 26, 4, 44, 12), datetime(2026, 1, 2, 3, 4, 5, 6)):
+            for timespec in ("minutes", "seconds", "milliseconds", "microseconds"):
+                text = naive.replace(tzinfo=timezone(offset)).isoformat(timespec=timespec)
+                sent = Event.custom(inference_timestamp=text).inference_timestamp
+                # 3.10's fromisoformat reads what isoformat writes: a fair judge of these texts.
+                assert datetime.fromisoformat(sent) == datetime.fromisoformat(text), text
 
 
 @pytest.mark.parametrize("when", [datetime(2026, 11, 26, 4, 44), "2026-11-26T04:44:12", "yesterday", 1700000000, ""])

@@ -43,6 +43,10 @@ from fastsend import Event, EventWriter, Result
 from fastsend.server import Faults, ReferenceService
 from fastsend.spool import Spool, SpoolLockedError
 
+# Python 3.12 and later warn at every fork of a process that runs threads. Forking while a writer's threads
+# run is the case under test: fastsend's at-fork handlers give the child fresh locks, threads and key bytes.
+FORK_WITH_THREADS = "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+
 pytestmark = [
     pytest.mark.timeout(30),
     pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL and flock"),
@@ -624,6 +628,7 @@ def _child_closes_its_copy(writer: EventWriter, results: Any) -> None:
         results.put(("error", repr(exc)))
 
 
+@pytest.mark.filterwarnings(FORK_WITH_THREADS)
 def test_forked_child_neither_drains_nor_unlocks_the_parents_spool(tmp_path, spool_dir, make_writer):
     port = unused_port()
     writer = make_writer(f"http://127.0.0.1:{port}", deadline=0.3)

@@ -53,6 +53,10 @@ from fastsend.server import Faults, ReferenceService
 from fastsend.spool import Spool
 from fastsend.wire import Request
 
+# Python 3.12 and later warn at every fork of a process that runs threads. Forking while a writer's threads
+# run is the case under test: fastsend's at-fork handlers give the child fresh locks, threads and key bytes.
+FORK_WITH_THREADS = "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+
 pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(sys.platform != "linux", reason="needs fork, SIGKILL, flock and tmpfs"),
@@ -570,6 +574,7 @@ def run_forked_workers(writer: EventWriter, workers: int, count: int) -> list[di
     return books
 
 
+@pytest.mark.filterwarnings(FORK_WITH_THREADS)
 def test_forked_workers_that_exit_without_close_deliver_what_they_submitted(
     tmp_path: Path, spool_dir: Path, make_writer: WriterFactory
 ) -> None:
@@ -593,6 +598,7 @@ def test_forked_workers_that_exit_without_close_deliver_what_they_submitted(
     assert entries(spool_dir) == []
 
 
+@pytest.mark.filterwarnings(FORK_WITH_THREADS)
 def test_forked_workers_facing_an_outage_report_every_event_and_leave_the_parents_spool_alone(
     tmp_path: Path, spool_dir: Path, make_writer: WriterFactory
 ) -> None:

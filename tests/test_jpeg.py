@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from pathlib import Path
 
@@ -64,6 +65,18 @@ def test_the_backend_is_visible_and_cached():
 @pytest.mark.parametrize("name", BACKENDS)
 def test_the_backend_can_be_chosen(use_backend, name):
     use_backend(name)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_the_backend_chosen_is_logged_at_info_once(use_backend, caplog, name):
+    with caplog.at_level(logging.INFO, logger="fastsend"):
+        use_backend(name)
+        jpeg_backend()
+        encode_jpeg(solid((1, 2, 3)))
+    chosen = [record for record in caplog.records if record.getMessage().startswith("JPEG encoder backend")]
+    assert [(record.levelno, record.getMessage()) for record in chosen] == [
+        (logging.INFO, f"JPEG encoder backend: {name}")
+    ]
 
 
 def test_an_unknown_backend_name_is_rejected(monkeypatch):

@@ -45,6 +45,15 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
+def test_the_readme_claims_the_pythons_the_classifiers_claim_and_requires_python_starts_at_the_first():
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # no tomllib on 3.10
+    classified = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
+    claimed = re.search(r"only Python and pip: ((?:3\.\d+, )*3\.\d+ or 3\.\d+), the versions CI runs", README)
+    assert claimed, "the README's list of Python versions"
+    assert re.split(r", | or ", claimed.group(1)) == classified
+    assert f'requires-python = ">={classified[0]}"' in pyproject
+
+
 def test_the_fresh_machine_demo_command_is_there_verbatim():
     assert "\npython3 -m venv .venv && .venv/bin/pip install . && .venv/bin/fastsend demo\n" in README
 

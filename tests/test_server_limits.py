@@ -353,7 +353,7 @@ def test_the_label_and_class_names_have_the_same_limit_on_both_ends(make_service
     # The client: refused on the caller's thread, naming the field.
     with pytest.raises(ValidationError) as label_error:
         prepare_event(Event.custom(), SMALL_JPEG, label=over)
-    assert label_error.value.field == "image_label"
+    assert (label_error.value.field, label_error.value.wire_field) == ("label", "images[0].label")
     with pytest.raises(ValidationError) as class_error:
         prepare_event(Event.custom(), SMALL_JPEG, object_detections=[{**box, "class": "ok"}, {**box, "class": over}])
     assert class_error.value.field == "object_detections[1].class"

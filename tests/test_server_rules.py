@@ -58,8 +58,12 @@ TIMESTAMPS = [
     "2026-11-25T20:44:12.5-08:00",
     "2026-11-26T04:44:12+00:00:30",  # an offset with seconds
     "2026-11-26 04:44:12+00:00",  # space instead of T
-    "2026-11-26T04:44:12Z",  # accepted from Python 3.11 on, on both sides
-    "20261126T044412+0000",  # ISO-8601 basic format, same
+    "2026-11-26T04:44:12Z",  # on every Python, 3.10 included
+    "2026-11-26T04:44:12.123Z",  # JavaScript's toISOString()
+    "2026-11-26T04:44:12.123456789Z",  # Go's RFC3339Nano: truncated to microseconds
+    "2026-11-26T04:44:12.1234567890Z",  # 10 digits: refused
+    "20261126T044412+0000",  # ISO-8601 basic format
+    "2026-W48-4T04:44:12Z",  # a week date: refused
     "2026-11-26T04:44:12",  # no offset
     "2026-11-26",  # a date alone
     "0001-01-01T00:00:00+01:00",  # year 0 in UTC

@@ -18,9 +18,22 @@ from hypothesis import strategies as st
 
 import fastsend.events as events
 import fastsend.prepare as prepare
-from fastsend import Event, JpegOptions, Request, ValidationError, events_url, prepare_event, render_body
+from fastsend import (
+    Event,
+    JpegOptions,
+    Request,
+    ValidationError,
+    events_url,
+    prepare_block_event,
+    prepare_event,
+    render_body,
+)
 from fastsend.jpeg import encode_jpeg
 from fastsend.wire import Endpoint, check_idempotency_key, request_headers
+
+# Python 3.12 and later warn at every fork of a process that runs threads. Forking while a writer's threads
+# run is the case under test: fastsend's at-fork handlers give the child fresh locks, threads and key bytes.
+FORK_WITH_THREADS = "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
 
 # Every kind of character JSON must escape or carry: quote, backslash, controls, non-ASCII, emoji.
 NASTY = 'q"uote \\back\\slash \\u0041 \x00\x01\x1f\x7f\n\r\t ünï 日本語 😀👍🏽 \u2028\u2029 </script>'
@@ -289,10 +302,18 @@ def test_only_events_are_accepted(jpeg_bytes):
 
 
 @pytest.mark.parametrize("label", [5, b"bytes", "lone \ud800"])
-def test_the_label_must_be_text(jpeg_bytes, label):
+def test_the_label_must_be_text_and_its_error_names_the_keyword_label(jpeg_bytes, label):
     with pytest.raises(ValidationError) as info:
         prepare_event(Event.custom(), jpeg_bytes, label=label)
-    assert info.value.field == "image_label"
+    assert (info.value.field, info.value.wire_field, info.value.value) == ("label", "images[0].label", label)
+    assert str(info.value).startswith("label (images[0].label): ")
+
+
+def test_through_the_block_a_bad_label_is_named_image_label(jpeg_bytes):
+    with pytest.raises(ValidationError) as info:
+        prepare_block_event(event_schema="custom", output_image=jpeg_bytes, image_label=123)
+    assert (info.value.field, info.value.wire_field) == ("image_label", "images[0].label")
+    assert str(info.value) == "image_label (images[0].label): 123 must be a string, not int"
 
 
 def test_bad_images_are_named(jpeg_bytes):
@@ -336,6 +357,7 @@ def test_idempotency_keys_stay_unique_across_pool_refills_and_threads():
     assert len(keys) == len(set(keys)) == 2000
 
 
+@pytest.mark.filterwarnings(FORK_WITH_THREADS)
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_never_repeats_its_parents_next_keys():
     prepare.new_idempotency_key()  # the parent's pool now holds the next 255 keys' bytes

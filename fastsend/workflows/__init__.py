@@ -22,6 +22,10 @@ BLOCK_TYPE = "fastsend/event_writer_sink@v1"
 # registers no initializers, so it cannot overwrite a core one.
 BLOCKS_SOURCE = "workflows_core"
 
+# What the block's module imports from the inference extra.
+_INFERENCE_MODULES = ("inference", "pydantic")
+_INFERENCE_MISSING = 'the fastsend.workflows plugin needs inference: pip install "fastsend[inference]"'
+
 
 def load_blocks() -> list[type[Any]]:
     """The plugin's blocks; called by inference's blocks loader, possibly many times.
@@ -31,7 +35,13 @@ def load_blocks() -> list[type[Any]]:
     """
     from .. import shutdown
     from ..config import Settings
-    from .event_writer import FastsendEventWriterSinkBlockV1
+
+    try:
+        from .event_writer import FastsendEventWriterSinkBlockV1
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _INFERENCE_MODULES:
+            raise
+        raise ModuleNotFoundError(f"{_INFERENCE_MISSING} ({exc})", name=exc.name) from exc
 
     if Settings.one("spool_dir") and Settings.one("handle_sigterm"):
         shutdown.take_sigterm()
