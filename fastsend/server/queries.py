@@ -8,11 +8,11 @@ value and the rule (the app answers it with a 400).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import timezone
 
 from multidict import MultiMapping
 
-from fastsend.events import ValidationError
+from fastsend.events import ValidationError, parse_timestamp
 
 __all__ = [
     "MAX_OFFSET",
@@ -89,12 +89,9 @@ def instant_parameter(query: dict[str, str], name: str) -> str | None:
     if text is None:
         return None
     try:
-        # Python 3.10's fromisoformat does not know the "Z" suffix.
-        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise BadQuery(name, text, "must be an ISO-8601 timestamp, e.g. 2026-03-01T12:00:00+00:00") from None
-    if parsed.tzinfo is None:
-        raise BadQuery(name, text, "must carry a UTC offset, e.g. +00:00")
+        parsed = parse_timestamp(text, field=name)  # the rule inference_timestamp is read by, on every Python
+    except ValidationError as refused:
+        raise BadQuery(name, text, refused.rule) from None
     try:
         return parsed.astimezone(timezone.utc).isoformat()
     except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
