@@ -174,9 +174,9 @@ class Ledger:
         with self._lock:
             self._retried += 1
 
-    def count_drained(self, count: int = 1) -> None:
+    def count_drained(self) -> None:
         with self._lock:
-            self._drained += count
+            self._drained += 1
 
     def count_spool_write_failure(self) -> None:
         with self._lock:

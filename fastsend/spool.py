@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,8 +236,9 @@ class Spool:
             self.quarantine(entry, str(exc))
             return None
 
-    def remove(self, entry: SpoolEntry) -> None:
-        """A sent entry: its file is gone before anyone waiting for an empty spool is told."""
+    def remove(self, entry: SpoolEntry, removed: Callable[[], None] = lambda: None) -> None:
+        """A sent entry: its file is gone, and ``removed()`` has run (the sender's count of it), before anyone
+        waiting for an empty spool is told or reads the spool's stats."""
         with self._mutex:
             if entry.name in self._entries:
                 (self.directory / entry.name).unlink(missing_ok=True)
@@ -245,6 +246,7 @@ class Spool:
             elif not (self.directory / entry.name).exists():
                 # Evicted while it was being sent, then delivered all the same: not lost after all.
                 self.evicted -= 1
+            removed()
 
     def quarantine(self, entry: SpoolEntry, reason: str) -> None:
         """Move a damaged or rejected entry aside so it is never retried."""

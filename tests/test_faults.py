@@ -662,11 +662,11 @@ def test_a_disk_error_while_draining_does_not_stop_the_drain(tmp_path, spool_dir
     assert wait_until(lambda: writer.stats()["spooled"] == 3, 5), writer.stats()
     real_remove, failures = Spool.remove, []
 
-    def remove_failing_once(spool: Spool, entry: Any) -> None:
+    def remove_failing_once(spool: Spool, entry: Any, removed: Any) -> None:
         if not failures:
             failures.append(entry)
             raise PermissionError(13, "Permission denied", str(spool.directory / entry.name))
-        real_remove(spool, entry)
+        real_remove(spool, entry, removed)
 
     monkeypatch.setattr(Spool, "remove", remove_failing_once)
     with ReferenceService(tmp_path / "service", port=port) as service:
