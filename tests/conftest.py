@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from scripted_server import ScriptedServer
+from viewer_support import browser_missing, start_chromium
 
 from fastsend import EventWriter
 from fastsend.config import SETTING_ENV_VARS
@@ -91,6 +92,19 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         if process.poll() is None:
             process.kill()
         process.wait(20)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for a test module (``tests/viewer_support.py``); skips, with why, when it cannot run."""
+    missing = browser_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    driver = start_chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 import requests
 import simplejpeg
 from service_process import python_env
-from viewer_support import GREY, browser_missing, grey_jpeg, post_event, start_chromium, wait_until
+from viewer_support import GREY, browser_missing, grey_jpeg, post_event, wait_until
 
 import fastsend
 from fastsend.jpeg import encode_jpeg
@@ -229,17 +229,6 @@ def test_page_and_assets_are_served_locally(service: ReferenceService) -> None:
 
 _NO_BROWSER = browser_missing()
 browser_test = pytest.mark.skipif(_NO_BROWSER is not None, reason=_NO_BROWSER or "")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if _NO_BROWSER is not None:
-        pytest.skip(_NO_BROWSER)
-    driver = start_chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _cards(driver: Any) -> list[dict[str, Any]]:

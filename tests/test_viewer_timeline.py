@@ -17,7 +17,7 @@ from typing import Any
 import pybase64
 import pytest
 import requests
-from viewer_support import browser_missing, grey_jpeg, post_event, start_chromium, wait_until
+from viewer_support import browser_missing, grey_jpeg, post_event, wait_until
 
 from fastsend.server import ReferenceService, validate_body
 from fastsend.server.store import EventStore
@@ -227,17 +227,6 @@ def test_bad_query_names_the_parameter_and_the_rule(
 # ---------------------------------------------------------------- the chart in the page
 
 _NO_BROWSER = browser_missing()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if _NO_BROWSER is not None:
-        pytest.skip(_NO_BROWSER)
-    driver = start_chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _bars(driver: Any) -> list[dict[str, Any]]:
