@@ -286,11 +286,7 @@ JPEG_BACKENDS = ("auto", "turbojpeg", "simplejpeg")
 
 def jpeg_backend_wanted(environ: Mapping[str, str] | None = None) -> str:
     """The process-wide JPEG backend asked for by ``FASTSEND_JPEG_BACKEND`` (default ``auto``)."""
-    raw = (os.environ if environ is None else environ).get(JPEG_BACKEND_ENV, "")
-    wanted = raw.strip().lower() or "auto"
-    if wanted not in JPEG_BACKENDS:
-        raise ValidationError(JPEG_BACKEND_ENV, raw, "must be " + ", ".join(JPEG_BACKENDS))
-    return wanted
+    return _process_wide_choice(JPEG_BACKEND_ENV, JPEG_BACKENDS, environ)
 
 
 JPEG_REUSE_ENV = "FASTSEND_JPEG_REUSE"
@@ -299,10 +295,15 @@ JPEG_REUSE_CHOICES = ("auto", "off")
 
 def jpeg_reuse_wanted(environ: Mapping[str, str] | None = None) -> str:
     """Whether ``FASTSEND_JPEG_REUSE`` lets an output frame reuse its input's JPEG segments (default ``auto``)."""
-    raw = (os.environ if environ is None else environ).get(JPEG_REUSE_ENV, "")
-    wanted = raw.strip().lower() or "auto"
-    if wanted not in JPEG_REUSE_CHOICES:
-        raise ValidationError(JPEG_REUSE_ENV, raw, "must be " + ", ".join(JPEG_REUSE_CHOICES))
+    return _process_wide_choice(JPEG_REUSE_ENV, JPEG_REUSE_CHOICES, environ)
+
+
+def _process_wide_choice(env: str, choices: tuple[str, ...], environ: Mapping[str, str] | None) -> str:
+    """The value of ``env`` (the first of ``choices`` when unset); a value outside ``choices`` is refused by name."""
+    raw = (os.environ if environ is None else environ).get(env, "")
+    wanted = raw.strip().lower() or choices[0]
+    if wanted not in choices:
+        raise ValidationError(env, raw, "must be " + ", ".join(choices))
     return wanted
 
 
