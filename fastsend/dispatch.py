@@ -62,7 +62,7 @@ class Dispatcher:
             settings.retry_after_max,
             spooling=outbox is not None,
         )
-        self._jpeg = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
+        self.jpeg = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
         self._make_transport = transport
         self._outbox = outbox
         self._build()
@@ -91,7 +91,7 @@ class Dispatcher:
             start=self._start_encoding,
             expired=self._settle_refused,
         )
-        self.encoders = Encoders(self._jpeg, settings.encode_threads, self.ledger, self._encoded)
+        self.encoders = Encoders(self.jpeg, settings.encode_threads, self.ledger, self._encoded)
         self.loop = LoopThread(settings.loop)
         self.delivery = Delivery(
             self.loop,

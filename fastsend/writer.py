@@ -84,9 +84,6 @@ class EventWriter:
         jpeg_reuse_wanted()
         jpeg_backend()
         jpeg_reuse()
-        self.jpeg_options = JpegOptions(
-            self.settings.jpeg_quality, self.settings.jpeg_subsampling, self.settings.jpeg_max_side
-        )
         self.url = events_url(self.settings.url)
         if self.settings.url.endswith(EVENTS_PATH):
             logger.warning(
@@ -109,6 +106,11 @@ class EventWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @property
+    def jpeg_options(self) -> JpegOptions:
+        """How this writer encodes frames (its ``jpeg_*`` settings)."""
+        return self._dispatcher.jpeg
 
     @property
     def exit_flush_timeout(self) -> float:
