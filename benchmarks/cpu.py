@@ -75,7 +75,7 @@ def _thread_clocks() -> dict[int, tuple[str, float]]:
 
 def planar_snapshots(frame: Any) -> bool:
     """Whether fastsend snapshots ``frame`` as YUV planes when it knows the JPEG options (large frames, turbojpeg)."""
-    from fastsend import jpeg
+    from fastsend.imaging import jpeg
 
     return jpeg.jpeg_backend() == "turbojpeg" and frame.nbytes >= jpeg.PLANAR_MIN_BYTES
 

@@ -19,8 +19,9 @@ import aiohttp
 import fastsend
 from benchmarks.frames import EventInputs
 from fastsend.config import Settings
-from fastsend.transport import AiohttpTransport
-from fastsend.wire import Request
+from fastsend.send.prepare import render_body
+from fastsend.send.transport import AiohttpTransport
+from fastsend.send.wire import Request
 
 __all__ = [
     "BATCH",
@@ -129,7 +130,7 @@ def real_body(inputs: EventInputs) -> bytes:
     prepared = fastsend.prepare_event(
         event, inputs.output_frame, input_image=inputs.input_frame, object_detections=inputs.detections
     )
-    return b"".join(fastsend.render_body(prepared, fastsend.JpegOptions()))
+    return b"".join(render_body(prepared, fastsend.JpegOptions()))
 
 
 class Poster:

@@ -24,7 +24,7 @@ import time
 import fastsend
 from benchmarks.frames import SIZES, event_inputs
 from benchmarks.sink import running_sink
-from fastsend.jpeg import FRAME_POOL_IDLE_BYTES
+from fastsend.imaging.jpeg import FRAME_POOL_IDLE_BYTES
 
 OVERHEAD_MB = 128
 MiB = 1024 * 1024

@@ -19,8 +19,9 @@ from benchmarks.reference_sender import (
     reference_detections_to_wire,
     reference_encode_b64,
 )
-from fastsend.jpeg import _load_turbojpeg, _simplejpeg_encode
-from fastsend.wire import build_envelope, splice
+from fastsend.imaging.jpeg import _load_turbojpeg, _simplejpeg_encode
+from fastsend.send.prepare import render_body
+from fastsend.send.wire import build_envelope, splice
 
 _TURBOJPEG = _load_turbojpeg()
 # The JPEG as the encoders use it: a view of the thread's output buffer, base64-encoded from there.
@@ -73,7 +74,7 @@ def test_body_build_1080p(benchmark, implementation):
         def build():
             event = fastsend.Event.quality_check(result="fail")
             prepared = fastsend.prepare_event(event, out, input_image=inp, object_detections=dets)
-            return fastsend.render_body(prepared, options)
+            return render_body(prepared, options)
 
     else:
         benchmark.extra_info["note"] = (

@@ -43,7 +43,7 @@ from inference.core.workflows.execution_engine.core import ExecutionEngine  # no
 
 import fastsend.workflows  # noqa: E402
 from fastsend.config import Settings  # noqa: E402
-from fastsend.workflows.event_writer import shared_writer  # noqa: E402
+from fastsend.integrations.workflows.event_writer import shared_writer  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
 
@@ -104,7 +104,7 @@ def test_engine_interleaved(benchmark, scenario, sink_url, engines):
         failures[EVENT_WRITER] += pool.wait()
 
     def fastsend_settled() -> None:
-        assert fastsend.workflows.flush(timeout=120) == 0
+        assert fastsend.integrations.workflows.flush(timeout=120) == 0
 
     contenders = {
         EVENT_WRITER: _engine_runs(built[EVENT_WRITER], parameters, event_writer_settled),

@@ -48,7 +48,7 @@ from benchmarks.harness import (
     real_body,
 )
 from benchmarks.reference_sender import ReferenceSender
-from fastsend.jpeg import JpegOptions, snapshot
+from fastsend.imaging.jpeg import JpegOptions, snapshot
 
 FASTSEND_FIRE_AND_FORGET = "fastsend-fire-and-forget"
 FASTSEND_OWNED = "fastsend-fire-and-forget-owned"  # copy=False: the frames are handed over, no snapshot

@@ -26,10 +26,10 @@ import numpy as np
 import pybase64
 import pytest
 
-import fastsend.jpeg_pair as jpeg_pair
+import fastsend.imaging.pair as jpeg_pair
 from benchmarks.frames import SIZES, EventInputs, event_inputs
-from fastsend.jpeg import JpegOptions, RawImage, prepare_image, release_frame, to_base64
-from fastsend.jpeg_pair import changed_segments, encode_pair, encode_with_restarts, layout_of
+from fastsend.imaging.jpeg import JpegOptions, RawImage, prepare_image, release_frame, to_base64
+from fastsend.imaging.pair import changed_segments, encode_pair, encode_with_restarts, layout_of
 
 OPTIONS = JpegOptions()
 ROUNDS = {"1080p": 40, "480p": 150}
@@ -231,16 +231,16 @@ def test_writer_cpu_per_event(benchmark, scenario, inputs, sink_url, capsys, mon
     """The whole process's CPU per event through an EventWriter to the sink (caller, encoders, transport):
     output image only, both images as two encodes (reuse turned off), both images with reuse."""
     import fastsend
-    import fastsend.encoding
+    import fastsend.send.encoding
 
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
     n = 2 if benchmark.disabled else {"1080p": 8, "480p": 32}[scenario]
     writer = fastsend.EventWriter(sink_url, overflow="block", block_timeout=60)
-    reuse_applies = fastsend.encoding.reuse_applies
+    reuse_applies = fastsend.send.encoding.reuse_applies
 
     def batch(input_image: Any, reuse: bool) -> Callable[[], None]:
         def run() -> None:
-            monkeypatch.setattr(fastsend.encoding, "reuse_applies", reuse_applies if reuse else lambda *a: False)
+            monkeypatch.setattr(fastsend.send.encoding, "reuse_applies", reuse_applies if reuse else lambda *a: False)
             for _ in range(n):
                 writer.submit(
                     fastsend.Event.quality_check(result="fail"), out, input_image=input_image, object_detections=dets

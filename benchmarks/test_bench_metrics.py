@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 import fastsend
-from fastsend.ledger import ENCODE_BOUNDS, LATENCY_BOUNDS, Ledger, _Buckets
 from fastsend.results import Result
+from fastsend.send.ledger import ENCODE_BOUNDS, LATENCY_BOUNDS, Ledger, _Buckets
 
 prometheus_client = pytest.importorskip("prometheus_client", reason='needs "fastsend[metrics]"')
 import fastsend.metrics  # noqa: E402
@@ -55,7 +55,7 @@ def open_writers(request: pytest.FixtureRequest) -> Iterator[list[fastsend.Event
 @pytest.mark.parametrize("open_writers", [1, 16], indirect=True, ids=lambda n: f"{n}-writers")
 def test_scrape(benchmark, open_writers):
     registry = prometheus_client.CollectorRegistry()
-    fastsend.metrics.register(registry)
+    fastsend.integrations.metrics.register(registry)
     benchmark.group = "metrics-scrape"
     text = benchmark(prometheus_client.generate_latest, registry)
     assert text.count(b"fastsend_events_submitted_total{") == len(open_writers)

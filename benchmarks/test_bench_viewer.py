@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from benchmarks.frames import SIZES
-from fastsend.jpeg import encode_jpeg
+from fastsend.imaging.jpeg import encode_jpeg
 from fastsend.server import ReferenceService, validate_body
 from fastsend.server.store import EventStore
 
@@ -173,7 +173,7 @@ def test_thumbnails_cached(benchmark: Any, viewer: ReferenceService, session: re
 def test_page_in_chromium(benchmark: Any, viewer: ReferenceService) -> None:
     """Navigation to 50 cards with their thumbnails shown (thumbnails cached, browser cache disabled)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from viewer_support import browser_missing, start_chromium
+    from support.browser import browser_missing, start_chromium
 
     missing = browser_missing()
     if missing is not None:

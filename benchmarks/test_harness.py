@@ -22,6 +22,7 @@ import fastsend
 from benchmarks.frames import SIZES, event_inputs, make_detections, make_frame
 from benchmarks.reference_sender import ReferenceSender, reference_detections_to_wire
 from benchmarks.sink import running_sink, sink_stats
+from fastsend.send.prepare import render_body
 
 
 def _port(url: str) -> int:
@@ -112,7 +113,7 @@ def test_reference_body_has_the_shape_fastsend_sends(sink_url):
     prepared = fastsend.prepare_event(
         event, inputs.output_frame, input_image=inputs.input_frame, object_detections=inputs.detections
     )
-    ours = json.loads(b"".join(fastsend.render_body(prepared, fastsend.JpegOptions())))
+    ours = json.loads(b"".join(render_body(prepared, fastsend.JpegOptions())))
     assert theirs.keys() == ours.keys()
     assert theirs["images"][0].keys() == ours["images"][0].keys()
     assert theirs["event_data"] == ours["event_data"] and theirs["displayImagePosition"] == 0

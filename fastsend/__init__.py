@@ -1,23 +1,28 @@
-"""fastsend: ship vision events from video pipelines to an Event Ingestion Service (v2)."""
+"""fastsend: ship vision events from video pipelines to an Event Ingestion Service (v2).
+
+The public API is what this module exports (``__all__``); the subpackages behind it (``send``,
+``imaging``, ``integrations``, ``server``, ``cli``) are internal, except the import paths the docs
+give: ``fastsend.workflows``, ``fastsend.pipeline``, ``fastsend.metrics`` and ``fastsend.server``.
+"""
 
 import logging
 
-from .annotations import (
+from fastsend.annotations import (
     classifications_to_wire,
     instance_segmentations_to_wire,
     keypoints_to_wire,
     object_detections_to_wire,
 )
-from .block import build_block_request, prepare_block_event
-from .config import Settings
-from .events import Event, ValidationError
-from .jpeg import JpegOptions, encode_jpeg, jpeg_backend
-from .jpeg_pair import jpeg_reuse
-from .prepare import PreparedEvent, prepare_event, render_body
-from .results import Cause, QueueFullError, Result
-from .retry import RetryPolicy
-from .wire import Endpoint, Post, Request, events_url
-from .writer import AsyncEventWriter, EventWriter, EventWriterSink
+from fastsend.config import Settings
+from fastsend.errors import FastsendError, QueueFullError, SpoolLockedError, ValidationError
+from fastsend.events import Event
+from fastsend.imaging.jpeg import JpegOptions, encode_jpeg, jpeg_backend
+from fastsend.imaging.pair import jpeg_reuse
+from fastsend.integrations.block import EventWriterSink, prepare_block_event
+from fastsend.results import Cause, Result
+from fastsend.send.prepare import PreparedEvent, prepare_event
+from fastsend.send.retry import RetryPolicy
+from fastsend.send.writer import AsyncEventWriter, EventWriter
 
 __version__ = "0.1.0"
 
@@ -27,23 +32,20 @@ logging.getLogger("fastsend").addHandler(logging.NullHandler())
 __all__ = [
     "AsyncEventWriter",
     "Cause",
-    "Endpoint",
     "Event",
     "EventWriter",
     "EventWriterSink",
+    "FastsendError",
     "JpegOptions",
-    "Post",
     "PreparedEvent",
     "QueueFullError",
-    "Request",
     "Result",
     "RetryPolicy",
     "Settings",
+    "SpoolLockedError",
     "ValidationError",
-    "build_block_request",
     "classifications_to_wire",
     "encode_jpeg",
-    "events_url",
     "instance_segmentations_to_wire",
     "jpeg_backend",
     "jpeg_reuse",
@@ -51,5 +53,4 @@ __all__ = [
     "object_detections_to_wire",
     "prepare_block_event",
     "prepare_event",
-    "render_body",
 ]

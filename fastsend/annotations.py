@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .events import ValidationError, validate_class_names
+from fastsend.events import ValidationError, validate_class_names
 
 __all__ = [
     "classifications_to_wire",

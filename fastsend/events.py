@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fastsend.errors import ValidationError
+
 __all__ = [
     "COMMON_KEYWORDS",
     "EVENT_SCHEMAS",
@@ -31,42 +33,10 @@ __all__ = [
     "validate_text",
 ]
 
-_SHOWN_VALUE_CHARS = 80
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 #: The most characters a text field holds unless its rule says otherwise: identifiers, locations, item
 #: types, image labels, class names. Far above real use; it keeps what one event can make a reader hold small.
 TEXT_MAX_CHARS = 1000
-
-
-class ValidationError(ValueError):
-    """An event, image or setting broke a rule; names the field, the value and the rule.
-
-    ``field`` is the name the caller used (a keyword such as ``alert_type``);
-    ``wire_field``, when it differs, is the field's name in the request body
-    (``event_data.alertType``), which is what the service reports.
-    """
-
-    def __init__(self, field: str, value: Any, rule: str, *, wire_field: str | None = None) -> None:
-        self.field = field
-        self.value = value
-        self.rule = rule
-        self.wire_field = wire_field if wire_field != field else None
-        shown_field = field if self.wire_field is None else f"{field} ({self.wire_field})"
-        super().__init__(f"{shown_field}: {_show(value)} {rule}")
-
-    def renamed(self, field: str) -> ValidationError:
-        """The same error under the name the caller used; the wire name is kept."""
-        return ValidationError(field, self.value, self.rule, wire_field=self.wire_field or self.field)
-
-
-def _show(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
-        text = f"<{type(value).__name__}>"
-    if len(text) > _SHOWN_VALUE_CHARS:
-        text = f"{text[:_SHOWN_VALUE_CHARS]}… ({len(text)} chars)"
-    return text
 
 
 def validate_text(field: str, value: Any, *, max_chars: int = TEXT_MAX_CHARS) -> str:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from fastsend.errors import QueueFullError
+
 __all__ = ["Cause", "Outcome", "QueueFullError", "Result", "Settlement"]
 
 
@@ -30,6 +32,7 @@ class Cause(Enum):
     CLOSED = "closed"
     CANCELLED = "cancelled"
     ENCODE_ERROR = "encode_error"
+    INVALID_EVENT = "invalid_event"
     # One attempt's failure; ``HTTP_STATUS`` is keyed by its status in ``stats()`` (``http_503``).
     HTTP_STATUS = "http"
     TIMEOUT = "timeout"
@@ -68,18 +71,50 @@ _DROPS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """An event's fate, in the Event Writer block's shape.
+    """An event's fate, in the Event Writer block's shape, with its ``cause`` when it was not delivered.
 
-    ``spooled`` is True when the event was not delivered yet but is safe in the
-    spool and will be sent later: do not send it again yourself.
+    Build one with the named constructors. ``spooled`` is True when the event was not delivered yet but
+    is safe in the spool and will be sent later: do not send it again yourself.
     """
 
     error_status: bool
     event_id: str
     message: str
-    spooled: bool = False
+    cause: Cause | None = None
+
+    @classmethod
+    def delivered(cls, event_id: str, message: str) -> Result:
+        """The service stored the event under ``event_id``."""
+        return cls(False, event_id, message)
+
+    @classmethod
+    def failed(cls, cause: Cause, message: str) -> Result:
+        """Not delivered, for ``cause``; ``message`` says why in words."""
+        return cls(True, "", message, cause)
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> Result:
+        """The Result an attempt's ``Outcome`` settles its event with."""
+        if outcome.cause is None:
+            return cls.delivered(outcome.event_id, outcome.message)
+        return cls.failed(outcome.cause, outcome.message)
+
+    @classmethod
+    def in_spool(cls, message: str) -> Result:
+        """Not delivered yet, safe in the spool: it will be sent later."""
+        return cls(True, "", message, Cause.SPOOLED)
+
+    @classmethod
+    def accepted(cls, message: str) -> Result:
+        """No error and no ``event_id``: queued in the background, or not sent by the caller's choice."""
+        return cls(False, "", message)
+
+    @property
+    def spooled(self) -> bool:
+        return self.cause is Cause.SPOOLED
 
     def as_dict(self) -> dict[str, Any]:
+        """The block's three outputs: ``error_status``, ``event_id``, ``message``."""
         return {"error_status": self.error_status, "event_id": self.event_id, "message": self.message}
 
 
@@ -106,7 +141,3 @@ class Outcome:
         if self.cause is Cause.HTTP_STATUS:
             return f"http_{self.status}"
         return self.cause.value if self.cause is not None else "sent"
-
-
-class QueueFullError(RuntimeError):
-    """The queue was full and the overflow policy is ``raise``."""

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scripted_server import ScriptedServer
-from viewer_support import browser_missing, start_chromium
+from support.browser import browser_missing, start_chromium
+from support.scripted_server import ScriptedServer
 
 from fastsend import EventWriter
 from fastsend.config import SETTING_ENV_VARS
@@ -50,7 +50,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def server():
-    """A scripted loopback server (``tests/scripted_server.py``), stopped after the test."""
+    """A scripted loopback server (``tests/support/scripted_server.py``), stopped after the test."""
     with ScriptedServer() as running:
         yield running
 
@@ -96,7 +96,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for a test module (``tests/viewer_support.py``); skips, with why, when it cannot run."""
+    """One headless Chromium for a test module (``tests/support/browser.py``); skips, with why, when it cannot run."""
     missing = browser_missing()
     if missing is not None:
         pytest.skip(missing)

@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import simplejpeg
 
-from fastsend.jpeg import downscale, encode_jpeg
+from fastsend.imaging.jpeg import downscale, encode_jpeg
 from fastsend.server.errors import HttpError
 from fastsend.server.images import ImageHeader, read_header
 from fastsend.server.store import EventStore

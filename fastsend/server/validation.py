@@ -35,7 +35,7 @@ from fastsend.events import (
     validate_solution,
     validate_text,
 )
-from fastsend.jpeg import check_image_file
+from fastsend.imaging.jpeg import check_image_file
 
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "EventBody", "Image", "validate_body"]
 

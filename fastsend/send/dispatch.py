@@ -1,0 +1,351 @@
+"""The dispatcher wires the sending side's rooms together, and does nothing else.
+
+    caller ── submit ──▶ admission ──▶ encoding ──▶ delivery (loop thread) ──▶ service
+                         (queue,        (threads)    (transport, retry policy)
+                          slots)            │               │
+                             └── refused ───┴── undelivered ┴──▶ drain (spool or fail)
+
+Every event settles exactly once in the ``Ledger``; every in-flight slot is given back
+exactly once to ``Admission``. Who calls what is decided here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing.util
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from fastsend.config import Settings
+from fastsend.errors import BlockingCallError
+from fastsend.imaging.jpeg import JpegOptions
+from fastsend.results import Cause, Outcome, Result
+from fastsend.send.admission import Admission, Refusal
+from fastsend.send.delivery import Delivery
+from fastsend.send.drainer import Drainer, Outbox, off_loop, settle_undelivered
+from fastsend.send.encoding import Encoders
+from fastsend.send.job import Job
+from fastsend.send.ledger import Ledger, Ticket
+from fastsend.send.loop import LoopThread
+from fastsend.send.prepare import PreparedEvent
+from fastsend.send.retry import RetryPolicy
+from fastsend.send.transport import AiohttpTransport, Transport
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger("fastsend")
+
+_live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+_CLOSED_UNSENT = "writer closed before the event could be sent"
+
+
+class Dispatcher:
+    """Owns one writer's rooms: ledger, admission, encoders, loop thread, delivery, outbox and drainer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox | None = None,
+        transport: Callable[[Settings], Transport] = AiohttpTransport,
+    ) -> None:
+        self.settings = settings
+        self.policy = RetryPolicy(
+            settings.retries,
+            settings.backoff_base,
+            settings.backoff_max,
+            settings.deadline,
+            settings.retry_after_max,
+            spooling=outbox is not None,
+        )
+        self.jpeg = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
+        self._make_transport = transport
+        self._outbox = outbox
+        self._build()
+        _live_dispatchers.add(self)
+        multiprocessing.util.register_after_fork(self, Dispatcher._flush_at_child_exit)
+        # Threads and the connection pool start now, off the caller's path: the first submit() costs what
+        # the others do, and what an earlier process spooled goes out without waiting for one.
+        self._ensure_started()
+
+    def _build(self) -> None:
+        """Fresh rooms: at construction, and in a forked child (the parent's threads did not come along)."""
+        settings = self.settings
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._closed_unsent = 0  # events pending at close() that it spooled or settled closed
+        self._closed_unsent_lock = threading.Lock()
+        self.ledger = Ledger(on_cancelled=self._cancelled)
+        self.admission = Admission(
+            queue_size=settings.queue_size,
+            queue_bytes=settings.queue_bytes,
+            max_in_flight=settings.max_in_flight,
+            overflow=settings.overflow,
+            block_timeout=settings.block_timeout,
+            start=self._start_encoding,
+            expired=self._settle_refused,
+        )
+        self.encoders = Encoders(self.jpeg, settings.encode_threads, self.ledger, self._encoded)
+        self.loop = LoopThread(settings.loop)
+        self.delivery = Delivery(
+            self.loop,
+            lambda: self._make_transport(settings),
+            self.policy,
+            settings.request_timeout,
+            self.ledger,
+            finished=self._delivered,
+            withdrawn=self.admission.release,
+        )
+        self.drainer: Drainer | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        if self._outbox is not None:
+            self.drainer = Drainer(
+                self._outbox, lambda: self.delivery.transport, self.policy, settings.request_timeout, self.ledger
+            )
+
+    def _ensure_started(self) -> None:
+        """Start the loop thread and the encoders (at once; nothing here waits for them)."""
+        with self._start_lock:
+            if not self._started:
+                self._started = True
+                self.encoders.start_workers()
+                self.loop.start(self._on_loop_start, self._loop_failed)
+
+    async def _on_loop_start(self) -> None:
+        if self.drainer is not None:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drainer.run())
+        await self.delivery.on_loop_start()  # last: once it returns, hand-offs go to this loop
+
+    def _loop_failed(self, failure: BaseException) -> None:
+        logger.error("fastsend could not start its event loop: %s", failure)
+        for job in self.delivery.refuse():
+            self._encoded_unsendable(job)
+            self.admission.release(job)
+
+    # ------------------------------------------------------------ caller side
+
+    def submit(
+        self, prepared: PreparedEvent, *, deadline: float | None = None, encode_first: bool = False
+    ) -> Future[Result]:
+        """Queue a prepared event; returns at once with the Future of its ``Result``.
+
+        ``encode_first`` (synchronous sends) encodes the images before queueing, so the
+        caller's arrays are not read once this returns and need no snapshot.
+        """
+        snapshots = prepared.snapshots
+        ticket = self.ledger.open(sum(s.snapshot_seconds for s in snapshots), len(snapshots))
+        if encode_first:
+            try:
+                prepared = self.encoders.encode_now(prepared)
+            except Exception as exc:  # noqa: BLE001 - any encoder failure is the event's Result
+                logger.warning("encoding failed: %s", exc)
+                self.ledger.settle(ticket, Result.failed(Cause.ENCODE_ERROR, f"encoding failed: {exc}"))
+                return ticket.future
+        budget = self.settings.deadline if deadline is None else deadline
+        job = Job.of(ticket, prepared, time.monotonic() + budget, budget)
+        if not self.admission.closed:
+            self._ensure_started()
+        refused = self.admission.admit(job)
+        self._settle_refused(refused)
+        if any(r.job is job and r.cause is Cause.QUEUE_FULL_RAISE for r in refused):
+            raise self.admission.queue_full_error()
+        return ticket.future
+
+    def _settle_refused(self, refused: list[Refusal]) -> None:
+        spill = self.settings.overflow == "spill"
+        for refusal in refused:
+            outcome = Outcome(refusal.cause, refusal.message)
+            if refusal.cause is Cause.DEADLINE or (spill and refusal.cause is Cause.QUEUE_FULL_DROP_OLDEST):
+                self._settle_undelivered(refusal.job, outcome)  # into the spool (if any), on this thread
+                continue
+            refusal.job.release_frames()
+            if refusal.cause is not Cause.CLOSED:
+                self.ledger.warn_rate_limited(refusal.cause.value, 1, refusal.message)
+            self.ledger.settle(refusal.job.ticket, Result.of(outcome), outcome)
+
+    def _cancelled(self, ticket: Ticket) -> None:
+        job = self.admission.withdraw(ticket)
+        if job is not None:
+            job.release_frames()
+
+    # ------------------------------------------------------------ the stages' ends
+
+    def _start_encoding(self, job: Job) -> None:
+        if job.ticket.settled:  # withdrawn before it got its slot
+            self.admission.release(job)
+        else:
+            self.encoders.start(job)
+
+    def _encoded(self, job: Job, failure: Outcome | None) -> None:
+        """An encoder is done with ``job``: hand it to the loop, or settle it here."""
+        try:
+            if failure is not None:
+                self.ledger.settle(job.ticket, Result.of(failure), failure)
+            elif job.ticket.settled:
+                pass  # withdrawn by its caller meanwhile
+            elif self.delivery.hand_off(job):
+                return  # the loop owns it now, and its slot
+            else:
+                self._encoded_unsendable(job)
+        except Exception:
+            logger.exception("unexpected error while settling an encoded event")
+        self.admission.release(job)
+
+    def _encoded_unsendable(self, job: Job) -> None:
+        """An encoded job the loop will not take: it is closing, or it never started."""
+        failure = self.loop.failure
+        if failure is not None:
+            message = f"fastsend could not start its event loop: {failure}"
+            self.ledger.settle(job.ticket, Result.failed(Cause.INTERNAL_ERROR, message))
+            return
+        self._count_closed_unsent()
+        self._settle_undelivered(job, Outcome(Cause.CLOSED, _CLOSED_UNSENT))
+
+    async def _delivered(self, job: Job, outcome: Outcome) -> None:
+        try:
+            if outcome.delivered:
+                self.ledger.settle(job.ticket, Result.of(outcome), outcome)
+                if self.drainer is not None:
+                    self.drainer.service_answered()
+            else:
+                if outcome.cause is Cause.CLOSED:
+                    self._count_closed_unsent()
+                if self._outbox is None:
+                    self._settle_undelivered(job, outcome)
+                else:  # a spool write fsyncs: keep it off the loop
+                    await off_loop(self._settle_undelivered, job, outcome)
+        finally:
+            job.request = None
+            self.admission.release(job)
+
+    def _settle_undelivered(self, job: Job, outcome: Outcome) -> None:
+        settle_undelivered(
+            job,
+            outcome,
+            outbox=self._outbox,
+            policy=self.policy,
+            ledger=self.ledger,
+            build_request=self.encoders.build_request,
+            wake_drainer=self._wake_drainer,
+        )
+
+    def _count_closed_unsent(self) -> None:
+        with self._closed_unsent_lock:
+            self._closed_unsent += 1
+
+    def _wake_drainer(self) -> None:
+        if self.drainer is not None:
+            self.loop.call_soon(self.drainer.wake)
+
+    def _nudge_drainer(self) -> None:
+        if self.drainer is not None:
+            self.loop.call_soon(self.drainer.nudge)
+
+    # ------------------------------------------------------------ waiting and closing
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every submitted event has its Result; returns how many are still pending."""
+        if self.loop.is_current():
+            raise BlockingCallError(
+                "flush() on fastsend's loop thread would wait for itself; call it from another thread"
+            )
+        return self.admission.wait_idle(timeout)
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Flush, then wait until the spool is empty too; returns the events still pending or spooled."""
+        started = time.monotonic()
+        pending = self.flush(timeout)
+        outbox = self._outbox
+        if outbox is None:
+            return pending
+        if len(outbox):
+            self._ensure_started()
+            self._nudge_drainer()  # a drainer backing off tries again now
+            outbox.wait_empty(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
+        return self.ledger.pending + len(outbox)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.ledger.snapshot()
+        stats.update(self.admission.state())
+        if self._outbox is not None:
+            stats.update(self._outbox.stats())
+        return stats
+
+    def close(self, timeout: float | None = None) -> int:
+        """Flush up to ``timeout``, then stop; what is left is spooled or settled closed. Returns that count.
+
+        When it returns, every event submitted before it has its Result.
+        """
+        if self.loop.is_current():
+            raise BlockingCallError(
+                "close() called on fastsend's loop thread (from a Result's done-callback?) would wait for itself; "
+                "call it from another thread"
+            )
+        with self._close_lock:  # one close at a time: a concurrent one waits for it, then finds it done
+            if self._closed:
+                return 0
+            unsent = self._close(timeout)
+            self._closed = True
+            return unsent
+
+    def _close(self, timeout: float | None) -> int:
+        self.admission.refuse_new()  # what is submitted from now on is refused, not counted here
+        self.flush(timeout)
+        leftovers = self.admission.close()
+        closing = Outcome(Cause.CLOSED, _CLOSED_UNSENT)
+        for job in leftovers:
+            self._count_closed_unsent()
+            self._settle_undelivered(job, closing)
+        if self.loop.wait_ready(timeout=5.0) and self.loop.running:
+            self.loop.run(self._shutdown_loop()).result()
+            self.loop.stop()
+        else:
+            for job in self.delivery.refuse():  # handed over to a loop that never ran
+                self._encoded_unsendable(job)
+                self.admission.release(job)
+        self.encoders.stop()  # they settle the events they still hold (hand-off is closed)
+        if self._outbox is not None:
+            self._outbox.close()
+        self.ledger.flush_warnings()
+        unsent = self._closed_unsent
+        if unsent:
+            where = "spooled" if self._outbox is not None else "not sent"
+            logger.warning("closed with %d event(s) %s", unsent, where)
+        return unsent
+
+    async def _shutdown_loop(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            await asyncio.gather(self._drain_task, return_exceptions=True)
+        await self.delivery.shutdown()
+
+    # ------------------------------------------------------------ fork
+
+    def _reset_in_child(self) -> None:
+        # The spool and its lock stay the parent's: a child draining it would send entries twice,
+        # and closing it would unlock the directory under the running parent.
+        if self._outbox is not None:
+            self._outbox.leave_to_parent()  # else a child outliving its parent keeps the spool locked
+            self._outbox = None
+            logger.warning("forked process: this writer sends without the spool, which stays with the parent")
+        self._build()
+
+    def _flush_at_child_exit(self) -> None:
+        # A multiprocessing child ends with os._exit, which skips atexit: flush on its own exit hook.
+        multiprocessing.util.Finalize(self, self.close, args=(self.settings.exit_flush_timeout,), exitpriority=10)
+
+
+def _reinit_after_fork() -> None:
+    for dispatcher in list(_live_dispatchers):
+        dispatcher._reset_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
