@@ -1,3 +1,5 @@
+"""`python -m fastsend`: the command line."""
+
 import sys
 
 from fastsend.cli import main

@@ -1,5 +1,5 @@
 """The ``fastsend`` command: ``serve``, ``send`` and ``demo``."""
 
-from fastsend.cli.main import main
+from fastsend.cli.commands import main
 
 __all__ = ["main"]

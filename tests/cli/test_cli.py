@@ -16,7 +16,7 @@ import pytest
 import simplejpeg
 
 import fastsend
-from fastsend.cli import main as cli
+from fastsend.cli import commands as cli
 from fastsend.server import ReferenceService
 
 pytestmark = pytest.mark.timeout(90)
