@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fastsend import Event, ValidationError
-from fastsend.config import KNOWN_ENV_VARS, SETTING_ENV_VARS, Settings
+from fastsend.config import KNOWN_ENV_VARS, Settings
 from fastsend.events import COMMON_KEYWORDS, SCHEMA_KEYWORDS
 from fastsend.server.options import add_service_arguments
 
@@ -162,11 +162,10 @@ def test_the_metrics_page_lists_every_metric_of_the_service_with_its_type():
         f"{family.name}_total" if family.type == "counter" else family.name: family.type
         for family in metrics.registry.collect()  # type: ignore[union-attr]
     }
+    table = section(page("metrics.md"), "The reference service's metrics")
     listed = {
         name: kind
-        for names, kind in re.findall(
-            r"^\| (`fastsend_service[^|]+) \| (\w+) \|", section(page("metrics.md"), "The reference service's metrics"), re.M
-        )
+        for names, kind in re.findall(r"^\| (`fastsend_service[^|]+) \| (\w+) \|", table, re.M)
         for name in re.findall(r"`(\w+)`", names)
     }
     assert listed == exported
