@@ -16,7 +16,7 @@ import pytest
 import simplejpeg
 
 import fastsend
-from fastsend.cli import commands as cli
+from fastsend.cli.commands import _progress
 from fastsend.server import ReferenceService
 
 pytestmark = pytest.mark.timeout(90)
@@ -240,7 +240,7 @@ class _Terminal(io.StringIO):
 
 def test_on_a_terminal_the_progress_bar_redraws_in_place_and_ends_its_line() -> None:
     out = _Terminal()
-    show = cli._progress(10, out)
+    show = _progress(10, out)
     show(0, 0, 0.1)
     show(10, 1, 1.0)
     show(10, 1, 1.1)  # after the end: nothing more
@@ -251,7 +251,7 @@ def test_on_a_terminal_the_progress_bar_redraws_in_place_and_ends_its_line() -> 
 
 def test_off_a_terminal_progress_is_a_few_plain_lines() -> None:
     out = io.StringIO()
-    show = cli._progress(100, out)
+    show = _progress(100, out)
     for done in range(0, 101, 5):
         show(done, 0, 1.0)
     lines = out.getvalue().splitlines()
