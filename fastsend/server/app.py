@@ -29,10 +29,10 @@ Request bodies are never inflated: the server runs with aiohttp's
 
 Memory: the body budget holds a body's bytes as they arrive, never what its
 ``Content-Length`` declares, so a connection that declares much and sends
-little holds little. Parsing holds at most about two and a half times a
-body made of images (its bytes, then the base64 text, then the decoded
-images), plus for annotations a bounded amount set by ``max_annotations``
-and ``max_points``.
+little holds little. A request holds at most about three times its body
+(its bytes and the parser's copy of them, then the base64 text and the
+decoded images), plus what its annotations cost once parsed: at most some
+50 MB at the default limits (:mod:`.structure`).
 """
 
 from __future__ import annotations

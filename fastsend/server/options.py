@@ -12,7 +12,7 @@ Roboflow's bundle format), ``--max-points`` (1,000 per polygon, and
 keypoints per detection) and ``--max-total-points`` (100,000 polygon points
 and keypoints in all). The last three are checked on a body's bytes before
 it is parsed, so a hostile body cannot make parsing cost more than some
-30 MB beyond about three times its size.
+50 MB beyond about three times its size.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _add_body_limit_arguments(limits: argparse._ArgumentGroup) -> None:
         type=int,
         default=DEFAULT_MAX_TOTAL_POINTS,
         help="polygon points and keypoints a body may hold in all, else 422; bounds what parsing its"
-        f" annotations costs (default {DEFAULT_MAX_TOTAL_POINTS}: about 30 MB)",
+        f" annotations costs (default {DEFAULT_MAX_TOTAL_POINTS}: about 50 MB)",
     )
 
 

@@ -17,7 +17,7 @@ annotations (1,000, as in Roboflow's bundle format), a polygon at most
 ``max_points`` points and a detection as many keypoints (1,000: a
 simplified contour of a large object in a 4K frame fits), and the image
 entry at most ``max_total_points`` points and keypoints in all (100,000), so
-what its annotations cost once parsed stays within some 30 MB.
+what its annotations cost once parsed stays within some 50 MB.
 :mod:`.structure` holds a body to the same limits on its bytes before it is parsed.
 """
 
