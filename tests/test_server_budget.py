@@ -290,3 +290,16 @@ def test_the_budget_counts_what_arrived_and_refuses_only_past_it(make_service: A
     finally:
         holder.close()
     assert wait_until(lambda: service.body_bytes_held() == 0, 10.0)
+
+
+def test_help_names_the_limits_and_their_defaults() -> None:
+    import argparse
+
+    from fastsend.server.options import add_service_arguments
+
+    parser = argparse.ArgumentParser()
+    add_service_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    for option, default in [("--max-annotations", "1000"), ("--max-points", "1000"), ("--max-total-points", "100000")]:
+        assert f"{option} {option.upper().lstrip('-').replace('-', '_')}" in text
+        assert f"(default {default}" in text.split(option, 2)[2][:400], option

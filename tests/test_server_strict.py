@@ -6,6 +6,7 @@ Each service listens on 127.0.0.1 and is stopped by the test that started it.
 from __future__ import annotations
 
 import argparse
+import ast
 import select
 import signal
 import subprocess
@@ -137,3 +138,21 @@ def test_a_key_in_the_options_is_kept() -> None:
     assert config_from_arguments(parser.parse_args(["--api-key", "k3y"]), {}).api_key == "k3y"
     with pytest.raises(ValidationError, match="must not be empty"):
         config_from_arguments(parser.parse_args(["--api-key", ""]), {})
+
+
+# --- the service's code --------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_of_the_service_is_over_sixty_lines() -> None:
+    server = REPO_ROOT / "fastsend" / "server"
+    long = [
+        f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(server.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long == []

@@ -221,7 +221,7 @@ def _api_key(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None
         if not key:
             raise ValidationError("--api-key-file", args.api_key_file, "must hold the key (the file is empty)")
         return key
-    key = environ.get(API_KEY_ENV)
-    if key is not None and not key.strip():
-        raise ValidationError(API_KEY_ENV, key, _EMPTY_KEY + f" (unset {API_KEY_ENV})")
-    return key
+    from_environment = environ.get(API_KEY_ENV)
+    if from_environment is not None and not from_environment.strip():
+        raise ValidationError(API_KEY_ENV, from_environment, _EMPTY_KEY + f" (unset {API_KEY_ENV})")
+    return from_environment

@@ -90,7 +90,14 @@ def count_over_time(
         (newest,) = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         bounds = _range(connection, where, params, since, until)
         if bounds is None:
-            empty = {"start": None, "bucket_ms": None, "bucket_seconds": None, "buckets": [], "totals": {}, "total": 0}
+            empty: dict[str, Any] = {
+                "start": None,
+                "bucket_ms": None,
+                "bucket_seconds": None,
+                "buckets": [],
+                "totals": {},
+                "total": 0,
+            }
             return {**empty, "newest": newest}
         start_ms, end_ms = bounds
         width = bucket_width(start_ms, end_ms)
