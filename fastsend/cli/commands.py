@@ -106,8 +106,10 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
 
+    key = "API key required (X-API-Key)" if config.api_key else "no API key: every client that reaches it is answered"
+
     def announce(url: str) -> None:
-        print(f"fastsend reference service on {url} (data in {config.data_dir}); Ctrl-C stops", flush=True)
+        print(f"fastsend reference service on {url} (data in {config.data_dir}); {key}; Ctrl-C stops", flush=True)
 
     run(config, on_started=announce)
     return EXIT_OK

@@ -6,7 +6,9 @@ Endpoints:
   ``Idempotency-Key`` / a query parameter), 401, 408 (body not received in
   time), 413, 415 (not ``application/json``, or a ``Content-Encoding``), 422
   (``ValidationError`` message), 529 with ``Retry-After`` (write capacity or
-  body memory budget), or an injected fault.
+  body memory budget), or an injected fault. A body holding more JSON values
+  than one within the limits can gets 413 before it is parsed, and an
+  annotation or point list past its limit a 422 naming it (:mod:`.structure`).
 - ``GET /v2/events?limit=&offset=&event_schema=`` → ``{"events", "total"}``:
   event summaries (see :mod:`.index`), newest first.
 - ``GET /v2/events/{id}`` → one event; ``GET /v2/events/{id}/images/output``
@@ -24,6 +26,13 @@ get a 421. Every answer carries ``X-Content-Type-Options: nosniff``.
 
 Request bodies are never inflated: the server runs with aiohttp's
 ``auto_decompress`` off, and a body with a ``Content-Encoding`` gets 415.
+
+Memory: the body budget holds a body's bytes as they arrive, never what its
+``Content-Length`` declares, so a connection that declares much and sends
+little holds little. A request holds at most about three times its body
+(its bytes and the parser's copy of them, then the base64 text and the
+decoded images), plus what its annotations cost once parsed: at most some
+50 MB at the default limits (:mod:`.structure`).
 """
 
 from __future__ import annotations
@@ -50,8 +59,9 @@ from fastsend.server.index import EventIndex, EventQuery
 from fastsend.server.metrics import CONTENT_TYPE, MISSING_DETAIL, Metrics, service_metrics
 from fastsend.server.queries import MAX_OFFSET, BadQuery, check_query, choice_parameter, int_parameter
 from fastsend.server.store import EventStore, StoredEvent
+from fastsend.server.structure import TooManyValues, check_structure
 from fastsend.server.thumbnails import ThumbnailCache
-from fastsend.server.validation import DEFAULT_MAX_IMAGE_PIXELS, EventBody, validate_body
+from fastsend.server.validation import BodyLimits, EventBody, validate_body
 from fastsend.server.viewer import add_viewer_routes
 
 __all__ = [
@@ -124,7 +134,7 @@ class _State:
     api_key: bytes | None
     capacity: int | None
     max_body_bytes: int
-    max_image_pixels: int
+    limits: BodyLimits
     body_budget: BodyBudget
     body_timeout: float
     faults: FaultInjector
@@ -149,7 +159,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_budget_bytes: int = DEFAULT_BODY_BUDGET_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    limits: BodyLimits | None = None,
     hosts: HostPolicy | None = None,
     faults: Faults | None = None,
 ) -> web.Application:
@@ -161,9 +171,10 @@ def create_app(
     ``body_budget_bytes`` bounds the bodies held at once across requests (a
     body that would pass it gets 529 with ``Retry-After``); ``body_timeout`` is
     how long a body may take to arrive once its headers have (then 408 and the
-    connection is closed). ``max_image_pixels`` is the most pixels an image may
-    declare. ``hosts`` says which ``Host`` names are answered (default: those
-    of a service bound to 127.0.0.1).
+    connection is closed). ``limits``: the most pixels an image may declare,
+    annotations a list may hold and points a polygon may have (default
+    :class:`~.validation.BodyLimits`). ``hosts`` says which ``Host`` names are
+    answered (default: those of a service bound to 127.0.0.1).
     """
     if body_budget_bytes < max_body_bytes:
         raise ValueError(
@@ -180,14 +191,18 @@ def create_app(
         api_key=api_key.encode() if api_key else None,
         capacity=capacity,
         max_body_bytes=max_body_bytes,
-        max_image_pixels=max_image_pixels,
+        limits=limits or BodyLimits(),
         body_budget=budget,
         body_timeout=body_timeout,
         faults=FaultInjector(faults),
         hosts=hosts or HostPolicy("127.0.0.1"),
         metrics=service_metrics(store.count, lambda: budget.in_use, body_budget_bytes),
     )
+    _add_routes(app, index, thumbnails)
+    return app
 
+
+def _add_routes(app: web.Application, index: EventIndex, thumbnails: ThumbnailCache) -> None:
     async def close(_: web.Application) -> None:
         thumbnails.close()
         index.close()
@@ -201,7 +216,6 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     add_viewer_routes(app, index, thumbnails)
-    return app
 
 
 def set_faults(app: web.Application, faults: Faults | None) -> None:
@@ -334,7 +348,7 @@ async def _post_event(request: web.Request) -> web.StreamResponse:
         if state.metrics is not None:
             state.metrics.received(len(raw))
         # Parsing and base64-decoding a large body is CPU work; keep it off the loop.
-        parse = functools.partial(_parse_event, raw, state.max_image_pixels)
+        parse = functools.partial(_parse_event, raw, state.limits)
         event = await asyncio.get_running_loop().run_in_executor(None, parse)
         del raw, parse
         event_id, created = await _store(state, event, idempotency_key)
@@ -416,9 +430,7 @@ async def _read_body(request: web.Request, state: _State, held: _Held) -> bytear
 
 
 async def _receive_body(request: web.Request, limit: int, held: _Held) -> bytearray:
-    # A declared length is held before reading; a chunked body is held as it arrives.
-    if request.content_length is not None and not held.grow_to(request.content_length):
-        raise await _over_budget(request, held)
+    # Held as it arrives, not as declared: a client declaring 64 MiB and sending a byte holds a byte.
     body = bytearray()
     while chunk := await request.content.readany():
         body += chunk
@@ -443,15 +455,23 @@ async def _over_budget(request: web.Request, held: _Held) -> HttpError:
     )
 
 
-def _parse_event(raw: bytes | bytearray, max_image_pixels: int) -> EventBody:
+def _parse_event(raw: bytearray, limits: BodyLimits) -> EventBody:
+    """The validated event in ``raw``, which is emptied once parsed (its memory then serves the decoding)."""
     try:
+        check_structure(raw, limits)  # before parsing: what parsing may cost is bounded by the limits
         body = orjson.loads(raw)
+    except TooManyValues as exc:
+        raise HttpError(413, str(exc)) from None
+    except ValidationError as exc:
+        raise HttpError(422, str(exc)) from None
     except orjson.JSONDecodeError as exc:
         raise HttpError(400, f"body is not valid JSON: {exc}") from None
+    finally:
+        raw.clear()
     if not isinstance(body, dict):
         raise HttpError(400, f"body must be a JSON object, not {type(body).__name__}")
     try:
-        return validate_body(body, max_image_pixels=max_image_pixels)
+        return validate_body(body, limits=limits)
     except ValidationError as exc:
         raise HttpError(422, str(exc)) from None
 

@@ -114,9 +114,11 @@ _SUMMARY_COLUMNS = ", ".join(
         "inference_timestamp",
         "event_schema",
         # JSON text no longer than the cut cannot hold a string longer than it: most rows pass as they are.
+        # The others get their strings replaced by cut ones; every number keeps its text (json_each would
+        # read an integer past 2^63 as a float, 2^64-1 as 1.84467440737096e+19).
         f"CASE WHEN length(event_data) <= {SUMMARY_TEXT_CHARS} THEN event_data ELSE"
-        f" (SELECT json_group_object(key, CASE type WHEN 'text' THEN {_clipped('value')} ELSE value END)"
-        " FROM json_each(event_data)) END",
+        f" json_patch(event_data, (SELECT json_group_object(key, {_clipped('value')})"
+        " FROM json_each(event_data) WHERE type = 'text')) END",
         _clipped("json_extract(image_details, '$.label')"),
         "input_content_type IS NOT NULL",
         *(f"json_array_length(image_details, '$.{name}')" for name in _ANNOTATION_LISTS),

@@ -41,7 +41,13 @@ from fastsend.server.connections import (
 from fastsend.server.faults import Faults
 from fastsend.server.hosts import HostPolicy
 from fastsend.server.store import EventStore
-from fastsend.server.validation import DEFAULT_MAX_IMAGE_PIXELS
+from fastsend.server.validation import (
+    DEFAULT_MAX_ANNOTATIONS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_POINTS,
+    DEFAULT_MAX_TOTAL_POINTS,
+    BodyLimits,
+)
 
 __all__ = ["DEFAULT_PORT", "ReferenceService", "ServiceConfig", "run", "serve"]
 
@@ -63,7 +69,9 @@ class ServiceConfig:
 
     Limits: ``max_body_bytes`` per body (413); ``body_budget_bytes`` for all
     bodies held at once (529); ``max_image_pixels`` an image may declare
-    (422); ``header_timeout`` / ``body_timeout`` seconds for a request's
+    (422); ``max_annotations`` per annotation list and ``max_points`` per
+    polygon or keypoint list, ``max_total_points`` in all (422; see
+    :mod:`.structure`); ``header_timeout`` / ``body_timeout`` seconds for a request's
     headers / body to arrive (408); ``idle_timeout`` seconds between requests
     on a connection; ``max_connections`` open at once (503).
     ``allowed_hosts``: ``Host`` names answered besides the loopback ones (see
@@ -82,6 +90,9 @@ class ServiceConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_annotations: int = DEFAULT_MAX_ANNOTATIONS
+    max_points: int = DEFAULT_MAX_POINTS
+    max_total_points: int = DEFAULT_MAX_TOTAL_POINTS
     allowed_hosts: tuple[str, ...] = ()
     faults: Faults = field(default_factory=Faults)
 
@@ -90,8 +101,7 @@ class ServiceConfig:
             raise ValueError(f"capacity must be >= 0 or None, not {self.capacity!r}")
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, not {self.max_body_bytes!r}")
-        if self.max_image_pixels < 1:
-            raise ValueError(f"max_image_pixels must be positive, not {self.max_image_pixels!r}")
+        self.body_limits()  # checks max_image_pixels, max_annotations, max_points and max_total_points
         if self.body_budget_bytes < self.max_body_bytes:
             raise ValueError(
                 f"body_budget_bytes must be at least max_body_bytes ({self.max_body_bytes}),"
@@ -100,6 +110,16 @@ class ServiceConfig:
         if not (math.isfinite(self.body_timeout) and self.body_timeout > 0):
             raise ValueError(f"body_timeout must be a positive number of seconds, not {self.body_timeout!r}")
         self.connection_limits()  # checks the other three
+        HostPolicy(self.host, self.allowed_hosts)  # checks the allowed names
+
+    def body_limits(self) -> BodyLimits:
+        """The pixel, annotation and point limits on a body, checked."""
+        return BodyLimits(
+            max_image_pixels=self.max_image_pixels,
+            max_annotations=self.max_annotations,
+            max_points=self.max_points,
+            max_total_points=self.max_total_points,
+        )
 
     def connection_limits(self) -> ConnectionLimits:
         """The header timeout, idle timeout and connection cap, checked."""
@@ -131,7 +151,7 @@ async def _running(config: ServiceConfig) -> AsyncIterator[_Running]:
             max_body_bytes=config.max_body_bytes,
             body_budget_bytes=config.body_budget_bytes,
             body_timeout=config.body_timeout,
-            max_image_pixels=config.max_image_pixels,
+            limits=config.body_limits(),
             hosts=HostPolicy(config.host, config.allowed_hosts),
             faults=config.faults,
         )
@@ -240,6 +260,9 @@ class ReferenceService:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_annotations: int = DEFAULT_MAX_ANNOTATIONS,
+        max_points: int = DEFAULT_MAX_POINTS,
+        max_total_points: int = DEFAULT_MAX_TOTAL_POINTS,
         allowed_hosts: tuple[str, ...] = (),
         faults: Faults | None = None,
     ) -> None:
@@ -256,6 +279,9 @@ class ReferenceService:
             idle_timeout=idle_timeout,
             max_connections=max_connections,
             max_image_pixels=max_image_pixels,
+            max_annotations=max_annotations,
+            max_points=max_points,
+            max_total_points=max_total_points,
             allowed_hosts=allowed_hosts,
             faults=faults or Faults(),
         )

@@ -3,7 +3,9 @@
 The range is the time filter's (``since`` inclusive, ``until`` exclusive);
 a bound left open is taken from the matching events (the oldest, the newest).
 Over it the service picks the narrowest width from :data:`BUCKET_WIDTHS` that
-covers the range in at most :data:`MAX_BUCKETS` buckets. Buckets start at
+covers the range in at most :data:`MAX_BUCKETS` buckets, down to a millisecond
+(the precision SQLite keeps), so a burst within a second is spread over
+buckets of some milliseconds rather than drawn as one bar. Buckets start at
 multiples of their width counted from the Unix epoch, in UTC (so an hour
 bucket starts on the hour, a day bucket at midnight UTC); the first and last
 may reach past the range. SQLite counts the events, grouped on the inference
@@ -27,9 +29,10 @@ _HOUR = 60 * _MINUTE
 _DAY = 24 * _HOUR
 _YEAR = 365 * _DAY
 
-#: Bucket widths in milliseconds, narrowest first: round numbers of seconds, minutes, hours, days and
-#: 365-day years. The widest covers years 1 to 9999 in fewer than MAX_BUCKETS buckets.
+#: Bucket widths in milliseconds, narrowest first: round numbers of milliseconds, seconds, minutes, hours,
+#: days and 365-day years. The widest covers years 1 to 9999 in fewer than MAX_BUCKETS buckets.
 BUCKET_WIDTHS: tuple[int, ...] = (
+    *(1, 2, 5, 10, 20, 50, 100, 200, 500),
     *(n * _SECOND for n in (1, 2, 5, 10, 15, 30)),
     *(n * _MINUTE for n in (1, 2, 5, 10, 15, 30)),
     *(n * _HOUR for n in (1, 2, 3, 6, 12)),
@@ -74,8 +77,9 @@ def count_over_time(
     """Counts of the events matching ``where`` per bucket and schema, on ``connection``.
 
     ``since`` / ``until`` are the time filter's bounds (UTC ISO-8601, or
-    ``None`` when open). Returns ``{"start", "bucket_seconds", "buckets",
-    "totals", "total", "newest"}``: ``buckets`` is every bucket of the range in
+    ``None`` when open). Returns ``{"start", "bucket_ms", "bucket_seconds",
+    "buckets", "totals", "total", "newest"}`` (the bucket width in milliseconds,
+    and in seconds, a fraction below one): ``buckets`` is every bucket of the range in
     order, each ``{"start": ISO-8601, "counts": {schema: n}}`` (schemas without
     events left out), ``totals`` the count per schema over the range (by schema
     name), ``newest`` the sequence number of the last stored event when counted.
@@ -86,7 +90,15 @@ def count_over_time(
         (newest,) = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         bounds = _range(connection, where, params, since, until)
         if bounds is None:
-            return {"start": None, "bucket_seconds": None, "buckets": [], "totals": {}, "total": 0, "newest": newest}
+            empty: dict[str, Any] = {
+                "start": None,
+                "bucket_ms": None,
+                "bucket_seconds": None,
+                "buckets": [],
+                "totals": {},
+                "total": 0,
+            }
+            return {**empty, "newest": newest}
         start_ms, end_ms = bounds
         width = bucket_width(start_ms, end_ms)
         origin = _origin(start_ms, width)
@@ -129,7 +141,8 @@ def _shape(origin: int, width: int, count: int, rows: list[tuple[int, str, int]]
         totals[schema] = totals.get(schema, 0) + n
     return {
         "start": _iso(origin),
-        "bucket_seconds": width // _SECOND,
+        "bucket_ms": width,
+        "bucket_seconds": width // _SECOND if width % _SECOND == 0 else width / _SECOND,
         "buckets": [{"start": _iso(origin + i * width), "counts": c} for i, c in enumerate(counts)],
         "totals": dict(sorted(totals.items())),
         "total": sum(totals.values()),

@@ -9,9 +9,16 @@ be finite and not bools, and a list the client should have omitted (empty)
 is an error. Every failure is a :class:`~fastsend.events.ValidationError`
 naming the field, the value and the rule.
 
-One rule is the service's own: an image may declare at most
-``max_image_pixels`` pixels (read from its header; nothing is decoded), so
-no stored image is a decompression bomb for the viewer's thumbnails.
+Some rules are the service's own, in :class:`BodyLimits`: an image may
+declare at most ``max_image_pixels`` pixels (read from its header; nothing is
+decoded), so no stored image is a decompression bomb for the viewer's
+thumbnails; an annotation list may hold at most ``max_annotations``
+annotations (1,000, as in Roboflow's bundle format), a polygon at most
+``max_points`` points and a detection as many keypoints (1,000: a
+simplified contour of a large object in a 4K frame fits), and the image
+entry at most ``max_total_points`` points and keypoints in all (100,000), so
+what its annotations cost once parsed stays within some 50 MB.
+:mod:`.structure` holds a body to the same limits on its bytes before it is parsed.
 """
 
 from __future__ import annotations
@@ -37,10 +44,46 @@ from fastsend.events import (
 )
 from fastsend.imaging.jpeg import check_image_file
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "EventBody", "Image", "validate_body"]
+__all__ = [
+    "ANNOTATION_LISTS",
+    "DEFAULT_MAX_ANNOTATIONS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_POINTS",
+    "DEFAULT_MAX_TOTAL_POINTS",
+    "POINT_LISTS",
+    "BodyLimits",
+    "EventBody",
+    "Image",
+    "too_many",
+    "too_many_points",
+    "validate_body",
+]
 
 #: 50 megapixels: 8K video is 33; a 50 MP image takes 150 MB once decoded.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+#: Annotations per list: what Roboflow's bundle format allows.
+DEFAULT_MAX_ANNOTATIONS = 1000
+#: Points per polygon, and keypoints per detection.
+DEFAULT_MAX_POINTS = 1000
+#: Polygon points and keypoints of a body in all.
+DEFAULT_MAX_TOTAL_POINTS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """The service's own limits on a body, each a service option of the same name."""
+
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_annotations: int = DEFAULT_MAX_ANNOTATIONS
+    max_points: int = DEFAULT_MAX_POINTS
+    max_total_points: int = DEFAULT_MAX_TOTAL_POINTS
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_pixels", "max_annotations", "max_points", "max_total_points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
 
 _REQUIRED_KEYS = ("inference_timestamp", "event_schema", "event_data", "images", "displayImagePosition")
 _OPTIONAL_KEYS = ("custom_metadata", "solution")
@@ -53,6 +96,10 @@ _ANNOTATION_KEYS = {
     "keypoints": (*_BOX_KEYS, "keypoints"),
 }
 _IMAGE_OPTIONAL_KEYS = ("inputBase64Image", "label", *_ANNOTATION_KEYS)
+#: The image entry's annotation lists.
+ANNOTATION_LISTS = tuple(_ANNOTATION_KEYS)
+#: The annotation fields that are lists of points (at most ``max_points``), and what their items are called.
+POINT_LISTS = {"points": "points", "keypoints": "keypoints"}
 
 
 class _Missing:
@@ -93,15 +140,19 @@ class EventBody:
     solution: str | None
 
 
-def validate_body(body: Any, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> EventBody:
+def validate_body(
+    body: Any, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, limits: BodyLimits | None = None
+) -> EventBody:
     """Check a parsed JSON body against the v2 contract; raises ``ValidationError``.
 
-    An image declaring more than ``max_image_pixels`` pixels is refused.
+    ``limits`` (default :class:`BodyLimits` with ``max_image_pixels``) are the
+    service's own: more pixels, annotations or points than they allow are refused.
     """
+    limits = limits or BodyLimits(max_image_pixels=max_image_pixels)
     _check_keys("", body, _REQUIRED_KEYS, _OPTIONAL_KEYS)
     timestamp = _timestamp(body["inference_timestamp"])
     event_data = validate_event_data(body["event_schema"], body["event_data"])
-    output_image, input_image, details = _single_image_entry(body["images"], max_image_pixels)
+    output_image, input_image, details = _single_image_entry(body["images"], limits)
     position = body["displayImagePosition"]
     if isinstance(position, bool) or not isinstance(position, int) or position != 0:
         raise ValidationError("displayImagePosition", position, "must be the integer 0 (the only image)")
@@ -143,7 +194,7 @@ def _timestamp(value: Any) -> str:
     return validate_inference_timestamp(value)
 
 
-def _single_image_entry(images: Any, max_pixels: int) -> tuple[Image, Image | None, dict[str, Any]]:
+def _single_image_entry(images: Any, limits: BodyLimits) -> tuple[Image, Image | None, dict[str, Any]]:
     if not isinstance(images, list):
         raise ValidationError("images", images, "must be a list")
     if len(images) != 1:
@@ -151,9 +202,9 @@ def _single_image_entry(images: Any, max_pixels: int) -> tuple[Image, Image | No
     field = "images[0]"
     entry = images[0]
     _check_keys(field, entry, ("base64Image",), _IMAGE_OPTIONAL_KEYS)
-    output_image = _image(f"{field}.base64Image", entry["base64Image"], max_pixels)
+    output_image = _image(f"{field}.base64Image", entry["base64Image"], limits.max_image_pixels)
     input_image = (
-        _image(f"{field}.inputBase64Image", entry["inputBase64Image"], max_pixels)
+        _image(f"{field}.inputBase64Image", entry["inputBase64Image"], limits.max_image_pixels)
         if "inputBase64Image" in entry
         else None
     )
@@ -161,7 +212,8 @@ def _single_image_entry(images: Any, max_pixels: int) -> tuple[Image, Image | No
         validate_text(f"{field}.label", entry["label"])
     for name, keys in _ANNOTATION_KEYS.items():
         if name in entry:
-            _annotations(f"{field}.{name}", entry[name], keys)
+            _annotations(f"{field}.{name}", entry[name], keys, limits)
+    _total_points(field, entry, limits.max_total_points)
     details = {key: value for key, value in entry.items() if key not in ("base64Image", "inputBase64Image")}
     return output_image, input_image, details
 
@@ -199,16 +251,44 @@ def _declared_size(data: bytes, content_type: str) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _annotations(field: str, value: Any, keys: tuple[str, ...]) -> None:
+def _annotations(field: str, value: Any, keys: tuple[str, ...], limits: BodyLimits) -> None:
     if not isinstance(value, list):
         raise ValidationError(field, value, "must be a list")
     if not value:
         raise ValidationError(field, value, "must be omitted rather than sent empty")
+    if len(value) > limits.max_annotations:
+        raise too_many(field, f"<{len(value)} annotations>", "annotations", limits.max_annotations)
     for index, item in enumerate(value):
         item_field = f"{field}[{index}]"
         _check_keys(item_field, item, keys)
         for key in keys:
-            _ANNOTATION_FIELD_RULES[key](f"{item_field}.{key}", item[key])
+            points = item[key]
+            if key in POINT_LISTS and isinstance(points, list) and len(points) > limits.max_points:
+                shown = f"<{len(points)} {POINT_LISTS[key]}>"
+                raise too_many(f"{item_field}.{key}", shown, POINT_LISTS[key], limits.max_points)
+            _ANNOTATION_FIELD_RULES[key](f"{item_field}.{key}", points)
+
+
+def _total_points(field: str, entry: dict[str, Any], limit: int) -> None:
+    total = sum(
+        len(annotation[key])
+        for name, key in (("instanceSegmentations", "points"), ("keypoints", "keypoints"))
+        for annotation in entry.get(name, ())
+    )
+    if total > limit:
+        raise too_many_points(field, f"<{total} points>", limit)
+
+
+def too_many(field: str, shown: str, noun: str, limit: int) -> ValidationError:
+    """The error for a list longer than the service's limit on it (``noun``: what its items are)."""
+    option = "--max-annotations" if noun == "annotations" else "--max-points"
+    return ValidationError(field, shown, f"must hold at most {limit} {noun} (the service's {option})")
+
+
+def too_many_points(field: str, shown: str, limit: int) -> ValidationError:
+    """The error for an image entry with more polygon points and keypoints in all than the service allows."""
+    rule = f"must hold at most {limit} polygon points and keypoints in all (the service's --max-total-points)"
+    return ValidationError(field, shown, rule)
 
 
 def _number(field: str, value: Any) -> None:

@@ -97,7 +97,7 @@ def test_counts_follow_the_lists_filters(service: ReferenceService) -> None:
     }
 
     alerts = _timeline(service.url, schema="safety_alert")
-    assert alerts["bucket_seconds"] == 1 and _nonempty(alerts) == {0: {"safety_alert": 1}}
+    assert alerts["bucket_ms"] == 1 and _nonempty(alerts) == {0: {"safety_alert": 1}}  # one event: one millisecond
     assert alerts["start"] == _minute(91)
 
     lines = _timeline(service.url, q="l1")
@@ -149,7 +149,8 @@ def test_counts_match_the_events_one_by_one(tmp_path: Path) -> None:
             ({"since": since.isoformat(), "until": until.isoformat()}, since, until),
         ):
             chart = _timeline(service.url, **params)
-            width = chart["bucket_seconds"] * 1000
+            width = chart["bucket_ms"]
+            assert chart["bucket_seconds"] * 1000 == width
             assert width == bucket_width(_ms(low), _ms(high))
             origin = _ms(low) // width * width
             assert chart["start"] == datetime.fromtimestamp(origin / 1000, timezone.utc).isoformat()
@@ -191,9 +192,34 @@ def test_an_hour_is_sixty_one_minute_buckets_and_a_millisecond_more_is_two_minut
     assert bucket_width(0, 3_600_001) == 120_000
 
 
+BURST_MS = (100, 150, 400, 401, 900)
+
+
+def _burst(url: str) -> None:
+    """Five events within one second: 00:00:00.100 to 00:00:00.900 UTC on 2026-03-01."""
+    for ms in BURST_MS:
+        post_event(url, timestamp=f"2026-03-01T00:00:00.{ms:03d}+00:00")
+
+
+def test_a_burst_within_a_second_is_spread_over_millisecond_buckets(service: ReferenceService) -> None:
+    _burst(service.url)
+    chart = _timeline(service.url)
+    # 801 ms: 10 ms buckets would take 81, 20 ms ones take 41.
+    assert chart["bucket_ms"] == 20 and chart["bucket_seconds"] == 0.02
+    assert chart["start"] == "2026-03-01T00:00:00.100000+00:00" and len(chart["buckets"]) == 41
+    assert _nonempty(chart) == {
+        0: {"quality_check": 1},
+        2: {"quality_check": 1},
+        15: {"quality_check": 2},
+        40: {"quality_check": 1},
+    }
+    assert bucket_width(0, 1000) == 20 and bucket_width(0, 60) == 1 and bucket_width(0, 30_000) == 500
+
+
 def test_nothing_to_chart(service: ReferenceService) -> None:
     empty = _timeline(service.url)
     assert empty["buckets"] == [] and empty["total"] == 0 and empty["bucket_seconds"] is None
+    assert empty["bucket_ms"] is None
     post_event(service.url, timestamp=_minute(30))
     assert _timeline(service.url, since="2026-03-02T00:00:00Z")["buckets"] == []
     backwards = _timeline(service.url, since="2026-03-02T00:00:00Z", until="2026-03-01T00:00:00Z")
@@ -316,3 +342,51 @@ def test_chart_says_when_nothing_matches(browser: Any, service: ReferenceService
     browser.find_element("name", "q").send_keys("no such text\n")
     wait_until(browser, lambda d: d.find_element("id", "timeline-empty").is_displayed(), "the empty chart")
     assert _bars(browser) == [] and _text(browser, "timeline-caption") == ""
+
+
+def test_a_burst_is_drawn_as_bars_across_the_chart(browser: Any, service: ReferenceService) -> None:
+    _burst(service.url)
+    browser.get(service.url + "/")
+    expected = {(0, "quality_check"): 1, (2, "quality_check"): 1, (15, "quality_check"): 2, (40, "quality_check"): 1}
+    bars = _wait_for_bars(browser, expected, "the burst's bars")
+    assert _text(browser, "timeline-caption") == "5 events · 20-millisecond buckets"
+    lefts = sorted(
+        browser.execute_script(
+            "return [...document.querySelectorAll('#timeline-chart .bar')].map(b => b.getBoundingClientRect().left)"
+        )
+    )
+    plot = browser.execute_script("return document.getElementById('timeline-chart').getBoundingClientRect().width")
+    # Four bars, each a 41st of the plot wide, from its left edge to its right: not one bar across it all.
+    assert len(lefts) == 4 and lefts[-1] - lefts[0] > 0.9 * plot
+    widths = browser.execute_script(
+        "return [...document.querySelectorAll('#timeline-chart .bar')].map(b => b.getBoundingClientRect().width)"
+    )
+    assert all(width < plot / 30 for width in widths)
+    assert len(bars) == 4
+    # The axis and a bar's title tell the milliseconds apart (the browser here runs in UTC or not: its zone).
+    first_title = browser.execute_script(
+        "return document.querySelector('#timeline-chart .bucket title').textContent.split('\\n')[0]"
+    )
+    assert re.fullmatch(r"\S+ \d\d:\d\d:00\.100 UTC\S* – \S+ \d\d:\d\d:00\.120 UTC\S*", first_title), first_title
+
+
+def test_times_show_their_zone(browser: Any, service: ReferenceService) -> None:
+    post_event(service.url, timestamp="2026-03-01T00:20:00+00:00")
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Kolkata"})
+    try:
+        browser.get(service.url + "/")
+        _wait_for_bars(browser, {(0, "quality_check"): 1}, "one bar")
+        wait_until(browser, lambda d: _cards(d) == 1, "the card")
+        card_time = browser.find_element("css selector", "#events .card time").text
+        assert card_time == "2026-03-01 05:50:00 UTC+05:30"
+        assert _text(browser, "timeline-from") == "2026-03-01 05:50:00.000 UTC+05:30"  # a one-millisecond bucket
+        browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "America/Los_Angeles"})
+        browser.get(service.url + "/")
+        wait_until(browser, lambda d: _cards(d) == 1, "the card again")
+        assert browser.find_element("css selector", "#events .card time").text == "2026-02-28 16:20:00 UTC-08:00"
+        browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "UTC"})
+        browser.get(service.url + "/")
+        wait_until(browser, lambda d: _cards(d) == 1, "the card in UTC")
+        assert browser.find_element("css selector", "#events .card time").text == "2026-03-01 00:20:00 UTC"
+    finally:
+        browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})

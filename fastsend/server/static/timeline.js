@@ -15,7 +15,7 @@ const $ = (id) => document.getElementById(id);
  */
 export function renderTimeline(data, onPick) {
   const chart = $("timeline-chart");
-  const width = data.bucket_seconds * 1000;
+  const width = data.bucket_ms;
   const peak = Math.max(1, ...data.buckets.map(bucketTotal));
   chart.setAttribute("viewBox", `0 0 ${Math.max(1, data.buckets.length)} ${peak}`);
   chart.replaceChildren(
@@ -24,11 +24,14 @@ export function renderTimeline(data, onPick) {
   $("timeline-empty").hidden = data.total > 0;
   $("timeline-peak").textContent = data.total ? formatCount(peak) : "";
   $("timeline-caption").textContent = data.total
-    ? `${formatCount(data.total)} event${data.total === 1 ? "" : "s"} · ${formatSpan(data.bucket_seconds)} buckets`
+    ? `${formatCount(data.total)} event${data.total === 1 ? "" : "s"} · ${formatSpan(width)} buckets`
     : "";
   renderLegend(data.totals);
   renderAxis(data.buckets, width);
 }
+
+// Buckets narrower than a second are told apart by their milliseconds.
+const inside = (width) => ({ milliseconds: width < 1000 });
 
 const bucketTotal = (bucket) => Object.values(bucket.counts).reduce((sum, n) => sum + n, 0);
 
@@ -46,7 +49,8 @@ function bucketGroup(chart, bucket, index, width, peak, onPick) {
   group.dataset.start = bucket.start;
   const title = svg(chart, "title", "", {});
   const lines = Object.entries(bucket.counts).map(([schema, n]) => `${schema}: ${formatCount(n)}`);
-  title.textContent = [`${formatTime(start)} – ${formatTime(end)}`, ...(lines.length ? lines : ["no events"])].join("\n");
+  const range = `${formatTime(start, inside(width))} – ${formatTime(end, inside(width))}`;
+  title.textContent = [range, ...(lines.length ? lines : ["no events"])].join("\n");
   // The whole column answers the pointer, so a short bar is as easy to hit as a tall one.
   group.append(title, svg(chart, "rect", "hit", { x: index, y: 0, width: 1, height: peak }));
   let top = peak;
@@ -90,7 +94,7 @@ function renderAxis(buckets, width) {
   const first = new Date(buckets[0].start);
   const last = new Date(new Date(buckets[buckets.length - 1].start).getTime() + width);
   from.dateTime = first.toISOString();
-  from.textContent = formatTime(first);
+  from.textContent = formatTime(first, inside(width));
   to.dateTime = last.toISOString();
-  to.textContent = formatTime(last);
+  to.textContent = formatTime(last, inside(width));
 }
