@@ -20,7 +20,7 @@ import orjson
 import pytest
 import requests
 import simplejpeg
-from service_process import TIMEOUT, peak_rss, port_of, reset_peak_rss, start_service, wait_until
+from support.service_process import TIMEOUT, peak_rss, port_of, reset_peak_rss, start_service, wait_until
 
 from fastsend import ValidationError
 from fastsend.server.structure import PARSED_AT_ONCE, TooManyValues, check_structure

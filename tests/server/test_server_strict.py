@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import requests
-from service_process import REPO_ROOT, TIMEOUT, python_env
-from viewer_support import post_event
+from support.browser import post_event
+from support.service_process import REPO_ROOT, TIMEOUT, python_env
 
 from fastsend import ValidationError
 from fastsend.server import ReferenceService
