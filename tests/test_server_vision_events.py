@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -61,9 +60,7 @@ def bearer(key: str = KEY) -> dict[str, str]:
 def upload(service: ReferenceService, data: bytes, **kwargs: Any) -> requests.Response:
     files = kwargs.pop("files", {"file": ("image.jpg", data, "image/jpeg")})
     headers = kwargs.pop("headers", bearer())
-    return requests.post(
-        f"{service.url}/vision-events/upload", files=files, headers=headers, timeout=TIMEOUT, **kwargs
-    )
+    return requests.post(f"{service.url}/vision-events/upload", files=files, headers=headers, timeout=TIMEOUT, **kwargs)
 
 
 def post_event(service: ReferenceService, body: Any, headers: dict[str, str] | None = None) -> requests.Response:
@@ -181,7 +178,10 @@ def test_cloud_event_is_stored_as_sent_with_its_images(service: ReferenceService
     assert stored["vision_event_id"] == body["eventId"]
     assert stored["displayImagePosition"] == 0
     image = stored["images"][0]
-    assert {key: image[key] for key in ("label", "objectDetections")} == {"label": "workflow", "objectDetections": [BOX]}
+    assert {key: image[key] for key in ("label", "objectDetections")} == {
+        "label": "workflow",
+        "objectDetections": [BOX],
+    }
     assert service.get_image(answer["id"], "output") == output
     assert service.get_image(answer["id"], "input") == source
 
@@ -278,7 +278,9 @@ def test_an_event_with_images_needs_its_display_position(service: ReferenceServi
     ("raw", "content_type", "status"),
     [(b"{not json", "application/json", 400), (b"[]", "application/json", 400), (b"{}", "text/plain", 415)],
 )
-def test_event_body_must_be_a_json_object(service: ReferenceService, raw: bytes, content_type: str, status: int) -> None:
+def test_event_body_must_be_a_json_object(
+    service: ReferenceService, raw: bytes, content_type: str, status: int
+) -> None:
     reply = requests.post(
         f"{service.url}/vision-events", data=raw, headers={**bearer(), "Content-Type": content_type}, timeout=TIMEOUT
     )
@@ -411,3 +413,251 @@ def test_a_bad_solution_parameter_is_400_naming_it(service: ReferenceService, pa
     assert reply.status_code == 400
     assert reply.json()["detail"].startswith("query parameter solution: 'sss")
     assert "must be at most 1000 characters (got 1001)" in reply.json()["detail"]
+
+
+# --- a data directory from before -----------------------------------------------------
+
+# The events table as the service made it before events could lack an output image.
+FIRST_LAYOUT = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT UNIQUE,
+    received_at TEXT NOT NULL,
+    inference_timestamp TEXT NOT NULL,
+    event_schema TEXT NOT NULL,
+    event_data TEXT NOT NULL,
+    custom_metadata TEXT,
+    solution TEXT,
+    display_image_position INTEGER NOT NULL,
+    image_details TEXT NOT NULL,
+    output_file TEXT NOT NULL,
+    output_content_type TEXT NOT NULL,
+    input_file TEXT,
+    input_content_type TEXT
+);
+CREATE INDEX events_by_schema ON events (event_schema, seq);
+"""
+
+
+def test_a_database_of_the_first_layout_is_upgraded_keeping_its_events(tmp_path: Path) -> None:
+    old_id, data = str(uuid.uuid4()), noisy_jpeg()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / f"{old_id}.output.jpg").write_bytes(data)
+    with sqlite3.connect(tmp_path / "events.sqlite3") as connection:
+        connection.executescript(FIRST_LAYOUT)
+        connection.execute(
+            "INSERT INTO events (seq, id, idempotency_key, received_at, inference_timestamp, event_schema, event_data,"
+            " display_image_position, image_details, output_file, output_content_type)"
+            " VALUES (41, ?, 'key-1', ?, ?, 'custom', ?, 0, ?, ?, 'image/jpeg')",
+            (old_id, TIMESTAMP, TIMESTAMP, '{"value": "v"}', '{"label": "cam"}', f"{old_id}.output.jpg"),
+        )
+    connection.close()
+    with ReferenceService(tmp_path) as service:
+        old = service.get_event(old_id)
+        assert old is not None and old["idempotency_key"] == "key-1" and old["event_data"] == {"value": "v"}
+        assert old["images"][0]["label"] == "cam" and service.get_image(old_id, "output") == data
+        assert post_v2(service, v2_body()).status_code == 201
+        assert post_event(service, cloud_event(), headers={}).status_code == 201
+        assert [event["id"] == old_id for event in service.list_events()] == [False, False, True]
+    with sqlite3.connect(tmp_path / "events.sqlite3") as connection:
+        assert [seq for (seq,) in connection.execute("SELECT seq FROM events ORDER BY seq")] == [41, 42, 43]
+    connection.close()
+    EventStore(tmp_path).close()  # opens again as it is: nothing left to upgrade
+
+
+# --- Roboflow's own block, both modes ------------------------------------------------
+
+# Runs roboflow_core/roboflow_vision_events@v1 for each case and prints, per case, what the block returned and
+# every request it made (recorded around requests.post, which still sends it). inference reads API_BASE_URL
+# from the environment when it is first imported, hence a process of its own.
+BLOCK_RUNNER = r"""
+import base64, json, sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+import requests
+import supervision as sv
+import inference.core  # installs inference's configuration (API_BASE_URL) and platform client for the blocks
+from roboflow_workflows.core_steps.sinks.roboflow.vision_events import v1
+from roboflow_workflows.execution_engine.entities.base import ImageParentMetadata, WorkflowImageData
+
+def frame(seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    return WorkflowImageData(parent_metadata=ImageParentMetadata(parent_id=f"frame-{seed}"), numpy_image=pixels)
+
+def predictions(kind):
+    boxes = np.array([[10.0, 12.0, 30.0, 40.0], [40.0, 5.0, 70.0, 50.0]])
+    data = {"class_name": np.array(["bolt", "nut"])}
+    if kind == "detections":
+        return sv.Detections(xyxy=boxes, confidence=np.array([0.9, 0.4]), data=data)
+    if kind == "segmentation":
+        mask = np.zeros((2, 60, 80), dtype=bool)
+        mask[0, 12:40, 10:30] = mask[1, 5:50, 40:70] = True
+        return sv.Detections(xyxy=boxes, confidence=np.array([0.9, 1.3]), mask=mask, data=data)
+    if kind == "classification":
+        return {"predictions": [{"class": "ok", "confidence": 0.8}, {"class": "scratch", "confidence": 0.2}]}
+    return None
+
+sent = []
+send = requests.post
+def recording_post(url, **kwargs):
+    response = send(url, **kwargs)
+    record = {"url": url, "headers": dict(kwargs.get("headers") or {}), "status": response.status_code}
+    is_json = response.headers.get("Content-Type", "").startswith("application/json")
+    record["answer"] = response.json() if is_json else None
+    if "json" in kwargs:
+        record["json"] = kwargs["json"]
+    if "files" in kwargs:
+        name, data, content_type = kwargs["files"]["file"]
+        record["file"] = [name, base64.b64encode(data).decode(), content_type]
+    sent.append(record)
+    return response
+requests.post = recording_post
+
+for case in json.loads(sys.argv[1]):
+    del sent[:]
+    block = v1.RoboflowVisionEventsBlockV1(api_key=case["api_key"], background_tasks=None, thread_pool_executor=None)
+    result = block.run(
+        input_image=frame(1) if case["images"] in ("input", "both") else None,
+        output_image=frame(2) if case["images"] in ("output", "both") else None,
+        predictions=predictions(case["predictions"]),
+        solution=case["solution"],
+        custom_metadata=case["custom_metadata"],
+        fire_and_forget=False,
+        disable_sink=False,
+        write_to_event_store=case["local"],
+        event_store_url=case["event_store_url"],
+        **case["fields"],
+    )
+    print(json.dumps({"result": result, "sent": list(sent)}), flush=True)
+"""
+
+BLOCK_CASES = [
+    ("no image", "none", None, {"event_type": "quality_check", "qc_result": "fail", "external_id": "sn-1"}),
+    ("output image, boxes", "output", "detections", {"event_type": "safety_alert", "alert_type": "no_vest"}),
+    (
+        "input image, classes",
+        "input",
+        "classification",
+        {"event_type": "operator_feedback", "related_event_id": "e-9", "feedback": "incorrect"},
+    ),
+    (
+        "both images, polygons",
+        "both",
+        "segmentation",
+        {"event_type": "inventory_count", "location": "bay 4", "item_count": 2, "item_type": "bolt"},
+    ),
+    ("custom, nothing optional", "none", None, {"event_type": "custom"}),
+]
+# The annotation lists the block makes of each kind of predictions.
+ANNOTATION_LISTS = {"detections": {"objectDetections"}, "segmentation": {"instanceSegmentations"}}
+ANNOTATION_LISTS["classification"] = {"classifications"}
+
+
+def annotation_lists(case: str) -> set[str]:
+    (kind,) = [kind for name, _, kind, _ in BLOCK_CASES if name == case]
+    return ANNOTATION_LISTS.get(kind, set())
+
+
+@pytest.fixture(scope="module")
+def block_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ReferenceService, dict[str, Any]]]:
+    """The service, and what Roboflow's block returned and sent for each (mode, case)."""
+    if importlib.util.find_spec("inference") is None:
+        pytest.skip(INFERENCE_REASON)
+    with ReferenceService(tmp_path_factory.mktemp("block") / "data", api_key=KEY) as service:
+        cases = [
+            {
+                "local": local,
+                "api_key": KEY,
+                "images": images,
+                "predictions": kind,
+                "solution": f"use-case-{index}",
+                "custom_metadata": {"station": index} if index % 2 else {},
+                "event_store_url": f"{service.url}/",
+                "fields": fields,
+            }
+            for local in (True, False)
+            for index, (_, images, kind, fields) in enumerate(BLOCK_CASES)
+        ]
+        environment = {**python_env(), **OFFLINE_ENVIRONMENT, "API_BASE_URL": service.url}
+        environment["EVENT_INGESTION_API_KEY"] = KEY
+        finished = subprocess.run(
+            [sys.executable, "-c", BLOCK_RUNNER, json.dumps(cases)],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert finished.returncode == 0, finished.stderr[-4000:]
+        lines = finished.stdout.splitlines()
+        assert len(lines) == len(cases), finished.stdout + finished.stderr[-4000:]
+        runs = {
+            (case["local"], name): json.loads(line)
+            for case, line, (name, *_) in zip(cases, lines, BLOCK_CASES * 2, strict=True)
+        }
+        yield service, runs
+
+
+def _stored_images(service: ReferenceService, event_id: str) -> tuple[bytes | None, bytes | None]:
+    return service.get_image(event_id, "output"), service.get_image(event_id, "input")
+
+
+@pytest.mark.parametrize("case", [name for name, *_ in BLOCK_CASES])
+def test_roboflows_block_in_local_mode_is_stored_as_it_sent_it(
+    block_runs: tuple[ReferenceService, dict[str, Any]], case: str
+) -> None:
+    service, runs = block_runs
+    run = runs[(True, case)]
+    (request,) = run["sent"]
+    assert request["url"] == f"{service.url}/v2/events" and request["headers"]["X-API-Key"] == KEY
+    assert run["result"]["error_status"] is False, run["result"]["message"]
+    assert run["result"]["event_id"] == request["answer"]["id"]
+    sent, stored = request["json"], service.get_event(run["result"]["event_id"])
+    assert stored is not None
+    for key in ("inference_timestamp", "solution", "event_schema", "event_data", "displayImagePosition"):
+        assert stored.get(key) == sent.get(key), key
+    assert stored.get("custom_metadata") == sent.get("custom_metadata")
+    assert len(stored["images"]) == len(sent["images"])
+    if sent["images"]:
+        (entry,) = sent["images"]
+        images = {key: entry.pop(key, None) for key in ("base64Image", "inputBase64Image")}
+        assert set(entry) == {"label", *annotation_lists(case)}  # the case sends what it means to
+        shown = {key: value for key, value in stored["images"][0].items() if not key.endswith(("Url", "Type"))}
+        assert shown == entry
+        expected = tuple(None if text is None else base64.b64decode(text) for text in images.values())
+        assert _stored_images(service, stored["id"]) == expected
+
+
+@pytest.mark.parametrize("case", [name for name, *_ in BLOCK_CASES])
+def test_roboflows_block_in_cloud_mode_is_stored_as_it_sent_it(
+    block_runs: tuple[ReferenceService, dict[str, Any]], case: str
+) -> None:
+    service, runs = block_runs
+    run = runs[(False, case)]
+    *uploads, request = run["sent"]
+    assert run["result"]["error_status"] is False, run["result"]["message"]
+    assert all(record["headers"]["Authorization"] == f"Bearer {KEY}" for record in run["sent"])
+    assert all(record["url"] == f"{service.url}/vision-events/upload" for record in uploads)
+    assert request["url"] == f"{service.url}/vision-events"
+    uploaded = {record["answer"]["sourceId"]: base64.b64decode(record["file"][1]) for record in uploads}
+    sent = request["json"]
+    assert run["result"]["event_id"] == sent["eventId"] == request["answer"]["eventId"]
+    (stored,) = [event for event in service.list_events() if event.get("vision_event_id") == sent["eventId"]]
+    assert stored["id"] == request["answer"]["id"]
+    assert {key: stored.get(key) for key in ("inference_timestamp", "event_schema", "solution", "event_data")} == {
+        "inference_timestamp": sent["timestamp"],
+        "event_schema": sent["eventType"],
+        "solution": sent["useCaseId"],
+        "event_data": sent.get("eventData", {}),
+    }
+    assert stored.get("custom_metadata") == sent.get("customMetadata")
+    assert stored.get("displayImagePosition") == sent.get("displayImagePosition")
+    assert len(stored["images"]) == len(sent["images"]) == (1 if uploads else 0)
+    if sent["images"]:
+        (entry,) = sent["images"]
+        sources = [entry.pop(key, None) for key in ("sourceId", "inputSourceId")]
+        assert set(entry) == {"label", *annotation_lists(case)}  # the case sends what it means to
+        shown = {key: value for key, value in stored["images"][0].items() if not key.endswith(("Url", "Type"))}
+        assert shown == entry
+        expected = tuple(None if source is None else uploaded[source] for source in sources)
+        assert _stored_images(service, stored["id"]) == expected
