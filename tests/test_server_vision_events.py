@@ -154,6 +154,27 @@ def test_upload_limits_are_those_of_the_v2_route(tmp_path: Path) -> None:
         assert upload(service, noisy_jpeg(8, 8), headers={}).status_code == 201  # no key configured: open
 
 
+@pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        ("multipart/form-data; boundary=xyz", b"no boundary anywhere"),
+        ("multipart/form-data", b"--xyz\r\n\r\nJPEG\r\n--xyz--\r\n"),
+        ("multipart/form-data; boundary=xyz", b"--xyz\r\nContent-Disposition: form-data; name=file\r\n\r\nJPEG"),
+    ],
+    ids=["no boundary in the body", "no boundary parameter", "no closing boundary"],
+)
+def test_a_malformed_multipart_body_is_400(service: ReferenceService, content_type: str, raw: bytes) -> None:
+    reply = requests.post(
+        f"{service.url}/vision-events/upload",
+        data=raw,
+        headers={**bearer(), "Content-Type": content_type},
+        timeout=TIMEOUT,
+    )
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["detail"].startswith("body is not valid multipart/form-data")
+    assert not list((service.data_dir / "sources").iterdir())
+
+
 # --- events --------------------------------------------------------------------
 
 

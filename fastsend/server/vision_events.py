@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -200,15 +200,16 @@ def _uploaded_image(content_type: str, raw: bytearray, max_pixels: int) -> Image
     parser.feed(f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace"))
     parser.feed(bytes(raw))
     message = parser.close()
-    parts = message.get_payload() if message.is_multipart() else None
-    if not isinstance(parts, list) or message.defects:
+    payload = message.get_payload() if message.is_multipart() else None
+    parts = [part for part in payload if isinstance(part, Message)] if isinstance(payload, list) else []
+    if not parts or message.defects:
         raise HttpError(400, f"body is not valid multipart/form-data ({_defects(message) or 'no parts'})")
     names = [part.get_param("name", header="content-disposition") for part in parts]
     if names != [UPLOAD_PART]:
         raise HttpError(
             422, str(ValidationError("parts", names, f"must be exactly one form-data part, named {UPLOAD_PART!r}"))
         )
-    part: EmailMessage = parts[0]
+    part = parts[0]
     declared = part.get("Content-Type")
     if declared is not None and part.get_content_type() != "image/jpeg":
         raise HttpError(422, str(ValidationError(f"{UPLOAD_PART} Content-Type", declared, "must be image/jpeg")))
@@ -223,7 +224,7 @@ def _uploaded_image(content_type: str, raw: bytearray, max_pixels: int) -> Image
     return image
 
 
-def _defects(message: EmailMessage) -> str:
+def _defects(message: Message) -> str:
     found = [*message.defects, *(defect for part in message.walk() for defect in part.defects)]
     return "; ".join(type(defect).__name__ for defect in found)
 
