@@ -362,7 +362,7 @@ def test_solution_filter_and_events_without_images_in_the_page(browser: Any, ser
     assert [option.get_attribute("value") for option in solutions.options] == ["", "line-3", "yard"]
     solutions.select_by_value("yard")
     cards = _apply_filters(browser, 2)
-    assert [card["id"] for card in cards][0] == cloud_id and {card["solution"] for card in cards} == {"yard"}
+    assert cards[0]["id"] == cloud_id and {card["solution"] for card in cards} == {"yard"}
     assert "solution=yard" in browser.current_url
     browser.refresh()  # the filter survives a reload
     _wait_for_cards(browser, 2, "filtered cards after reload")
