@@ -175,6 +175,33 @@ def test_a_malformed_multipart_body_is_400(service: ReferenceService, content_ty
     assert not list((service.data_dir / "sources").iterdir())
 
 
+def test_capacity_and_injected_faults_apply_to_the_cloud_routes(tmp_path: Path) -> None:
+    from fastsend.server import Faults
+
+    with ReferenceService(tmp_path / "full", capacity=0) as service:
+        for reply in (upload(service, noisy_jpeg(), headers={}), post_event(service, cloud_event(), headers={})):
+            assert reply.status_code == 529 and reply.headers["Retry-After"] == "1"
+            assert reply.json()["detail"].startswith("service at capacity")
+        assert service.stored_count() == 0 and not list((service.data_dir / "sources").iterdir())
+    faults = Faults(error_rate=1.0, error_status=503, error_detail="injected")
+    with ReferenceService(tmp_path / "faulty", faults=faults) as service:
+        for reply in (upload(service, noisy_jpeg(), headers={}), post_event(service, cloud_event(), headers={})):
+            assert (reply.status_code, reply.json()) == (503, {"detail": "injected"})
+
+
+def test_the_images_an_event_names_count_against_the_body_budget(tmp_path: Path) -> None:
+    first, second = noisy_jpeg(seed=5), noisy_jpeg(seed=6)
+    budget = max(len(first), len(second)) + 1_000  # one image and a body fit, two images do not
+    with ReferenceService(tmp_path, max_body_bytes=budget, body_budget_bytes=budget) as service:
+        sources = {"sourceId": source_id(service, first), "inputSourceId": source_id(service, second)}
+        reply = post_event(service, cloud_event(**sources), headers={})
+        assert reply.status_code == 529, reply.text
+        assert "this event's body and images" in reply.json()["detail"]
+        assert service.body_bytes_held() == 0
+        one = post_event(service, cloud_event(sourceId=sources["sourceId"]), headers={})
+        assert one.status_code == 201, one.text
+
+
 # --- events --------------------------------------------------------------------
 
 
