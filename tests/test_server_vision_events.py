@@ -293,7 +293,7 @@ def test_an_unknown_source_id_is_422_naming_it(service: ReferenceService, key: s
         ({"eventId": ""}, "eventId: '' must be a string of 1 to 255 printable ASCII"),
         ({"eventId": "a b"}, "eventId: 'a b'"),
         ({"eventId": 7}, "eventId: 7"),
-        ({"displayImagePosition": 0}, "displayImagePosition: 0 must be absent when images is empty"),
+        ({"displayImagePosition": 0}, "images: [] must hold one image entry when displayImagePosition is given"),
         ({"images": {}}, "images: {} must be a list"),
         ({"images": [{"label": "workflow"}]}, "images[0]: {'label': 'workflow'} must hold sourceId, inputSourceId"),
         ({"images": [{"sourceId": 5}]}, "images[0].sourceId: 5 must be a string"),

@@ -149,7 +149,10 @@ def display_image_position(body: dict[str, Any], *, has_image: bool) -> int | No
     position = body.get("displayImagePosition", _MISSING)
     if not has_image:
         if position is not _MISSING:
-            raise ValidationError("displayImagePosition", position, "must be absent when images is empty")
+            # Named as images: a body that lost its image entry is the likelier mistake than one given a position.
+            raise ValidationError(
+                "images", [], "must hold one image entry when displayImagePosition is given (else omit that key)"
+            )
         return None
     if position is _MISSING:
         raise ValidationError("displayImagePosition", position, "is required with an image entry")
