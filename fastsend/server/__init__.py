@@ -9,6 +9,9 @@ connections, a memory budget for bodies in progress, a limit on every text
 field and on the pixels an image declares, and thumbnails decoded within a
 memory bound on threads of their own. Bound to loopback it answers only
 loopback ``Host`` names; ``/metrics`` speaks Prometheus (the ``metrics`` extra).
+It also takes the cloud protocol of Roboflow's Vision Events block
+(``/vision-events``, see :mod:`fastsend.server.vision_events`) and stores those
+events with the v2 ones.
 
 It is a reference for development and tests, not a production ingestion backend.
 

@@ -9,19 +9,23 @@ Endpoints:
   body memory budget), or an injected fault. A body holding more JSON values
   than one within the limits can gets 413 before it is parsed, and an
   annotation or point list past its limit a 422 naming it (:mod:`.structure`).
-- ``GET /v2/events?limit=&offset=&event_schema=`` → ``{"events", "total"}``:
-  event summaries (see :mod:`.index`), newest first.
+- ``GET /v2/events?limit=&offset=&event_schema=&solution=`` → ``{"events",
+  "total"}``: event summaries (see :mod:`.index`), newest first.
 - ``GET /v2/events/{id}`` → one event; ``GET /v2/events/{id}/images/output``
   and ``/images/input`` → the raw image bytes, streamed from disk.
 - ``GET /healthz`` → ``{"status": "ok"}`` (never needs the API key).
 - ``GET /metrics`` → Prometheus text (see :mod:`.metrics`); 501 without the
   ``metrics`` extra.
+- ``/vision-events`` routes: the cloud protocol of Roboflow's Vision Events
+  block (see :mod:`.vision_events`); its events are stored and listed with
+  the v2 ones.
 
 Query parameters are strict, like bodies: on every route an unknown or
 repeated parameter, or a value breaking its rule, is a 400 naming it
 (:mod:`.queries`). Every error body is ``{"detail": "..."}``, a 500 included.
 The API key, when there is one, guards ``/v2``, ``/viewer/api`` and
-``/metrics``. Requests whose ``Host`` the :class:`~.hosts.HostPolicy` refuses
+``/metrics`` (in ``X-API-Key``) and ``/vision-events`` (as
+``Authorization: Bearer <key>``). Requests whose ``Host`` the :class:`~.hosts.HostPolicy` refuses
 get a 421. Every answer carries ``X-Content-Type-Options: nosniff``.
 
 Request bodies are never inflated: the server runs with aiohttp's
@@ -38,14 +42,15 @@ decoded images), plus what its annotations cost once parsed: at most some
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -57,12 +62,20 @@ from fastsend.server.faults import FaultAction, FaultInjector, Faults
 from fastsend.server.hosts import HostPolicy
 from fastsend.server.index import EventIndex, EventQuery
 from fastsend.server.metrics import CONTENT_TYPE, MISSING_DETAIL, Metrics, service_metrics
-from fastsend.server.queries import MAX_OFFSET, BadQuery, check_query, choice_parameter, int_parameter
+from fastsend.server.queries import (
+    MAX_OFFSET,
+    BadQuery,
+    check_query,
+    choice_parameter,
+    int_parameter,
+    solution_parameter,
+)
 from fastsend.server.store import EventStore, StoredEvent
 from fastsend.server.structure import TooManyValues, check_structure
 from fastsend.server.thumbnails import ThumbnailCache
 from fastsend.server.validation import BodyLimits, EventBody, validate_body
 from fastsend.server.viewer import add_viewer_routes
+from fastsend.server.vision_events import add_vision_events_routes, bearer_key, is_vision_events_path
 
 __all__ = [
     "DEFAULT_BODY_BUDGET_BYTES",
@@ -144,6 +157,62 @@ class _State:
 
 
 _STATE = web.AppKey("state", _State)
+_T = TypeVar("_T")
+
+
+class _Received:
+    def __init__(self, raw: bytearray, held: _Held) -> None:
+        self.raw = raw
+        self._held = held
+
+    def hold(self, total: int) -> None:
+        if not self._held.grow_to(total):
+            budget = self._held.budget
+            raise _at_capacity(
+                f"service at capacity: requests in progress hold {budget.in_use} of {budget.limit} bytes;"
+                f" this event's body and images ({total} bytes) do not fit"
+            )
+
+
+class _Intake:
+    """The v2 route's machinery lent to the Vision Events routes (see :class:`.vision_events.Intake`)."""
+
+    def __init__(self, state: _State) -> None:
+        self._state = state
+        self.store = state.store
+        self.limits = state.limits
+
+    async def fault(self, request: web.Request) -> web.StreamResponse | None:
+        return await _injected_fault(request, self._state)
+
+    def check_encoding(self, request: web.Request, content_type: str) -> None:
+        _check_encoding(request, content_type)
+
+    @contextlib.asynccontextmanager
+    async def body(self, request: web.Request) -> AsyncIterator[_Received]:
+        state = self._state
+        held = state.body_budget.hold()
+        try:
+            raw = await _read_body(request, state, held)
+            if state.metrics is not None:
+                state.metrics.received(len(raw))
+            yield _Received(raw, held)
+        finally:
+            held.release()
+
+    async def commit(self, event: EventBody) -> tuple[str, bool]:
+        event_id, created = await _store(self._state, event, None)
+        if created and self._state.metrics is not None:
+            self._state.metrics.stored(event.image_bytes)
+        return event_id, created
+
+    async def write(self, work: Callable[[], _T]) -> _T:
+        async with _writing(self._state):
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, work)
+            except Exception as exc:  # disk full, I/O or SQLite error
+                logger.exception("could not store an upload")
+                raise HttpError(500, f"could not store the upload: {exc}") from None
 
 
 def _at_capacity(detail: str) -> HttpError:
@@ -216,6 +285,7 @@ def _add_routes(app: web.Application, index: EventIndex, thumbnails: ThumbnailCa
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     add_viewer_routes(app, index, thumbnails)
+    add_vision_events_routes(app, _Intake(app[_STATE]))
 
 
 def set_faults(app: web.Application, faults: Faults | None) -> None:
@@ -233,17 +303,12 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
 
     It mirrors the POST body (keys the body omitted stay omitted) with the
     base64 images replaced by ``outputImageUrl`` / ``inputImageUrl`` (null
-    when there is no input image) and their content types, plus the
-    service's ``id``, ``received_at`` and ``idempotency_key``.
+    when the event has no such image) and their content types, plus the
+    service's ``id``, ``received_at`` and ``idempotency_key``. An event
+    without images has ``"images": []`` and no ``displayImagePosition``. An
+    event that came through the Vision Events API has its ``eventId`` as
+    ``vision_event_id`` and its ``useCaseId`` as ``solution``.
     """
-    image_url = f"/v2/events/{event.id}/images"
-    image = {
-        **event.image_details,
-        "outputImageUrl": f"{image_url}/output",
-        "outputContentType": event.output_content_type,
-        "inputImageUrl": f"{image_url}/input" if event.input_content_type else None,
-        "inputContentType": event.input_content_type,
-    }
     body: dict[str, Any] = {
         "id": event.id,
         "received_at": event.received_at,
@@ -251,14 +316,28 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
         "inference_timestamp": event.inference_timestamp,
         "event_schema": event.event_schema,
         "event_data": event.event_data,
-        "images": [image],
-        "displayImagePosition": event.display_image_position,
+        "images": [_image_json(event)] if event.has_image else [],
     }
+    if event.display_image_position is not None:
+        body["displayImagePosition"] = event.display_image_position
     if event.custom_metadata is not None:
         body["custom_metadata"] = event.custom_metadata
     if event.solution is not None:
         body["solution"] = event.solution
+    if event.vision_event_id is not None:
+        body["vision_event_id"] = event.vision_event_id
     return body
+
+
+def _image_json(event: StoredEvent) -> dict[str, Any]:
+    image_url = f"/v2/events/{event.id}/images"
+    return {
+        **event.image_details,
+        "outputImageUrl": f"{image_url}/output" if event.output_content_type else None,
+        "outputContentType": event.output_content_type,
+        "inputImageUrl": f"{image_url}/input" if event.input_content_type else None,
+        "inputContentType": event.input_content_type,
+    }
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -320,23 +399,26 @@ async def _check_host(request: web.Request, handler: _Handler) -> web.StreamResp
 @web.middleware
 async def _require_api_key(request: web.Request, handler: _Handler) -> web.StreamResponse:
     expected = request.app[_STATE].api_key
-    if expected is not None and request.path.startswith(_GUARDED_PREFIXES):
-        given = request.headers.get("X-API-Key")
-        if given is None:
-            return _error(401, "missing X-API-Key header")
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
-            return _error(401, "invalid X-API-Key")
+    if expected is not None and is_vision_events_path(request.path):
+        # The Vision Events API takes the same key as a bearer token.
+        given_key, missing = bearer_key(request), "missing Authorization: Bearer header"
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif expected is not None and request.path.startswith(_GUARDED_PREFIXES):
+        given_key, missing, headers = request.headers.get("X-API-Key"), "missing X-API-Key header", None
+    else:
+        return await handler(request)
+    if given_key is None:
+        return _error(401, missing, headers)
+    if not hmac.compare_digest(given_key.encode("utf-8", "surrogateescape"), expected):
+        return _error(401, "invalid API key" if headers else "invalid X-API-Key", headers)
     return await handler(request)
 
 
 async def _post_event(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
-    action = state.faults.draw()
-    if action is FaultAction.DROP:
-        return await _drop_connection(request)
-    if action is FaultAction.ERROR:
-        await request.release()
-        return _error(state.faults.faults.error_status, state.faults.faults.error_detail)
+    fault = await _injected_fault(request, state)
+    if fault is not None:
+        return fault
 
     check_query(request.query)
     _check_encoding(request)
@@ -357,15 +439,26 @@ async def _post_event(request: web.Request) -> web.StreamResponse:
     if not created:
         logger.debug("Idempotency-Key %r repeated; answering with event %s", idempotency_key, event_id)
     elif state.metrics is not None:
-        images = (event.output_image, event.input_image)
-        state.metrics.stored(sum(len(image.data) for image in images if image is not None))
+        state.metrics.stored(event.image_bytes)
     return json_response({"id": event_id}, 201)
 
 
-def _check_encoding(request: web.Request) -> None:
-    """415 unless the body is JSON as it is: the API compresses nothing, and inflating is a bomb's way in."""
-    if request.content_type != "application/json":
-        raise HttpError(415, f"Content-Type must be application/json, not {request.content_type!r}")
+async def _injected_fault(request: web.Request, state: _State) -> web.StreamResponse | None:
+    """The answer of an injected fault (a dropped connection, an error), or ``None`` to serve the request."""
+    action = state.faults.draw()
+    if action is FaultAction.DROP:
+        return await _drop_connection(request)
+    if action is FaultAction.ERROR:
+        await request.release()
+        return _error(state.faults.faults.error_status, state.faults.faults.error_detail)
+    return None
+
+
+def _check_encoding(request: web.Request, content_type: str = "application/json") -> None:
+    """415 unless the body is ``content_type`` as it is: the API compresses nothing, and inflating is a bomb's
+    way in."""
+    if request.content_type != content_type:
+        raise HttpError(415, f"Content-Type must be {content_type}, not {request.content_type!r}")
     encoding = request.headers.get("Content-Encoding", "identity")
     if encoding.strip().lower() != "identity":
         # Closed rather than drained: what follows is a compressed body nobody will read.
@@ -377,6 +470,16 @@ def _check_encoding(request: web.Request) -> None:
 
 
 async def _store(state: _State, event: EventBody, idempotency_key: str | None) -> tuple[str, bool]:
+    async with _writing(state):
+        try:
+            return await state.committer.submit(event, idempotency_key)
+        except Exception as exc:  # noqa: BLE001 - disk full, I/O or SQLite error; the committer logged it
+            raise HttpError(500, f"could not store the event: {exc}") from None
+
+
+@contextlib.asynccontextmanager
+async def _writing(state: _State) -> AsyncIterator[None]:
+    """One write in progress, within the capacity (else 529), after the injected latency."""
     if state.capacity is not None and state.writes_in_progress >= state.capacity:
         raise _at_capacity(
             f"service at capacity: {state.writes_in_progress} writes in progress (capacity {state.capacity})"
@@ -385,10 +488,7 @@ async def _store(state: _State, event: EventBody, idempotency_key: str | None) -
     try:
         if state.faults.faults.latency:
             await asyncio.sleep(state.faults.faults.latency)
-        try:
-            return await state.committer.submit(event, idempotency_key)
-        except Exception as exc:  # noqa: BLE001 - disk full, I/O or SQLite error; the committer logged it
-            raise HttpError(500, f"could not store the event: {exc}") from None
+        yield
     finally:
         state.writes_in_progress -= 1
 
@@ -477,11 +577,12 @@ def _parse_event(raw: bytearray, limits: BodyLimits) -> EventBody:
 
 
 async def _list_events(request: web.Request) -> web.Response:
-    query = check_query(request.query, "limit", "offset", "event_schema")
+    query = check_query(request.query, "limit", "offset", "event_schema", "solution")
     page = EventQuery(
         limit=int_parameter(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT),
         offset=int_parameter(query, "offset", 0, 0, MAX_OFFSET),
         schema=choice_parameter(query, "event_schema", EVENT_SCHEMAS),
+        solution=solution_parameter(query, "solution"),
     )
     found = await asyncio.get_running_loop().run_in_executor(None, request.app[_STATE].index.page, page)
     return json_response({"events": found["events"], "total": found["total"]})

@@ -1,15 +1,17 @@
 """Pages of event summaries, for ``GET /v2/events`` and the viewer's list.
 
-A summary is small whatever was stored: the event's identity, times, schema and
-event data, its image label, whether it has an input image, and how many
-annotations of each kind it has. Text longer than :data:`SUMMARY_TEXT_CHARS`
+A summary is small whatever was stored: the event's identity, times, schema,
+solution (use case) and event data, its Vision Events ``eventId`` if it came
+that way, its image label, which images it has, and how many annotations of
+each kind it has. Text longer than :data:`SUMMARY_TEXT_CHARS`
 (the event data's strings, the label) is cut there, ending in ``…``, and the
 summary says ``"clipped": true``; the whole event is at ``GET /v2/events/{id}``.
 SQLite does the cutting, so a long stored string never reaches Python.
 
 Queries run on a read-only SQLite connection of their own (WAL lets them run
-while the service writes). Paging and the schema filter use the store's
-indexes (``seq``, ``(event_schema, seq)``); the time and text filters scan,
+while the service writes). Paging and the schema and solution filters use the
+store's indexes (``seq``, ``(event_schema, seq)``, ``(solution, seq)``); the
+time and text filters scan,
 which at tens of thousands of events stays in the milliseconds.
 """
 
@@ -25,9 +27,11 @@ import orjson
 
 from fastsend.server.timeline import count_over_time
 
-__all__ = ["SUMMARY_TEXT_CHARS", "EventIndex", "EventQuery"]
+__all__ = ["MAX_SOLUTIONS_LISTED", "SUMMARY_TEXT_CHARS", "EventIndex", "EventQuery"]
 
 SUMMARY_TEXT_CHARS = 200
+#: The most solution names :meth:`EventIndex.solutions` gives (the filter offers them).
+MAX_SOLUTIONS_LISTED = 200
 
 _ANNOTATION_LISTS = ("objectDetections", "instanceSegmentations", "keypoints", "classifications")
 
@@ -38,7 +42,7 @@ class EventQuery:
 
     ``since`` / ``until`` bound the inference time (UTC ISO-8601; ``until``
     excluded); ``text`` matches the external id or the custom metadata's keys
-    and values (case-insensitive for ASCII).
+    and values (case-insensitive for ASCII); ``solution`` is matched exactly.
     """
 
     limit: int
@@ -47,6 +51,7 @@ class EventQuery:
     since: str | None = None
     until: str | None = None
     text: str | None = None
+    solution: str | None = None
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL ``WHERE`` clause (empty when unfiltered) and its parameters."""
@@ -55,6 +60,9 @@ class EventQuery:
         if self.schema is not None:
             clauses.append("event_schema = ?")
             params.append(self.schema)
+        if self.solution is not None:
+            clauses.append("solution = ?")
+            params.append(self.solution)
         if self.since is not None:
             clauses.append("julianday(inference_timestamp) >= julianday(?)")
             params.append(self.since)
@@ -120,7 +128,10 @@ _SUMMARY_COLUMNS = ", ".join(
         f" json_patch(event_data, (SELECT json_group_object(key, {_clipped('value')})"
         " FROM json_each(event_data) WHERE type = 'text')) END",
         _clipped("json_extract(image_details, '$.label')"),
+        "output_content_type IS NOT NULL",
         "input_content_type IS NOT NULL",
+        _clipped("solution"),
+        "vision_event_id",
         *(f"json_array_length(image_details, '$.{name}')" for name in _ANNOTATION_LISTS),
     ]
 )
@@ -165,6 +176,15 @@ class EventIndex:
         with self._lock:
             return count_over_time(self._connection, where, params, query.since, query.until)
 
+    def solutions(self) -> list[str]:
+        """The solutions events carry, in order, at most :data:`MAX_SOLUTIONS_LISTED` (read from the index)."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT DISTINCT solution FROM events WHERE solution IS NOT NULL ORDER BY solution LIMIT ?",
+                (MAX_SOLUTIONS_LISTED,),
+            ).fetchall()
+        return [solution for (solution,) in rows]
+
     def newest(self) -> int:
         """The sequence number of the last stored event, 0 when there is none."""
         with self._lock:
@@ -176,10 +196,11 @@ class EventIndex:
 
 
 def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
-    seq, event_id, received_at, key, timestamp, schema, data, label, has_input, *counts = row
+    seq, event_id, received_at, key, timestamp, schema, data, label, has_output, has_input, *rest = row
+    solution, vision_event_id, *counts = rest
     event_data = orjson.loads(data)
     # A cut text is one character longer than the cut (its "…"); a whole one is never longer than it.
-    texts = [label, *(value for value in event_data.values() if isinstance(value, str))]
+    texts = [label, solution, *(value for value in event_data.values() if isinstance(value, str))]
     return {
         "seq": seq,
         "id": event_id,
@@ -188,7 +209,10 @@ def _summary(row: tuple[Any, ...]) -> dict[str, Any]:
         "inference_timestamp": timestamp,
         "event_schema": schema,
         "event_data": event_data,
+        "solution": solution,
+        "vision_event_id": vision_event_id,
         "label": label,
+        "has_output_image": bool(has_output),
         "has_input_image": bool(has_input),
         "annotations": {name: count for name, count in zip(_ANNOTATION_LISTS, counts, strict=True) if count},
         "clipped": any(text is not None and len(text) > SUMMARY_TEXT_CHARS for text in texts),

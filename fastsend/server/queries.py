@@ -12,7 +12,7 @@ from datetime import timezone
 
 from multidict import MultiMapping
 
-from fastsend.events import ValidationError, parse_timestamp
+from fastsend.events import ValidationError, parse_timestamp, validate_solution
 
 __all__ = [
     "MAX_OFFSET",
@@ -21,6 +21,7 @@ __all__ = [
     "choice_parameter",
     "instant_parameter",
     "int_parameter",
+    "solution_parameter",
     "text_parameter",
 ]
 
@@ -96,3 +97,14 @@ def instant_parameter(query: dict[str, str], name: str) -> str | None:
         return parsed.astimezone(timezone.utc).isoformat()
     except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
         raise BadQuery(name, text, "must fall within years 1 to 9999 in UTC") from None
+
+
+def solution_parameter(query: dict[str, str], name: str) -> str | None:
+    """A ``solution`` (use case id) by the rule a body's ``solution`` follows, or ``None`` when absent."""
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        return validate_solution(value)
+    except ValidationError as refused:
+        raise BadQuery(name, value, refused.rule) from None

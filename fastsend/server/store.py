@@ -1,7 +1,15 @@
 """Durable storage for the reference service: SQLite rows plus image files.
 
-Layout under ``data_dir``: ``events.sqlite3`` (WAL mode) and ``images/``
-holding ``<id>.output.<ext>`` and ``<id>.input.<ext>``.
+Layout under ``data_dir``: ``events.sqlite3`` (WAL mode), ``images/``
+holding ``<id>.output.<ext>`` and ``<id>.input.<ext>``, and ``sources/``
+holding the images uploaded through the Vision Events API
+(``<source id>.<ext>``) until, and after, events name them.
+
+An event has an output image, an input image, both or neither. An event that
+came through the Vision Events API keeps its client-made ``eventId``
+(``vision_event_id``): one event per ``eventId``, as the key of its
+idempotency. A database made before these columns existed is rebuilt in the
+current layout when the store opens (one transaction; rows and ids kept).
 
 Durability: :meth:`EventStore.add` returns only after each image file and the
 ``images/`` directory entry are fsynced and the row's transaction is
@@ -13,7 +21,7 @@ into one commit to keep that cost per batch rather than per event.
 
 Orphans: image files are written before their rows. When a batch fails
 its files are removed; files left by a process killed between the two (no
-row names them) are removed when the store opens.
+row names them) are removed when the store opens. Uploaded sources likewise.
 
 Connections are shared across threads, each behind its own lock: one for
 writes, one for reads (WAL lets readers run while a write is in progress).
@@ -43,7 +51,9 @@ logger = logging.getLogger("fastsend.server")
 
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
 # The names _write_image gives; the orphan sweep touches nothing else in images/.
-_IMAGE_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(output|input)\.(jpg|png)")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_IMAGE_NAME = re.compile(rf"{_UUID}\.(output|input)\.(jpg|png)")
+_SOURCE_NAME = re.compile(rf"{_UUID}\.(jpg|png)")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,22 +66,37 @@ CREATE TABLE IF NOT EXISTS events (
     event_data TEXT NOT NULL,
     custom_metadata TEXT,
     solution TEXT,
-    display_image_position INTEGER NOT NULL,
+    display_image_position INTEGER,
     image_details TEXT NOT NULL,
-    output_file TEXT NOT NULL,
-    output_content_type TEXT NOT NULL,
+    output_file TEXT,
+    output_content_type TEXT,
     input_file TEXT,
-    input_content_type TEXT
+    input_content_type TEXT,
+    vision_event_id TEXT UNIQUE
 );
 CREATE INDEX IF NOT EXISTS events_by_schema ON events (event_schema, seq);
+CREATE INDEX IF NOT EXISTS events_by_solution ON events (solution, seq);
+CREATE TABLE IF NOT EXISTS sources (
+    id TEXT PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    file TEXT NOT NULL,
+    content_type TEXT NOT NULL
+);
 """
 
 _COLUMNS = (
     "id, idempotency_key, received_at, inference_timestamp, event_schema, event_data, custom_metadata,"
-    " solution, display_image_position, image_details, output_content_type, input_content_type"
+    " solution, display_image_position, image_details, output_content_type, input_content_type, vision_event_id"
 )
 
-_INSERT = f"INSERT INTO events ({_COLUMNS}, output_file, input_file) VALUES ({', '.join('?' * 14)})"
+_INSERT = f"INSERT INTO events ({_COLUMNS}, output_file, input_file) VALUES ({', '.join('?' * 15)})"
+
+# The columns of the first layout (output image required, no vision_event_id), copied when rebuilding it.
+_FIRST_LAYOUT_COLUMNS = (
+    "seq, id, idempotency_key, received_at, inference_timestamp, event_schema, event_data, custom_metadata,"
+    " solution, display_image_position, image_details, output_file, output_content_type, input_file,"
+    " input_content_type"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +111,16 @@ class StoredEvent:
     event_data: dict[str, Any]
     custom_metadata: dict[str, Any] | None
     solution: str | None
-    display_image_position: int
+    display_image_position: int | None
     image_details: dict[str, Any]
-    output_content_type: str
+    output_content_type: str | None
     input_content_type: str | None
+    vision_event_id: str | None = None
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the event has an image entry (an output image, an input image or both)."""
+        return self.output_content_type is not None or self.input_content_type is not None
 
 
 class EventStore:
@@ -99,10 +130,13 @@ class EventStore:
         self.data_dir = Path(data_dir)
         self.images_dir = self.data_dir / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        _fsync_directory(self.data_dir)  # so images/ itself outlives a power cut
+        self.sources_dir = self.data_dir / "sources"
+        self.sources_dir.mkdir(exist_ok=True)
+        _fsync_directory(self.data_dir)  # so images/ and sources/ themselves outlive a power cut
         db_path = self.data_dir / "events.sqlite3"
         self._writer = self._connect(db_path)
         self._writer.execute("PRAGMA journal_mode=WAL")
+        _upgrade_first_layout(self._writer)
         self._writer.executescript(_SCHEMA)
         self._reader = self._connect(db_path)
         self._write_lock = threading.Lock()
@@ -143,14 +177,19 @@ class EventStore:
         results: list[tuple[str, bool]] = []
         rows: list[tuple[Any, ...]] = []
         ids_by_key: dict[str, str] = {}
+        ids_by_vision_event: dict[str, str] = {}
         for event, key in items:
-            existing = self._id_for_key(key, ids_by_key)
+            existing = self._id_for_key(key, ids_by_key) or self._id_for_vision_event(
+                event.vision_event_id, ids_by_vision_event
+            )
             if existing is not None:
                 results.append((existing, False))
                 continue
             event_id = str(uuid.uuid4())
             if key is not None:
                 ids_by_key[key] = event_id
+            if event.vision_event_id is not None:
+                ids_by_vision_event[event.vision_event_id] = event_id
             rows.append(self._row(event_id, key, received_at, event, written))
             results.append((event_id, True))
         if rows:
@@ -182,14 +221,16 @@ class EventStore:
             for output_file, input_file in self._writer.execute("SELECT output_file, input_file FROM events"):
                 named.add(output_file)
                 named.add(input_file)
+            named.update(name for (name,) in self._writer.execute("SELECT file FROM sources"))
             orphans = [
                 path
-                for path in self.images_dir.iterdir()
-                if _IMAGE_NAME.fullmatch(path.name) and path.name not in named and path.is_file()
+                for directory, pattern in ((self.images_dir, _IMAGE_NAME), (self.sources_dir, _SOURCE_NAME))
+                for path in directory.iterdir()
+                if pattern.fullmatch(path.name) and path.name not in named and path.is_file()
             ]
             self._remove_files(orphans)
         if orphans:
-            logger.warning("removed %d image files of events that were never committed", len(orphans))
+            logger.warning("removed %d image files of events or uploads that were never committed", len(orphans))
         return len(orphans)
 
     def _id_for_key(self, key: str | None, ids_by_key: dict[str, str]) -> str | None:
@@ -200,10 +241,18 @@ class EventStore:
         row = self._writer.execute("SELECT id FROM events WHERE idempotency_key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def _id_for_vision_event(self, vision_event_id: str | None, ids: dict[str, str]) -> str | None:
+        if vision_event_id is None:
+            return None
+        if vision_event_id in ids:
+            return ids[vision_event_id]
+        row = self._writer.execute("SELECT id FROM events WHERE vision_event_id = ?", (vision_event_id,)).fetchone()
+        return row[0] if row else None
+
     def _row(
         self, event_id: str, key: str | None, received_at: str, event: EventBody, written: list[Path]
     ) -> tuple[Any, ...]:
-        output_file = self._write_image(event_id, "output", event.output_image, written)
+        output_file = self._write_image(event_id, "output", event.output_image, written) if event.output_image else None
         input_file = self._write_image(event_id, "input", event.input_image, written) if event.input_image else None
         return (
             event_id,
@@ -216,21 +265,47 @@ class EventStore:
             event.solution,
             event.display_image_position,
             orjson.dumps(event.image_details).decode(),
-            event.output_image.content_type,
+            event.output_image.content_type if event.output_image else None,
             event.input_image.content_type if event.input_image else None,
+            event.vision_event_id,
             output_file,
             input_file,
         )
 
     def _write_image(self, event_id: str, role: str, image: Image, written: list[Path]) -> str:
         name = f"{event_id}.{role}.{_EXTENSIONS[image.content_type]}"
-        path = self.images_dir / name
-        written.append(path)  # before opening: a partly written file is removed too
-        with open(path, "xb") as file:
-            file.write(image.data)
-            file.flush()
-            os.fsync(file.fileno())
+        _write_file(self.images_dir / name, image.data, written)
         return name
+
+    def add_source(self, image: Image) -> str:
+        """Store an uploaded image durably (file fsynced, row committed); returns its new source id."""
+        source_id = str(uuid.uuid4())
+        name = f"{source_id}.{_EXTENSIONS[image.content_type]}"
+        received_at = datetime.now(timezone.utc).isoformat()
+        with self._write_lock:
+            written: list[Path] = []
+            try:
+                _write_file(self.sources_dir / name, image.data, written)
+                _fsync_directory(self.sources_dir)
+                self._writer.execute(
+                    "INSERT INTO sources (id, received_at, file, content_type) VALUES (?, ?, ?, ?)",
+                    (source_id, received_at, name, image.content_type),
+                )
+            except BaseException:
+                self._remove_files(written)
+                raise
+        return source_id
+
+    def source_file(self, source_id: str) -> tuple[Path, str] | None:
+        """The file and content type of an uploaded image, or ``None`` when no upload has this id."""
+        with self._read_lock:
+            row = self._reader.execute("SELECT file, content_type FROM sources WHERE id = ?", (source_id,)).fetchone()
+        return None if row is None else (self.sources_dir / row[0], row[1])
+
+    def source(self, source_id: str) -> Image | None:
+        """An uploaded image, or ``None`` when no upload has this id."""
+        found = self.source_file(source_id)
+        return None if found is None else Image(found[0].read_bytes(), found[1])
 
     def get(self, event_id: str) -> StoredEvent | None:
         """The event with this id, or ``None``."""
@@ -288,6 +363,7 @@ def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
         details,
         output_type,
         input_type,
+        vision_event_id,
     ) = row
     return StoredEvent(
         id=event_id,
@@ -302,7 +378,38 @@ def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
         image_details=orjson.loads(details),
         output_content_type=output_type,
         input_content_type=input_type,
+        vision_event_id=vision_event_id,
     )
+
+
+def _write_file(path: Path, data: bytes, written: list[Path]) -> None:
+    written.append(path)  # before opening: a partly written file is removed too
+    with open(path, "xb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _upgrade_first_layout(connection: sqlite3.Connection) -> None:
+    """Rebuild an events table of the first layout (output image required, no vision_event_id) in the current one."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+    if not columns or "vision_event_id" in columns:
+        return
+    events_table = _SCHEMA.split(";")[0].replace("IF NOT EXISTS events", "events_upgraded")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(events_table)
+        connection.execute(
+            f"INSERT INTO events_upgraded ({_FIRST_LAYOUT_COLUMNS}) SELECT {_FIRST_LAYOUT_COLUMNS} FROM events"
+        )
+        connection.execute("DROP TABLE events")
+        connection.execute("ALTER TABLE events_upgraded RENAME TO events")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    logger.info("upgraded the event database to hold events without images and Vision Events ids")
 
 
 def _fsync_directory(path: Path) -> None:

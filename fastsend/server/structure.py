@@ -50,6 +50,8 @@ _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]|[^\s\[\]{}:,"]+', re.
 _PAIR = rb"\[[^\[\]{}\"]*\]"
 _KEYPOINT = rb'\{(?:[^{}\[\]"]|"[^"\\{}]*")*\}'
 _ITEMS = {"points": (_PAIR, b"[", _POINT_VALUES), "keypoints": (_KEYPOINT, b"{", _KEYPOINT_VALUES)}
+# The deepest container a limit applies to: body{ images[ entry{ list[ annotation{ points[.
+_DEEPEST_LIMITED = 6
 # re's repeat counts stop at 65535 on older Pythons; a longer list is read token by token.
 _MAX_RUN = 65_000
 
@@ -163,7 +165,9 @@ class _Scan:
         parent = self.stack[-1] if self.stack else None
         path = ""
         if parent is not None:
-            if parent.is_array:
+            if parent.depth > _DEEPEST_LIMITED:
+                pass  # no limit applies this deep: no path is built (a path per level would grow as the square)
+            elif parent.is_array:
                 path = f"{parent.path}[{parent.items}]"
             else:
                 path = f"{parent.path}.{parent.key}" if parent.path else parent.key

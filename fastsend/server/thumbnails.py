@@ -1,4 +1,4 @@
-"""Small JPEG thumbnails of stored output images, made on first request and kept on disk.
+"""Small JPEG thumbnails of stored output images (else input images), made on first request and kept on disk.
 
 A thumbnail is at most :data:`THUMBNAIL_SIDE` pixels on its longer side. A
 JPEG is decoded by libjpeg-turbo at a reduced scale (1/2, 1/4 or 1/8: the
@@ -115,9 +115,10 @@ class ThumbnailCache:
         cached = self._cached(event_id)  # made while this request waited for the pool
         if cached is not None:
             return cached, "image/jpeg"
-        source = self._store.image_file(event_id, "output")
+        # An event with only an input image shows that one.
+        source = self._store.image_file(event_id, "output") or self._store.image_file(event_id, "input")
         if source is None:
-            raise HttpError(404, f"event {event_id!r} not found")
+            raise HttpError(404, f"event {event_id!r} not found, or it has no image")
         path, content_type = source
         data = path.read_bytes()
         thumbnail = make_thumbnail(data, content_type, decode_max_bytes=self.decode_max_bytes)

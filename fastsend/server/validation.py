@@ -3,7 +3,11 @@
 ``fastsend.events`` owns the schema, ``event_data``, ``custom_metadata``,
 timestamp and ``solution`` rules, so a body the library builds is one the
 service accepts; this module adds the envelope: the exact top-level keys,
-the single image entry, its images and its annotation lists.
+the image entry (at most one), its images and its annotation lists.
+
+An event may carry no image (``images: []``, then no ``displayImagePosition``),
+as the Vision Events block sends one made without images; an image entry holds
+the output image, the input image, or both.
 Everything is strict: unknown keys are rejected at every level, numbers must
 be finite and not bools, and a list the client should have omitted (empty)
 is an error. Every failure is a :class:`~fastsend.events.ValidationError`
@@ -54,6 +58,11 @@ __all__ = [
     "BodyLimits",
     "EventBody",
     "Image",
+    "check_image",
+    "check_keys",
+    "display_image_position",
+    "image_entry_details",
+    "single_image_entry",
     "too_many",
     "too_many_points",
     "validate_body",
@@ -85,8 +94,9 @@ class BodyLimits:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
-_REQUIRED_KEYS = ("inference_timestamp", "event_schema", "event_data", "images", "displayImagePosition")
-_OPTIONAL_KEYS = ("custom_metadata", "solution")
+_REQUIRED_KEYS = ("inference_timestamp", "event_schema", "event_data", "images")
+# displayImagePosition: required with an image entry, absent without one.
+_OPTIONAL_KEYS = ("displayImagePosition", "custom_metadata", "solution")
 
 _BOX_KEYS = ("class", "x", "y", "width", "height", "confidence")
 _ANNOTATION_KEYS = {
@@ -95,7 +105,8 @@ _ANNOTATION_KEYS = {
     "instanceSegmentations": (*_BOX_KEYS, "points"),
     "keypoints": (*_BOX_KEYS, "keypoints"),
 }
-_IMAGE_OPTIONAL_KEYS = ("inputBase64Image", "label", *_ANNOTATION_KEYS)
+_IMAGE_KEYS = ("base64Image", "inputBase64Image")
+_DETAIL_KEYS = ("label", *_ANNOTATION_KEYS)
 #: The image entry's annotation lists.
 ANNOTATION_LISTS = tuple(_ANNOTATION_KEYS)
 #: The annotation fields that are lists of points (at most ``max_points``), and what their items are called.
@@ -124,20 +135,30 @@ class EventBody:
 
     ``inference_timestamp`` is in UTC, as the library writes it (a body sent
     with ``+05:30`` or ``Z`` is stored as the same moment in ``+00:00``).
-    ``image_details`` is the image entry without its base64 fields: ``label``
-    and the annotation lists, exactly as sent. ``custom_metadata`` and
-    ``solution`` are ``None`` when the body did not carry them.
+    ``image_details`` is the image entry without its images: ``label`` and
+    the annotation lists, exactly as sent. An event without an image entry has
+    neither image, ``display_image_position`` ``None`` and empty details.
+    ``custom_metadata`` and ``solution`` are ``None`` when the body did not
+    carry them. ``vision_event_id`` is the client's ``eventId`` of an event
+    that came through the Vision Events API (``None`` for a v2 body); the store
+    keeps one event per ``vision_event_id``.
     """
 
     inference_timestamp: str
     event_schema: str
     event_data: dict[str, Any]
-    display_image_position: int
-    output_image: Image
+    display_image_position: int | None
+    output_image: Image | None
     input_image: Image | None
     image_details: dict[str, Any]
     custom_metadata: dict[str, Any] | None
     solution: str | None
+    vision_event_id: str | None = None
+
+    @property
+    def image_bytes(self) -> int:
+        """The size of the event's images together."""
+        return sum(len(image.data) for image in (self.output_image, self.input_image) if image is not None)
 
 
 def validate_body(
@@ -149,13 +170,11 @@ def validate_body(
     service's own: more pixels, annotations or points than they allow are refused.
     """
     limits = limits or BodyLimits(max_image_pixels=max_image_pixels)
-    _check_keys("", body, _REQUIRED_KEYS, _OPTIONAL_KEYS)
+    check_keys("", body, _REQUIRED_KEYS, _OPTIONAL_KEYS)
     timestamp = _timestamp(body["inference_timestamp"])
     event_data = validate_event_data(body["event_schema"], body["event_data"])
-    output_image, input_image, details = _single_image_entry(body["images"], limits)
-    position = body["displayImagePosition"]
-    if isinstance(position, bool) or not isinstance(position, int) or position != 0:
-        raise ValidationError("displayImagePosition", position, "must be the integer 0 (the only image)")
+    output_image, input_image, details = _image_entry(body["images"], limits)
+    position = display_image_position(body, has_image=output_image is not None or input_image is not None)
     metadata = validate_custom_metadata(body["custom_metadata"]) if "custom_metadata" in body else None
     solution = validate_solution(body["solution"]) if "solution" in body else None
     return EventBody(
@@ -171,7 +190,25 @@ def validate_body(
     )
 
 
-def _check_keys(field: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+def display_image_position(body: dict[str, Any], *, has_image: bool) -> int | None:
+    """``displayImagePosition``: the integer 0 when the event has an image entry, absent when it has none."""
+    position = body.get("displayImagePosition", _MISSING)
+    if not has_image:
+        if position is not _MISSING:
+            # Named as images: a body that lost its image entry is the likelier mistake than one given a position.
+            raise ValidationError(
+                "images", [], "must hold one image entry when displayImagePosition is given (else omit that key)"
+            )
+        return None
+    if position is _MISSING:
+        raise ValidationError("displayImagePosition", position, "is required with an image entry")
+    if isinstance(position, bool) or not isinstance(position, int) or position != 0:
+        raise ValidationError("displayImagePosition", position, "must be the integer 0 (the only image)")
+    return position
+
+
+def check_keys(field: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """``value`` must be an object with every ``required`` key and no key outside ``required`` + ``optional``."""
     where = field or "body"
     if not isinstance(value, dict):
         raise ValidationError(where, value, "must be an object")
@@ -194,31 +231,50 @@ def _timestamp(value: Any) -> str:
     return validate_inference_timestamp(value)
 
 
-def _single_image_entry(images: Any, limits: BodyLimits) -> tuple[Image, Image | None, dict[str, Any]]:
+def _image_entry(images: Any, limits: BodyLimits) -> tuple[Image | None, Image | None, dict[str, Any]]:
+    entry = single_image_entry(images)
+    if entry is None:
+        return None, None, {}
+    field = "images[0]"
+    details = image_entry_details(field, entry, _IMAGE_KEYS, limits)
+    output_image, input_image = (
+        _base64_image(f"{field}.{key}", entry[key], limits.max_image_pixels) if key in entry else None
+        for key in _IMAGE_KEYS
+    )
+    return output_image, input_image, details
+
+
+def single_image_entry(images: Any) -> Any:
+    """The one entry of ``images``, or ``None`` when the list is empty."""
     if not isinstance(images, list):
         raise ValidationError("images", images, "must be a list")
-    if len(images) != 1:
-        raise ValidationError("images", f"<{len(images)} entries>", "must hold exactly one image entry")
-    field = "images[0]"
-    entry = images[0]
-    _check_keys(field, entry, ("base64Image",), _IMAGE_OPTIONAL_KEYS)
-    output_image = _image(f"{field}.base64Image", entry["base64Image"], limits.max_image_pixels)
-    input_image = (
-        _image(f"{field}.inputBase64Image", entry["inputBase64Image"], limits.max_image_pixels)
-        if "inputBase64Image" in entry
-        else None
-    )
+    if len(images) > 1:
+        raise ValidationError("images", f"<{len(images)} entries>", "must hold at most one image entry")
+    return images[0] if images else None
+
+
+def image_entry_details(
+    field: str, entry: Any, image_keys: tuple[str, str], limits: BodyLimits | None = None
+) -> dict[str, Any]:
+    """Check an image entry's keys, ``label`` and annotation lists; returns the entry without ``image_keys``.
+
+    ``image_keys`` name the output and the input image; the entry must hold at least one of them.
+    ``limits`` (default :class:`BodyLimits`) bound its annotations and points.
+    """
+    limits = limits or BodyLimits()
+    check_keys(field, entry, (), (*image_keys, *_DETAIL_KEYS))
+    if not any(key in entry for key in image_keys):
+        raise ValidationError(field, entry, f"must hold {image_keys[0]}, {image_keys[1]} or both")
     if "label" in entry:
         validate_text(f"{field}.label", entry["label"])
     for name, keys in _ANNOTATION_KEYS.items():
         if name in entry:
             _annotations(f"{field}.{name}", entry[name], keys, limits)
     _total_points(field, entry, limits.max_total_points)
-    details = {key: value for key, value in entry.items() if key not in ("base64Image", "inputBase64Image")}
-    return output_image, input_image, details
+    return {key: value for key, value in entry.items() if key not in image_keys}
 
 
-def _image(field: str, value: Any, max_pixels: int) -> Image:
+def _base64_image(field: str, value: Any, max_pixels: int) -> Image:
     if not isinstance(value, str):
         raise ValidationError(field, value, f"must be a base64 string, not {type(value).__name__}")
     if value.startswith("data:"):
@@ -231,12 +287,21 @@ def _image(field: str, value: Any, max_pixels: int) -> Image:
         raise ValidationError(
             field, value, "must be standard base64 (RFC 4648 §4: A-Z a-z 0-9 + /, '=' padding, no line breaks)"
         ) from None
-    content_type = check_image_file(data, field, value)
+    return check_image(field, data, max_pixels, shown=value)
+
+
+def check_image(field: str, data: bytes, max_pixels: int, *, shown: Any = None) -> Image:
+    """``data`` as an :class:`Image`: a whole JPEG or PNG declaring at most ``max_pixels`` pixels.
+
+    ``shown`` is the value an error shows (default: the bytes).
+    """
+    shown = data if shown is None else shown
+    content_type = check_image_file(data, field, shown)
     width, height = _declared_size(data, content_type)
     if width * height > max_pixels:
         raise ValidationError(
             field,
-            value,
+            shown,
             f"must declare at most {max_pixels} pixels (the service's --max-image-pixels);"
             f" this image declares {width}×{height} = {width * height}",
         )
@@ -260,7 +325,7 @@ def _annotations(field: str, value: Any, keys: tuple[str, ...], limits: BodyLimi
         raise too_many(field, f"<{len(value)} annotations>", "annotations", limits.max_annotations)
     for index, item in enumerate(value):
         item_field = f"{field}[{index}]"
-        _check_keys(item_field, item, keys)
+        check_keys(item_field, item, keys)
         for key in keys:
             points = item[key]
             if key in POINT_LISTS and isinstance(points, list) and len(points) > limits.max_points:
@@ -316,7 +381,7 @@ def _keypoint_list(field: str, value: Any) -> None:
         raise ValidationError(field, value, "must be a list of at least one {id, x, y}")
     for index, keypoint in enumerate(value):
         keypoint_field = f"{field}[{index}]"
-        _check_keys(keypoint_field, keypoint, ("id", "x", "y"))
+        check_keys(keypoint_field, keypoint, ("id", "x", "y"))
         keypoint_id = keypoint["id"]
         if isinstance(keypoint_id, bool) or not isinstance(keypoint_id, int) or not 0 <= keypoint_id <= UINT64_MAX:
             raise ValidationError(f"{keypoint_field}.id", keypoint_id, f"must be an integer from 0 to {UINT64_MAX}")

@@ -4,9 +4,11 @@ Routes (added to the service's app by :func:`add_viewer_routes`):
 
 - ``GET /`` → the page; ``GET /viewer/static/…`` → its scripts and styles.
   Neither holds any event data, so neither needs the API key.
-- ``GET /viewer/api/events?limit=&offset=&schema=&since=&until=&q=`` →
-  ``{"events", "total", "newest", "schemas"}``: a page of event summaries
-  (see :mod:`.index`), newest first, and the schema names the filter offers.
+- ``GET /viewer/api/events?limit=&offset=&schema=&solution=&since=&until=&q=``
+  → ``{"events", "total", "newest", "schemas", "solutions"}``: a page of
+  event summaries (see :mod:`.index`), newest first, and the schema and
+  solution names the filters offer. ``solution`` is the use case (a v2
+  body's ``solution``, a Vision Events ``useCaseId``), matched exactly.
   ``since`` / ``until`` bound the inference time (ISO-8601 with a UTC
   offset; ``until`` excluded); ``q`` matches text in the external id or in
   the custom metadata's keys and values (case-insensitive for ASCII). The
@@ -16,7 +18,7 @@ Routes (added to the service's app by :func:`add_viewer_routes`):
   last stored event (0 when none); the page polls it to show new events.
 - ``GET /viewer/api/events/{id}/thumbnail`` → a JPEG at most
   256 pixels on its longer side, made once and cached (see :mod:`.thumbnails`).
-- ``GET /viewer/api/timeline?schema=&since=&until=&q=`` → the matching
+- ``GET /viewer/api/timeline?schema=&solution=&since=&until=&q=`` → the matching
   events counted per schema in up to 60 buckets over the filtered range
   (see :mod:`.timeline`), for the page's chart.
 
@@ -44,6 +46,7 @@ from fastsend.server.queries import (
     choice_parameter,
     instant_parameter,
     int_parameter,
+    solution_parameter,
     text_parameter,
 )
 from fastsend.server.thumbnails import ThumbnailCache
@@ -54,8 +57,8 @@ STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 MAX_QUERY_CHARS = 200
-_LIST_PARAMETERS = ("limit", "offset", "schema", "since", "until", "q")
-_TIMELINE_PARAMETERS = ("schema", "since", "until", "q")
+_LIST_PARAMETERS = ("limit", "offset", "schema", "solution", "since", "until", "q")
+_TIMELINE_PARAMETERS = ("schema", "solution", "since", "until", "q")
 
 # The page runs only its own scripts and loads nothing from elsewhere; images arrive as blob: URLs.
 _PAGE_HEADERS = {
@@ -99,8 +102,10 @@ async def _page(request: web.Request) -> web.StreamResponse:
 
 async def _list(request: web.Request, index: EventIndex) -> web.Response:
     query = parse_query(check_query(request.query, *_LIST_PARAMETERS, blank_is_absent=True))
-    page = await asyncio.get_running_loop().run_in_executor(None, index.page, query)
-    return json_response({**page, "schemas": list(EVENT_SCHEMAS)})
+    loop = asyncio.get_running_loop()
+    page = await loop.run_in_executor(None, index.page, query)
+    solutions = await loop.run_in_executor(None, index.solutions)
+    return json_response({**page, "schemas": list(EVENT_SCHEMAS), "solutions": solutions})
 
 
 def parse_query(params: dict[str, str]) -> EventQuery:
@@ -109,6 +114,7 @@ def parse_query(params: dict[str, str]) -> EventQuery:
         limit=int_parameter(params, "limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
         offset=int_parameter(params, "offset", 0, 0, MAX_OFFSET),
         schema=choice_parameter(params, "schema", EVENT_SCHEMAS),
+        solution=solution_parameter(params, "solution"),
         since=instant_parameter(params, "since"),
         until=instant_parameter(params, "until"),
         text=text_parameter(params, "q", MAX_QUERY_CHARS),

@@ -1232,6 +1232,7 @@ def test_nothing_half_written_stays_on_disk(service: ReferenceService, http: req
     assert {path.name for path in images.iterdir()} == referenced
     leftovers = {path.name for path in Path(service.data_dir).iterdir()} - {
         "images",
+        "sources",  # uploads of the Vision Events API
         "events.sqlite3",
         "events.sqlite3-wal",
         "events.sqlite3-shm",

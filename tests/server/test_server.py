@@ -178,6 +178,8 @@ ACCEPTED: dict[str, Mutation] = {
     "classifications": set_image(classifications=[{"class": "ok", "confidence": 0.0}]),
     "instanceSegmentations 3 points": set_image(instanceSegmentations=[{**DETECTION, "points": POLYGON}]),
     "keypoints 1 point": set_image(keypoints=[{**DETECTION, "keypoints": [KEYPOINT]}]),
+    "no images, no displayImagePosition": lambda body: body.update(images=[]) or body.pop("displayImagePosition"),
+    "input image only": lambda body: body["images"][0].update(inputBase64Image=body["images"][0].pop("base64Image")),
 }
 
 # id -> (mutation, field the detail must start with)
@@ -225,12 +227,14 @@ REJECTED: dict[str, tuple[Mutation, str]] = {
     "solution null": (set_top(solution=None), "solution"),
     "solution a number": (set_top(solution=5), "solution"),
     "solution 1001 chars": (set_top(solution="s" * 1001), "solution"),
-    "images empty": (set_top(images=[]), "images"),
+    "images empty with a displayImagePosition": (set_top(images=[]), "images"),
     "images two entries": (set_top(images=[{"base64Image": b64(JPEG)}] * 2), "images"),
     "images an object": (set_top(images={"base64Image": b64(JPEG)}), "images"),
     "image entry a string": (set_top(images=[b64(JPEG)]), "images[0]"),
     "image entry unknown key": (set_image(imageUrl="http://x"), "images[0].imageUrl"),
-    "image entry without base64Image": (lambda body: body["images"][0].clear(), "images[0].base64Image"),
+    "image entry without an image": (lambda body: body["images"][0].clear(), "images[0]"),
+    "image entry with only a label": (set_top(images=[{"label": "x"}]), "images[0]"),
+    "no images and a displayImagePosition 0": (set_top(images=[], displayImagePosition=0), "images"),
     "label a number": (set_image(label=5), "images[0].label"),
     "base64 data: prefix": (set_image(base64Image="data:image/jpeg;base64," + b64(JPEG)), "images[0].base64Image"),
     "base64 line breaks": (

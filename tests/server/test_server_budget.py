@@ -303,3 +303,17 @@ def test_help_names_the_limits_and_their_defaults() -> None:
     for option, default in [("--max-annotations", "1000"), ("--max-points", "1000"), ("--max-total-points", "100000")]:
         assert f"{option} {option.upper().lstrip('-').replace('-', '_')}" in text
         assert f"(default {default}" in text.split(option, 2)[2][:400], option
+
+
+def test_deep_nesting_is_scanned_in_memory_linear_in_the_depth() -> None:
+    """A path per level would grow as the square of the depth: 100 000 ``[`` cost gigabytes before."""
+    import tracemalloc
+
+    raw = bytearray(b"[" * 200_000 + b"]" * 200_000)
+    tracemalloc.start()
+    try:
+        check_structure(raw, BodyLimits())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, peak

@@ -236,8 +236,9 @@ def _cards(driver: Any) -> list[dict[str, Any]]:
         """return [...document.querySelectorAll('#events .card')].map(card => ({
             id: card.dataset.id,
             schema: card.querySelector('.schema').textContent,
+            solution: card.querySelector('.solution')?.textContent ?? null,
             text: card.textContent,
-            thumb: card.querySelector('img.thumb').naturalWidth,
+            thumb: card.querySelector('img.thumb')?.naturalWidth ?? null,
         }))"""
     )
     return result
@@ -334,6 +335,45 @@ def test_filters_and_paging_in_the_page(browser: Any, service: ReferenceService)
     assert "since=2026-03-02T00%3A00%3A00.000Z" in browser.current_url  # the filters survive a reload
     browser.refresh()
     _wait_for_cards(browser, 5, "filtered cards after reload")
+
+
+@browser_test
+def test_solution_filter_and_events_without_images_in_the_page(browser: Any, service: ReferenceService) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    def post(path: str, body: dict[str, Any]) -> str:
+        reply = requests.post(f"{service.url}{path}", json=body, timeout=10)
+        assert reply.status_code == 201, reply.text
+        return str(reply.json()["id"])
+
+    for hour, solution in enumerate(["line-3", "yard", "line-3"]):
+        post_event(service.url, timestamp=_hour(hour), image=grey_jpeg(32, 24))  # a v2 event without a solution
+        body = {"inference_timestamp": _hour(hour), "event_schema": "custom", "event_data": {"value": f"v{hour}"}}
+        post("/v2/events", {**body, "solution": solution, "images": []})
+    cloud_id = post(
+        "/vision-events",
+        {"eventId": "cloud-1", "eventType": "custom", "useCaseId": "yard", "timestamp": _hour(5), "images": []},
+    )
+    cards = _open_page(browser, service.url, 7)
+    assert [card["solution"] for card in cards][:2] == ["yard", "line-3"]
+    assert cards[0]["thumb"] is None and "no image" in cards[0]["text"]
+
+    solutions = Select(browser.find_element("name", "solution"))
+    assert [option.get_attribute("value") for option in solutions.options] == ["", "line-3", "yard"]
+    solutions.select_by_value("yard")
+    cards = _apply_filters(browser, 2)
+    assert cards[0]["id"] == cloud_id and {card["solution"] for card in cards} == {"yard"}
+    assert "solution=yard" in browser.current_url
+    browser.refresh()  # the filter survives a reload
+    _wait_for_cards(browser, 2, "filtered cards after reload")
+    assert Select(browser.find_element("name", "solution")).first_selected_option.get_attribute("value") == "yard"
+
+    browser.find_element("css selector", f'.card[data-id="{cloud_id}"]').click()
+    wait_until(browser, lambda d: "cloud-1" in d.find_element("id", "detail").text, "the opened cloud event")
+    detail = browser.find_element("id", "detail").text
+    assert "This event has no image." in detail and "solution (use case)\nyard" in detail
+    assert "Vision Events id\ncloud-1" in detail
+    assert not browser.find_elements("css selector", "#detail canvas")
 
 
 def _pixel(driver: Any, x: int, y: int) -> tuple[int, int, int]:

@@ -232,8 +232,8 @@ def test_nothing_to_chart(service: ReferenceService) -> None:
 @pytest.mark.parametrize(
     ("query", "name", "rule"),
     [
-        ("limit=5", "limit", "schema, since, until, q"),  # the list's paging is not the chart's
-        ("from=2026-03-01", "from", "schema, since, until, q"),
+        ("limit=5", "limit", "schema, solution, since, until, q"),  # the list's paging is not the chart's
+        ("from=2026-03-01", "from", "schema, solution, since, until, q"),
         ("schema=custom&schema=custom", "schema", "once"),
         ("schema=nope", "schema", "must be one of"),
         ("since=yesterday", "since", "must be an ISO-8601 timestamp"),

@@ -82,8 +82,10 @@ function setStatus(text, kind = "") {
 function filterParams() {
   const data = new FormData(filtersForm);
   const params = new URLSearchParams();
-  const schema = data.get("schema");
-  if (schema) params.set("schema", schema);
+  for (const name of ["schema", "solution"]) {
+    const value = data.get(name);
+    if (value) params.set(name, value);
+  }
   for (const name of ["since", "until"]) {
     const value = data.get(name);
     // datetime-local is the browser's local time; the service wants an offset.
@@ -113,13 +115,13 @@ function restoreFromUrl() {
   }
   state.offset = Math.max(0, Number.parseInt(params.get("offset") ?? "0", 10) || 0);
   state.selected = params.get("event");
-  const schema = params.get("schema");
-  if (schema) {
-    // The other schemas arrive with the first page; the service checks this one.
-    const option = el("option", "", schema);
-    option.value = schema;
-    form.schema.append(option);
-    form.schema.value = schema;
+  for (const name of ["schema", "solution"]) {
+    const value = params.get(name);
+    if (value) {
+      // The other choices arrive with the first page; the service checks this one.
+      addOptions(form[name], [value]);
+      form[name].value = value;
+    }
   }
 }
 
@@ -128,13 +130,12 @@ function toLocalInput(date) {
   return shifted.toISOString().slice(0, 19);
 }
 
-function fillSchemas(schemas) {
-  const select = filtersForm.elements.schema;
+function addOptions(select, values) {
   const present = new Set([...select.options].map((option) => option.value));
-  for (const schema of schemas) {
-    if (present.has(schema)) continue;
-    const option = el("option", "", schema);
-    option.value = schema;
+  for (const value of values) {
+    if (present.has(value)) continue;
+    const option = el("option", "", value);
+    option.value = value;
     select.append(option);
   }
 }
@@ -157,7 +158,8 @@ async function loadList({ fresh = false } = {}) {
   if (state.loading !== request) return; // a newer request superseded this one
   state.needsKey = false;
   $("key-form").hidden = true;
-  fillSchemas(page.schemas);
+  addOptions(filtersForm.elements.schema, page.schemas);
+  addOptions(filtersForm.elements.solution, page.solutions);
   const previousNewest = state.newest;
   state.total = page.total;
   state.newest = page.newest;
@@ -189,11 +191,16 @@ function card(event, fresh) {
   button.setAttribute("aria-pressed", String(event.id === state.selected));
   button.addEventListener("click", () => openEvent(event.id));
 
-  const thumb = el("img", "thumb");
-  thumb.alt = "";
-  thumb.width = 128;
-  thumb.height = 72;
-  loadThumbnail(event.id, thumb);
+  let thumb;
+  if (event.has_output_image || event.has_input_image) {
+    thumb = el("img", "thumb");
+    thumb.alt = "";
+    thumb.width = 128;
+    thumb.height = 72;
+    loadThumbnail(event.id, thumb);
+  } else {
+    thumb = el("span", "no-image", "no image");
+  }
 
   const fields = el("dl", "fields");
   for (const [key, value] of Object.entries(event.event_data)) {
@@ -204,6 +211,7 @@ function card(event, fresh) {
     "div",
     "card-body",
     el("div", "card-head", el("span", `schema schema-${event.event_schema}`, event.event_schema),
+      ...(event.solution === null ? [] : [el("span", "solution", event.solution)]),
       el("time", "time", formatTime(event.inference_timestamp))),
     fields,
     el("div", "card-meta muted", meta.filter(Boolean).join(" · ")),
@@ -280,10 +288,13 @@ async function openEvent(id) {
   if (state.selected !== id) return;
   for (const url of detailImages) URL.revokeObjectURL(url);
   detailImages = [];
-  const image = event.images[0];
+  // An event may have no image entry, and an entry only an input image: that one is drawn then.
+  const image = event.images[0] ?? {};
+  const drawnUrl = image.outputImageUrl ?? image.inputImageUrl;
+  const drawnName = image.outputImageUrl ? "Output image" : "Input image";
 
   const canvas = el("canvas", "frame");
-  canvas.setAttribute("aria-label", "output image with annotations");
+  canvas.setAttribute("aria-label", `${drawnName.toLowerCase()} with annotations`);
   const legend = el("ul", "legend");
   for (const [name, count] of classCounts(image)) {
     const swatch = el("span", "swatch");
@@ -293,7 +304,9 @@ async function openEvent(id) {
   const sections = [
     el("header", "detail-head", el("span", `schema schema-${event.event_schema}`, event.event_schema),
       el("code", "event-id", event.id)),
-    el("figure", "output", canvas, el("figcaption", "", "Output image", legend)),
+    drawnUrl
+      ? el("figure", "output", canvas, el("figcaption", "", drawnName, legend))
+      : el("p", "no-image-note muted", "This event has no image."),
   ];
   if (image.classifications) {
     sections.push(table("Classifications", image.classifications.map((c) => [c.class, formatConfidence(c.confidence)])));
@@ -303,22 +316,24 @@ async function openEvent(id) {
       ["inference time", `${formatTime(event.inference_timestamp)} (${event.inference_timestamp})`],
       ["received", event.received_at],
       ["label", image.label],
-      ["solution", event.solution],
+      ["solution (use case)", event.solution],
+      ["Vision Events id", event.vision_event_id],
       ["idempotency key", event.idempotency_key],
     ]),
     table("Event data", Object.entries(event.event_data)),
     table("Custom metadata", Object.entries(event.custom_metadata ?? {}), "none"),
   );
   let inputImg = null;
-  if (image.inputImageUrl) {
+  if (image.outputImageUrl && image.inputImageUrl) {
     inputImg = el("img", "frame");
     inputImg.alt = "input image";
     sections.splice(2, 0, el("figure", "input", inputImg, el("figcaption", "", "Input image")));
   }
   detail.replaceChildren(...sections);
 
+  if (!drawnUrl) return;
   try {
-    const outputUrl = await getImageUrl(image.outputImageUrl);
+    const outputUrl = await getImageUrl(drawnUrl);
     detailImages.push(outputUrl);
     const picture = new Image();
     picture.src = outputUrl;
