@@ -16,7 +16,7 @@ import pytest
 import simplejpeg
 
 import fastsend
-from fastsend.cli import main as cli
+from fastsend.cli.main import _progress
 from fastsend.server import ReferenceService
 
 pytestmark = pytest.mark.timeout(90)
@@ -130,9 +130,7 @@ def test_send_names_the_image_and_label_options_typed(service, jpeg_file: Path, 
     not_an_image.write_bytes(b"plain text")
     done = fastsend_cli("send", "--url", service.url, "--image", str(not_an_image), "--schema", "custom")
     assert done.returncode == 2
-    assert done.stderr.startswith("error: --image (output_image): b'plain text' bytes must be a JPEG or PNG"), (
-        done.stderr
-    )
+    assert done.stderr.startswith("error: --image: b'plain text' bytes must be a JPEG or PNG"), done.stderr
     done = fastsend_cli(
         "send", "--url", service.url, "--image", str(jpeg_file), "--schema", "custom", "--label", "x" * 1001
     )
@@ -240,7 +238,7 @@ class _Terminal(io.StringIO):
 
 def test_on_a_terminal_the_progress_bar_redraws_in_place_and_ends_its_line() -> None:
     out = _Terminal()
-    show = cli._progress(10, out)
+    show = _progress(10, out)
     show(0, 0, 0.1)
     show(10, 1, 1.0)
     show(10, 1, 1.1)  # after the end: nothing more
@@ -251,7 +249,7 @@ def test_on_a_terminal_the_progress_bar_redraws_in_place_and_ends_its_line() -> 
 
 def test_off_a_terminal_progress_is_a_few_plain_lines() -> None:
     out = io.StringIO()
-    show = cli._progress(100, out)
+    show = _progress(100, out)
     for done in range(0, 101, 5):
         show(done, 0, 1.0)
     lines = out.getvalue().splitlines()

@@ -185,7 +185,7 @@ def test_bad_environment_values_name_the_variable(name, raw):
         Settings.resolve(environ={env: raw})
     assert info.value.field == env
     assert info.value.value == raw
-    assert str(info.value).startswith(f"{env}: {raw!r} must be ")
+    assert str(info.value).startswith(f"{env}: {raw!r} must ")
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_bad_arguments_name_the_argument(name, raw):
     with pytest.raises(ValidationError) as info:
         Settings.resolve(environ={}, **{name: raw})
     assert info.value.field == name
-    assert str(info.value).startswith(f"{name}: {raw!r} must be ")
+    assert str(info.value).startswith(f"{name}: {raw!r} must ")
 
 
 def test_a_bad_variable_is_ignored_when_the_argument_wins():
