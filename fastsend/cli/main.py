@@ -20,13 +20,13 @@ from typing import Any, TextIO, cast
 from fastsend import __version__
 from fastsend.cli.demo import run_demo
 from fastsend.cli.parsing import (
-    EXIT_INVALID,
     Parser,
+    UsageError,
     base_url,
     bounded_int,
     nonnegative_number,
+    parse,
     positive_seconds,
-    unknown_option_message,
 )
 from fastsend.config import INGESTION_API_KEY_ENV
 from fastsend.errors import FastsendError
@@ -45,7 +45,7 @@ from fastsend.send.writer import EventWriter
 from fastsend.server import ReferenceService, run
 from fastsend.server.options import add_service_arguments, config_from_arguments
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 class CommandFailed(FastsendError):
@@ -56,10 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fastsend`` with ``argv``: 0 done, 1 failed, 2 refused its usage. Each failure is one line on
     stderr naming the option and the cause; ``-v`` (anywhere) adds the traceback and INFO logs."""
     parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        parser_used = cast(Parser, getattr(args, "parser", parser))
-        parser_used.error(unknown_option_message(unknown, parser_used))
+    try:
+        args = parse(parser, argv)
+    except UsageError as refused:
+        print(f"error: {refused} ({refused.parser.prog} --help lists the options)", file=sys.stderr)
+        return EXIT_INVALID
     if args.command is None:  # `fastsend` alone: what it can do, rather than an error
         parser.print_help()
         return EXIT_OK

@@ -18,24 +18,32 @@ from typing import Any, NoReturn
 from fastsend.config import check_base_url
 
 __all__ = [
-    "EXIT_INVALID",
     "Parser",
+    "UsageError",
     "base_url",
     "bounded_int",
     "nonnegative_number",
+    "parse",
     "positive_seconds",
     "unknown_option_message",
 ]
-
-EXIT_INVALID = 2
 
 _INVALID_CHOICE = re.compile(
     r"argument (?P<option>\S+): invalid choice: (?P<value>'[^']*'|\S+) \(choose from (?P<choices>.*)\)"
 )
 
 
+class UsageError(Exception):
+    """The command line was refused: ``str()`` is the one line to show, ``parser`` the (sub)command's."""
+
+    def __init__(self, message: str, parser: Parser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line on stderr, exit status 2, with the closest choice.
+    """An ``ArgumentParser`` whose refusals raise ``UsageError`` (worded ``--option: value rule``, with the
+    closest choice) rather than print a usage block; read arguments with ``parse``.
 
     Abbreviated options are not taken: ``--api-key`` would otherwise silently mean ``--api-key-file``.
     """
@@ -45,8 +53,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {_reworded(message)} ({self.prog} --help lists the options)", file=sys.stderr)
-        sys.exit(EXIT_INVALID)
+        raise UsageError(_reworded(message), self)
 
     def option_strings(self) -> list[str]:
         """Every option this parser takes (``--url``, ``-v`` …)."""
@@ -64,6 +71,36 @@ def _reworded(message: str) -> str:
         option = "the command" if invalid["option"].startswith("{") else invalid["option"]
         return f"{option}: {value!r} must be one of {', '.join(choices)}{hint}"
     return message.removeprefix("argument ")
+
+
+def parse(parser: Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, or ``UsageError``; a mistyped option is named first, before the options it left
+    missing (``--imgae x`` is a typo before ``--image`` is missing)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, unknown = parser.parse_known_args(arguments)
+    except UsageError as refused:
+        typed = _unknown_options(arguments, [parser, refused.parser])
+        if not typed:
+            raise
+        raise UsageError(unknown_option_message(typed, refused.parser), refused.parser) from None
+    if unknown:
+        used = getattr(args, "parser", parser)
+        raise UsageError(unknown_option_message(unknown, used), used)
+    return args
+
+
+def _unknown_options(arguments: list[str], parsers: list[Parser]) -> list[str]:
+    known = {option for parser in parsers for option in parser.option_strings()}
+    before_positionals = arguments[: arguments.index("--")] if "--" in arguments else arguments
+    return [
+        argument
+        for argument in before_positionals
+        if argument.startswith("-") and not _NUMBER.fullmatch(argument) and argument.split("=", 1)[0] not in known
+    ]
+
+
+_NUMBER = re.compile(r"-\d+|-\d*\.\d+(e-?\d+)?|-inf|-nan", re.IGNORECASE)
 
 
 def unknown_option_message(unknown: Sequence[str], parser: Parser) -> str:
