@@ -158,7 +158,7 @@ def _knob(env: str, parse: Callable[[Any], Any], default: Any, doc: str, *, secr
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc, "secret": secret})
 
 
-_MASK = "'***'"
+_MASK = "***"
 
 
 class _Hidden:

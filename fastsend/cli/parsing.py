@@ -100,7 +100,7 @@ def _unknown_options(arguments: list[str], parsers: list[Parser]) -> list[str]:
     ]
 
 
-_NUMBER = re.compile(r"-\d+|-\d*\.\d+(e-?\d+)?|-inf|-nan", re.IGNORECASE)
+_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf|-nan", re.IGNORECASE)
 
 
 def unknown_option_message(unknown: Sequence[str], parser: Parser) -> str:
