@@ -436,3 +436,12 @@ def test_idempotency_keys_the_contract_allows(key):
 def test_idempotency_keys_the_contract_refuses(key, rule):
     with pytest.raises(ValueError, match=rule):
         check_idempotency_key(key)
+
+
+def test_the_api_key_never_shows_in_a_logged_endpoint_or_post():
+    from fastsend.send.wire import Endpoint, Request
+
+    endpoint = Endpoint("http://ingest:8001/v2/events", "s3cret-key")
+    post = endpoint.address(Request.of("k", [b"{}"]))
+    assert post.headers["X-API-Key"] == "s3cret-key"  # sent, but not shown
+    assert "s3cret" not in repr(endpoint) and "s3cret" not in repr(post)
