@@ -28,7 +28,7 @@ from fastsend.cli.parsing import (
     parse,
     positive_seconds,
 )
-from fastsend.config import INGESTION_API_KEY_ENV
+from fastsend.config import INGESTION_API_KEY_ENV, warn_unknown_env
 from fastsend.errors import FastsendError
 from fastsend.events import (
     EVENT_SCHEMAS,
@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_OK
     _show_logs(verbose=args.verbose)
+    warn_unknown_env()  # serve too: a misspelt FASTSEND_SERVE_API_KEY would leave the service open
     try:
         return cast(int, args.command(args))
     except KeyboardInterrupt:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -228,14 +229,23 @@ def test_demo_keep_serves_the_viewer_until_ctrl_c(processes: list[subprocess.Pop
     )
     processes.append(demo)
     assert demo.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout], daemon=True).start()
     line, ends = "", time.monotonic() + TIMEOUT
-    while "serving until Ctrl-C" not in line and time.monotonic() < ends:
-        readable, _, _ = select.select([demo.stdout], [], [], max(0.0, ends - time.monotonic()))
-        line = demo.stdout.readline() if readable else ""
-        assert line or readable == [], "the demo ended before serving"
+    while "serving until Ctrl-C" not in line:
+        line = lines.get(timeout=max(0.01, ends - time.monotonic()))  # queue.Empty past the time allowed
     assert line.startswith("viewer"), line
     viewer = line.split()[1]
     with urllib.request.urlopen(viewer, timeout=10) as page:  # the embedded service on loopback
         assert page.status == 200
     demo.send_signal(signal.SIGINT)
     assert demo.wait(TIMEOUT) == 0
+
+
+def test_serve_warns_of_a_mistyped_fastsend_variable_too(busy_port: int, tmp_path: Path) -> None:
+    done = fastsend_cli(
+        "serve", "--port", str(busy_port), "--data-dir", str(tmp_path / "data"),
+        env={"FASTSEND_SERVE_API_KY": "k"},
+    )  # fmt: skip
+    assert "FASTSEND_SERVE_API_KY is not a fastsend setting" in done.stderr
+    assert "did you mean" in done.stderr and "FASTSEND_SERVE_API_KEY" in done.stderr

@@ -311,7 +311,10 @@ def test_through_the_block_a_bad_label_is_named_image_label(jpeg_bytes):
 def test_bad_images_are_named(jpeg_bytes):
     with pytest.raises(ValidationError) as info:
         prepare_event(Event.custom(), np.zeros((4, 4), np.float32))
-    assert info.value.field.startswith("output_image")
+    assert info.value.field.startswith("image")  # prepare_event's own keyword
+    with pytest.raises(ValidationError) as info:  # the block's keyword is output_image: its errors say so
+        prepare_block_event(event_schema="custom", output_image=np.zeros((4, 4), np.float32))
+    assert (info.value.field, info.value.wire_field) == ("output_image.dtype", None)
     with pytest.raises(ValidationError) as info:
         prepare_event(Event.custom(), jpeg_bytes, input_image=b"not an image")
     assert info.value.field == "input_image"
