@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import ipaddress
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
@@ -21,6 +23,7 @@ from fastsend.events import ValidationError
 
 __all__ = [
     "EVENTS_PATH",
+    "INGESTION_API_KEY_ENV",
     "KNOWN_ENV_VARS",
     "OVERFLOW_POLICIES",
     "SETTING_ENV_VARS",
@@ -109,7 +112,7 @@ def _url(raw: Any) -> str:
     try:
         return check_base_url(raw)
     except ValueError as exc:
-        raise _RejectedBecause(f"must be {_url.accepted}: it {exc}") from None  # type: ignore[attr-defined]
+        raise _RejectedBecause(str(exc)) from None
 
 
 _url.accepted = (  # type: ignore[attr-defined]
@@ -153,6 +156,9 @@ _quality.accepted = "an integer from 1 to 100"  # type: ignore[attr-defined]
 
 def _knob(env: str, parse: Callable[[Any], Any], default: Any, doc: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc, "secret": secret})
+
+
+_MASK = "***"
 
 
 class _Hidden:
@@ -252,9 +258,11 @@ class Settings:
     def resolve(cls, environ: Mapping[str, str] | None = None, **arguments: Any) -> Settings:
         """Settings from ``arguments`` (None means unset), then the environment, then defaults."""
         environ = os.environ if environ is None else environ
-        unknown = set(arguments) - {f.name for f in fields(cls)}
+        unknown = sorted(set(arguments) - _FIELDS.keys())
         if unknown:
-            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            close = difflib.get_close_matches(unknown[0], list(_FIELDS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; the settings are {', '.join(_FIELDS)}"
+            raise TypeError(f"unknown setting {unknown[0]!r}{hint}")
         values: dict[str, Any] = {}
         unset: set[str] = set()
         for spec in fields(cls):
@@ -267,6 +275,14 @@ class Settings:
         if settings.overflow == "spill" and settings.spool_dir is None:
             raise ValidationError("overflow", "spill", "needs a spool: set spool_dir or FASTSEND_SPOOL_DIR")
         return settings
+
+    def __repr__(self) -> str:
+        """Every setting, a secret one shown as ``'***'`` when set: a logged or printed Settings never leaks it."""
+        shown = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            shown.append(f"{spec.name}={_MASK if spec.metadata['secret'] and value else value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def one(cls, name: str, argument: Any = None, environ: Mapping[str, str] | None = None) -> Any:
@@ -321,7 +337,9 @@ def _process_wide_choice(env: str, choices: tuple[str, ...], environ: Mapping[st
 _FIELDS: dict[str, Field[Any]] = {spec.name: spec for spec in fields(Settings)}
 SETTING_ENV_VARS: dict[str, str] = {spec.name: spec.metadata["env"] for spec in fields(Settings)}
 # Every FASTSEND_* variable fastsend reads: the writer's settings, the JPEG backend and the reference service's.
-KNOWN_ENV_VARS = frozenset({*SETTING_ENV_VARS.values(), JPEG_BACKEND_ENV, JPEG_REUSE_ENV, "FASTSEND_SERVE_API_KEY"})
+INGESTION_API_KEY_ENV = SETTING_ENV_VARS["api_key"]
+_SERVE_API_KEY_ENV = "FASTSEND_SERVE_API_KEY"
+KNOWN_ENV_VARS = frozenset({*SETTING_ENV_VARS.values(), JPEG_BACKEND_ENV, JPEG_REUSE_ENV, _SERVE_API_KEY_ENV})
 _ENV_PREFIX = "FASTSEND_"
 _warned_unknown: set[str] = set()
 
@@ -337,11 +355,18 @@ def warn_unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     fresh = [name for name in unknown if name not in _warned_unknown]
     for name in fresh:
         _warned_unknown.add(name)
-        close = difflib.get_close_matches(name, sorted(KNOWN_ENV_VARS), n=3, cutoff=0.6)
-        known = ", ".join(sorted(KNOWN_ENV_VARS))
-        hint = f"; did you mean {' or '.join(close)}?" if close else f"; fastsend reads {known}"
-        logger.warning("environment variable %s is not a fastsend setting and is ignored%s", name, hint)
+        logger.warning("environment variable %s is not a fastsend setting and is ignored%s", name, _env_hint(name))
     return fresh
+
+
+def _env_hint(name: str) -> str:
+    if name.endswith("API_KEY") or name.endswith("APIKEY"):  # the writer's key has no FASTSEND_ name
+        writer, service = INGESTION_API_KEY_ENV, _SERVE_API_KEY_ENV
+        return f"; did you mean {writer} (the writer's key) or {service} (the reference service's)?"
+    close = difflib.get_close_matches(name, sorted(KNOWN_ENV_VARS), n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {' or '.join(close)}?"
+    return f"; fastsend reads {', '.join(sorted(KNOWN_ENV_VARS))}"
 
 
 # Base URLs of the service: what is accepted, and the one normal form requests go to.
@@ -364,13 +389,14 @@ def _normalized(text: str) -> str:
         url = URL(text)
         port = url.port
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
+        raise ValueError(f"must be a valid URL ({exc})") from None
     if url.scheme not in ("http", "https"):
-        raise ValueError("must start with http:// or https://")
-    if not url.host:
-        raise ValueError("has no host")
+        raise ValueError("must start with http:// or https:// (a base URL such as http://localhost:8001)")
+    if not url.raw_host:
+        raise ValueError("must name a host (http://HOST:PORT)")
+    _check_host(url.raw_host)
     if port is not None and not 0 < port < 65536:
-        raise ValueError("has a port outside 1-65535")
+        raise ValueError("must have a port from 1 to 65535")
     if url.user is not None or url.password is not None:
         raise ValueError("must not carry credentials (user:password@); use api_key for the service's key")
     if url.raw_query_string or "?" in text:
@@ -378,6 +404,21 @@ def _normalized(text: str) -> str:
     if url.raw_fragment or "#" in text:
         raise ValueError("must not have a fragment (#...)")
     return str(url).rstrip("/")
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_host(host: str) -> None:
+    """A host name (IDNA-encoded already), an IPv4 or an IPv6 address: a space or a stray character is
+    refused here rather than sent to DNS, attempt after attempt."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"must name a valid host ({host!r} is not an IPv6 address)") from None
+    elif not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"must name a valid host ({host!r} has characters a host name cannot have)")
 
 
 def events_url_of(base_url: str) -> str:

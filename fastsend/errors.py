@@ -33,9 +33,11 @@ class ValidationError(FastsendError, ValueError):
         shown_field = field if self.wire_field is None else f"{field} ({self.wire_field})"
         super().__init__(f"{shown_field}: {_show(value)} {rule}")
 
-    def renamed(self, field: str) -> ValidationError:
-        """The same error under the name the caller used; the wire name is kept."""
-        return ValidationError(field, self.value, self.rule, wire_field=self.wire_field or self.field)
+    def renamed(self, field: str, *, keep_name: bool = True) -> ValidationError:
+        """The same error under the name the caller used; the name it had is kept as the wire name,
+        unless ``keep_name`` is False (it was only another spelling of the caller's, not the wire's)."""
+        wire = (self.wire_field or self.field) if keep_name else self.wire_field
+        return ValidationError(field, self.value, self.rule, wire_field=wire)
 
 
 def _show(value: Any) -> str:

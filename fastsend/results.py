@@ -8,7 +8,11 @@ from typing import Any
 
 from fastsend.errors import QueueFullError
 
-__all__ = ["Cause", "Outcome", "QueueFullError", "Result", "Settlement"]
+__all__ = ["OUTCOME_LOG", "Cause", "Outcome", "QueueFullError", "Result", "Settlement"]
+
+#: ``extra=`` of a log record that repeats what events' Results say (why they were not delivered): a
+#: program that reports every Result itself, as the command line does, can leave those records out.
+OUTCOME_LOG = {"fastsend_outcome": True}
 
 
 class Settlement(Enum):

@@ -3,20 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import platform
+import socket
+import sqlite3
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
 from fastsend import __version__
 from fastsend.cli.demo import run_demo
-from fastsend.events import SCHEMA_KEYWORDS, Event, ValidationError
+from fastsend.cli.parsing import (
+    Parser,
+    UsageError,
+    base_url,
+    bounded_int,
+    nonnegative_number,
+    parse,
+    positive_seconds,
+)
+from fastsend.config import INGESTION_API_KEY_ENV, warn_unknown_env
+from fastsend.errors import FastsendError
+from fastsend.events import (
+    EVENT_SCHEMAS,
+    SCHEMA_KEYWORDS,
+    SOLUTION_MAX_CHARS,
+    TEXT_MAX_CHARS,
+    UINT64_MAX,
+    Event,
+    ValidationError,
+)
 from fastsend.imaging.jpeg import jpeg_backend
+from fastsend.send.transport import KEY_HINT
 from fastsend.send.writer import EventWriter
 from fastsend.server import ReferenceService, run
 from fastsend.server.options import add_service_arguments, config_from_arguments
@@ -24,25 +48,56 @@ from fastsend.server.options import add_service_arguments, config_from_arguments
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
+class CommandFailed(FastsendError):
+    """A command could not do its work for a reason outside its options' values (exit status 1)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``fastsend`` with ``argv``: 0 done, 1 failed, 2 refused its usage. Each failure is one line on
+    stderr naming the option and the cause; ``-v`` (anywhere) adds the traceback and INFO logs."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse(parser, argv)
+    except UsageError as refused:
+        print(f"error: {refused} ({refused.parser.prog} --help lists the options)", file=sys.stderr)
+        return EXIT_INVALID
     if args.command is None:  # `fastsend` alone: what it can do, rather than an error
         parser.print_help()
         return EXIT_OK
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        # send and demo print what became of each event; the library's warnings would say it a second time.
-        logging.getLogger("fastsend").setLevel(logging.ERROR)
-        logging.getLogger("fastsend.server").setLevel(logging.WARNING)
+    _show_logs(verbose=args.verbose)
+    warn_unknown_env()  # serve too: a misspelt FASTSEND_SERVE_API_KEY would leave the service open
     try:
         return cast(int, args.command(args))
-    except ValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - every failure is one line; -v shows where it came from
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INVALID if isinstance(exc, ValidationError) else EXIT_FAILED
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, FastsendError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _NotReportedByResults(logging.Filter):
+    """Leaves out the library's lines about events not delivered: the command prints each event's fate."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "fastsend_outcome", False)
+
+
+def _show_logs(*, verbose: bool) -> None:
+    """WARNING and above on stderr (a misspelt FASTSEND_ variable, a service gone); INFO too with -v."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_NotReportedByResults())
 
 
 _METADATA_HELP = (
@@ -59,10 +114,10 @@ def _flag(keyword: str) -> str:
 _SCHEMA_OPTIONS = dict.fromkeys(keyword for keywords in SCHEMA_KEYWORDS.values() for keyword in keywords)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> Parser:
     description = "Send vision events to an Event Ingestion Service (v2)."
-    parser = argparse.ArgumentParser(prog="fastsend", description=description)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser = Parser(prog="fastsend", description=description)
+    _add_verbose(parser, False)
     version = f"fastsend {__version__} (Python {platform.python_version()})"
     parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(metavar="{serve,send,demo}")
@@ -71,33 +126,86 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the reference Event Ingestion Service")
     add_service_arguments(serve)
     serve.set_defaults(command=_serve)
+    _add_send_parser(commands.add_parser("send", help="send one event and print its event_id"))
+    demo = commands.add_parser("demo", help="stream a synthetic video as events (to an embedded service by default)")
+    _add_demo_arguments(demo)
+    for command in commands.choices.values():
+        _add_verbose(command, argparse.SUPPRESS)  # -v after the command too; SUPPRESS keeps one given before
+        command.set_defaults(parser=command)
+    return parser
 
-    send = commands.add_parser("send", help="send one event and print its event_id")
-    send.add_argument("--url", help="service base URL (default: FASTSEND_URL or http://localhost:8001)")
+
+def _add_verbose(parser: argparse.ArgumentParser, default: Any) -> None:
+    if "-v" not in cast(Parser, parser).option_strings():
+        help_text = "log at INFO level and show the traceback of a failure"
+        parser.add_argument("-v", "--verbose", action="store_true", default=default, help=help_text)
+
+
+def _add_send_parser(send: argparse.ArgumentParser) -> None:
+    send.add_argument("--url", type=base_url, help="service base URL (default: FASTSEND_URL or http://localhost:8001)")
+    send.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        type=Path,
+        help=f"read the service's API key from this file (surrounding whitespace dropped); without it the key is"
+        f" taken from the {INGESTION_API_KEY_ENV} environment variable. Never on the command line: other users"
+        " of the machine can read it (ps)",
+    )
     send.add_argument("--image", required=True, type=Path, help="output image file (JPEG or PNG), sent as is")
-    send.add_argument("--input-image", type=Path, help="original frame file (JPEG or PNG)")
-    send.add_argument("--label")
-    send.add_argument("--schema", required=True, choices=list(SCHEMA_KEYWORDS))
+    send.add_argument("--input-image", type=Path, help="original frame file (JPEG or PNG), sent as is")
+    send.add_argument("--label", help=f"the output image's label: text, at most {TEXT_MAX_CHARS} characters")
+    send.add_argument("--schema", required=True, choices=list(SCHEMA_KEYWORDS), help="the event's schema")
     for keyword in _SCHEMA_OPTIONS:
-        schemas = ", ".join(schema for schema, keywords in SCHEMA_KEYWORDS.items() if keyword in keywords)
-        send.add_argument(_flag(keyword), type=int if keyword == "item_count" else str, help=f"for --schema {schemas}")
-    send.add_argument("--solution")
+        schemas = [schema for schema, keywords in SCHEMA_KEYWORDS.items() if keyword in keywords]
+        rule = EVENT_SCHEMAS[schemas[0]][SCHEMA_KEYWORDS[schemas[0]][keyword]]
+        choices = getattr(rule, "choices", None)
+        send.add_argument(
+            _flag(keyword),
+            type=int if keyword == "item_count" else str,
+            choices=choices,
+            help=f"{_accepted(rule)} (for --schema {', '.join(schemas)})",
+        )
+    send.add_argument("--solution", help=f"the use case's id: text, at most {SOLUTION_MAX_CHARS} characters")
     send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE|KEY:=JSON", help=_METADATA_HELP)
-    send.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt")
-    send.add_argument("--deadline", type=float, default=30.0, help="seconds in all, retries included")
+    send.add_argument("--timeout", type=positive_seconds, default=5.0, help="seconds per attempt, above 0 (default 5)")
+    send.add_argument(
+        "--deadline", type=positive_seconds, default=30.0, help="seconds in all, retries included, above 0 (default 30)"
+    )
     send.set_defaults(command=_send)
 
-    demo = commands.add_parser("demo", help="stream a synthetic video as events (to an embedded service by default)")
-    demo.add_argument("--url", help="send to this service instead of an embedded one")
-    demo.add_argument("--frames", type=int, default=300)
-    demo.add_argument("--width", type=int, default=1280)
-    demo.add_argument("--height", type=int, default=720)
-    demo.add_argument("--fps", type=float, default=0.0, help="frames per second (0: as fast as possible)")
+
+def _accepted(rule: Any) -> str:
+    """What a schema field accepts, in words, from its rule in ``EVENT_SCHEMAS``."""
+    choices = getattr(rule, "choices", None)
+    if choices is not None:
+        return "one of " + ", ".join(choices)
+    max_chars = getattr(rule, "max_chars", None)
+    if max_chars is None:
+        return f"an integer from 0 to {UINT64_MAX}"
+    pattern = getattr(rule, "pattern", None)
+    return f"text, at most {max_chars} characters" + (f", matching {pattern}" if pattern else "")
+
+
+def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument("--url", type=base_url, help="send to this service instead of an embedded one")
     demo.add_argument(
-        "--keep", action="store_true", help="keep the embedded service running to browse the events (Ctrl-C stops)"
+        "--frames", type=bounded_int(1, 1_000_000), default=300, help="events to send, 1 to 1000000 (default 300)"
+    )
+    demo.add_argument(
+        "--width", type=bounded_int(32, 8192), default=1280, help="frame width in pixels, 32 to 8192 (default 1280)"
+    )
+    demo.add_argument(
+        "--height", type=bounded_int(32, 8192), default=720, help="frame height in pixels, 32 to 8192 (default 720)"
+    )
+    demo.add_argument(
+        "--fps", type=nonnegative_number, default=0.0, help="frames per second, ≥ 0 (default 0: as fast as possible)"
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="then keep the embedded service running to browse the events in its viewer, until Ctrl-C",
     )
     demo.set_defaults(command=_demo)
-    return parser
 
 
 # ---------------------------------------------------------------- serve
@@ -111,8 +219,25 @@ def _serve(args: argparse.Namespace) -> int:
     def announce(url: str) -> None:
         print(f"fastsend reference service on {url} (data in {config.data_dir}); {key}; Ctrl-C stops", flush=True)
 
-    run(config, on_started=announce)
+    try:
+        run(config, on_started=announce)
+    except (OSError, sqlite3.Error) as exc:
+        raise _serve_failure(args, exc) from exc
     return EXIT_OK
+
+
+def _serve_failure(args: argparse.Namespace, exc: OSError | sqlite3.Error) -> CommandFailed:
+    """Why the service could not start, named by the option to change."""
+    if isinstance(exc, sqlite3.Error) or exc.filename is not None:  # the store's files and directories
+        return CommandFailed(f"--data-dir: {args.data_dir!r} cannot hold the service's data ({_one_line(exc)})")
+    where = f"{args.port} on {args.host}"
+    if exc.errno == errno.EADDRINUSE:
+        return CommandFailed(f"--port: {where} is in use by another process; choose another port, or 0 for a free one")
+    if exc.errno == errno.EACCES:
+        return CommandFailed(f"--port: {where} is not open to this user (ports below 1024 need privileges)")
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return CommandFailed(f"--host: {args.host!r} is not an address of this machine ({exc.strerror or exc})")
+    return CommandFailed(f"the service could not start on {where}: {_one_line(exc)}")
 
 
 # ---------------------------------------------------------------- send
@@ -165,20 +290,45 @@ def _read(path: Path | None, flag: str) -> bytes | None:
         raise ValidationError(flag, str(path), f"must be a readable file ({exc.strerror})") from None
 
 
-_SEND_OPTIONS = {"output_image": "--image", "input_image": "--input-image", "label": "--label"}
+def _api_key(path: Path | None) -> str | None:
+    """The key in ``--api-key-file``; None without it (the writer then reads EVENT_INGESTION_API_KEY)."""
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValidationError("--api-key-file", str(path), f"must be a readable UTF-8 file ({reason})") from None
+    if not key:
+        raise ValidationError("--api-key-file", str(path), "must hold the key (the file is empty)")
+    return key
+
+
+# The keywords of EventWriter and send() that come from an option: their errors name the option typed.
+_OPTIONS_OF_KEYWORDS = {
+    "url": "--url",
+    "api_key": "--api-key-file",
+    "request_timeout": "--timeout",
+    "deadline": "--deadline",
+    "image": "--image",
+    "input_image": "--input-image",
+    "label": "--label",
+}
+_CLI_KEY_HINT = f"give the service's key with --api-key-file PATH or the {INGESTION_API_KEY_ENV} environment variable"
 
 
 def _send(args: argparse.Namespace) -> int:
     event = _cli_event(args)
     image, input_image = _read(args.image, "--image"), _read(args.input_image, "--input-image")
-    with EventWriter(args.url, request_timeout=args.timeout, deadline=args.deadline) as writer:
-        try:
+    settings = {"api_key": _api_key(args.api_key_file), "request_timeout": args.timeout, "deadline": args.deadline}
+    try:
+        with EventWriter(args.url, **settings) as writer:
             result = writer.send(event, image, input_image=input_image, label=args.label)
-        except ValidationError as error:  # named by the option typed, not the keyword of send()
-            option = _SEND_OPTIONS.get(error.field)
-            raise error if option is None else error.renamed(option) from None
+    except ValidationError as error:  # named by the option typed, not the library's keyword
+        option = _OPTIONS_OF_KEYWORDS.get(error.field)
+        raise error if option is None else error.renamed(option, keep_name=False) from None
     if result.error_status:
-        print(f"error: {result.message}", file=sys.stderr)
+        print(f"error: {result.message.replace(KEY_HINT, _CLI_KEY_HINT)}", file=sys.stderr)
         return EXIT_FAILED
     print(result.event_id)
     return EXIT_OK
@@ -192,19 +342,20 @@ def _demo(args: argparse.Namespace) -> int:
         if args.keep:
             raise ValidationError("--keep", True, "keeps the embedded service; it cannot be used with --url")
         code = _run_demo(args, args.url, verify=None)
-        print(f"viewer        {args.url.rstrip('/')}/")
+        print(f"viewer        {args.url}/")  # that service outlives the demo
         return code
     with tempfile.TemporaryDirectory(prefix="fastsend-demo-") as data_dir, ReferenceService(data_dir) as service:
         print(f"embedded reference service on {service.url} (data in {data_dir})")
         code = _run_demo(args, service.url, verify=service.get_event)
-        print(f"viewer        {service.url}/")
-        if args.keep:
-            print("keeping the service running to browse the events; Ctrl-C stops it", flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                print()
+        if not args.keep:  # its viewer dies with it: no link to a page that is gone
+            print("the embedded service stops now, with its data; run with --keep to browse the events in its viewer")
+            return code
+        print(f"viewer        {service.url}/   serving until Ctrl-C", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print()
         return code
 
 

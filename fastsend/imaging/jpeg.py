@@ -454,8 +454,31 @@ def release_frame(source: ImageSource | None) -> None:
         _frame_pool.release(source.array)
 
 
+# Signatures of image formats that are not sent as they are: named in the refusal rather than shown as bytes.
+_OTHER_FORMATS = (
+    (b"BM", "BMP"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+)
+
+
+def _other_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp":
+        return "HEIF/AVIF" if data[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"msf1") else None
+    return next((name for magic, name in _OTHER_FORMATS if data.startswith(magic)), None)
+
+
 def _prepare_bytes(data: bytes, field: str) -> EncodedImage:
     if not (data.startswith(_JPEG_MAGIC) or data.startswith(_PNG_MAGIC)):
+        other = _other_format(data)
+        if other is not None:
+            rule = f"is a {other} image, which is not sent as is: must be a JPEG or PNG file (or decoded pixels)"
+            raise ValidationError(field, f"{len(data)} bytes", rule)
         raise ValidationError(field, data[:16], "bytes must be a JPEG or PNG file")
     check_image_file(data, field, data[:16])
     return EncodedImage(pybase64.b64encode(data))

@@ -132,9 +132,11 @@ def prepare_block_event(
             jpeg=jpeg,
         )
     except ValidationError as error:
-        if error.field != "label":
-            raise
-        raise error.renamed("image_label") from None
+        if error.field == "label":
+            raise error.renamed("image_label") from None
+        if error.field == "image" or error.field.startswith("image."):  # prepare_event's name for output_image
+            raise error.renamed("output_" + error.field, keep_name=False) from None
+        raise
     return BlockEvent(events_url(event_ingestion_url), prepared)
 
 

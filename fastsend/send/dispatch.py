@@ -34,6 +34,7 @@ from fastsend.send.job import Job
 from fastsend.send.ledger import Ledger, Ticket
 from fastsend.send.loop import LoopThread
 from fastsend.send.prepare import PreparedEvent
+from fastsend.send.reachability import Reachability
 from fastsend.send.retry import RetryPolicy
 from fastsend.send.transport import AiohttpTransport, Transport
 
@@ -103,11 +104,17 @@ class Dispatcher:
             finished=self._delivered,
             withdrawn=self.admission.release,
         )
+        self.reachability = Reachability(settings.url, self.ledger.settled_counts, spooling=self._outbox is not None)
         self.drainer: Drainer | None = None
         self._drain_task: asyncio.Task[None] | None = None
         if self._outbox is not None:
             self.drainer = Drainer(
-                self._outbox, lambda: self.delivery.transport, self.policy, settings.request_timeout, self.ledger
+                self._outbox,
+                lambda: self.delivery.transport,
+                self.policy,
+                settings.request_timeout,
+                self.ledger,
+                watch=self.reachability.observe,
             )
 
     def _ensure_started(self) -> None:
@@ -210,6 +217,7 @@ class Dispatcher:
 
     async def _delivered(self, job: Job, outcome: Outcome) -> None:
         try:
+            self.reachability.observe(outcome)
             if outcome.delivered:
                 self.ledger.settle(job.ticket, Result.of(outcome), outcome)
                 if self.drainer is not None:

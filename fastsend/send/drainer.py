@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fastsend.results import Cause, Outcome, Result, Settlement
+from fastsend.results import OUTCOME_LOG, Cause, Outcome, Result, Settlement
 from fastsend.send.job import Job
 from fastsend.send.ledger import Ledger
 from fastsend.send.retry import RetryPolicy
@@ -85,7 +85,7 @@ def settle_undelivered(
     elif outcome.cause is not None and outcome.cause.settlement is Settlement.DROPPED:
         ledger.warn_rate_limited(outcome.key, 1, outcome.message)
     else:
-        logger.warning("event not delivered: %s", outcome.message)
+        logger.warning("event not delivered: %s", outcome.message, extra=OUTCOME_LOG)
     ledger.settle(job.ticket, Result.of(outcome), outcome)
 
 
@@ -108,8 +108,10 @@ class Drainer:
         policy: RetryPolicy,
         request_timeout: float,
         ledger: Ledger,
+        watch: Callable[[Outcome], None] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._watch = watch  # told every attempt's outcome (the writer's Reachability)
         self._transport = transport
         self._policy = policy
         self._request_timeout = request_timeout
@@ -176,6 +178,8 @@ class Drainer:
         if request is None or transport is None:
             return
         outcome = await transport.post(request, self._request_timeout)
+        if self._watch is not None:
+            self._watch(outcome)
         self._unreachable = outcome.status is None and outcome.cause in (Cause.CONNECTION, Cause.TIMEOUT)
         if outcome.delivered:
             await off_loop(self._outbox.remove, entry, self._ledger.count_drained)

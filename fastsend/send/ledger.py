@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from itertools import accumulate
 from typing import Any, TypedDict
 
-from fastsend.results import Cause, Outcome, Result, Settlement
+from fastsend.results import OUTCOME_LOG, Cause, Outcome, Result, Settlement
 
 __all__ = ["ENCODE_BOUNDS", "LATENCY_BOUNDS", "Histogram", "Ledger", "Ticket"]
 
@@ -199,14 +199,24 @@ class Ledger:
             if now - self._reported_at < _WARN_INTERVAL_SECONDS:
                 return
             unreported, self._unreported, self._reported_at = self._unreported, Counter(), now
-        logger.warning("events not delivered since the last report: %s (latest: %s)", _summary(unreported), message)
+        logger.warning(
+            "events not delivered since the last report: %s (latest: %s)",
+            _summary(unreported),
+            message,
+            extra=OUTCOME_LOG,
+        )
 
     def flush_warnings(self) -> None:
         """Log what the rate limit still holds back (at close)."""
         with self._lock:
             unreported, self._unreported = self._unreported, Counter()
         if unreported:
-            logger.warning("events not delivered since the last report: %s", _summary(unreported))
+            logger.warning("events not delivered since the last report: %s", _summary(unreported), extra=OUTCOME_LOG)
+
+    def settled_counts(self) -> dict[str, int]:
+        """How many events were sent, spooled, failed and dropped so far (cheaper than ``snapshot``)."""
+        with self._lock:
+            return {settlement.value: self._counts[settlement] for settlement in Settlement}
 
     @property
     def pending(self) -> int:

@@ -132,7 +132,7 @@ def prepare_event(
     two_frames = input_image is not None and input_image is not image
     if jpeg is not None and two_frames and reuse_possible(jpeg):
         jpeg = None  # segment reuse compares and encodes the frames' pixels
-    output = prepare_image(image, field="output_image", color=color, copy=copy, jpeg=jpeg)
+    output = prepare_image(image, field="image", color=color, copy=copy, jpeg=jpeg)
     if input_image is None:
         source = None
     elif input_image is image:

@@ -31,12 +31,13 @@ from fastsend.results import Cause, Outcome
 from fastsend.send.retry import AT_CAPACITY_STATUS, parse_retry_after
 from fastsend.send.wire import Endpoint, Request
 
-__all__ = ["AiohttpTransport", "ChunksPayload", "Transport", "TransportOptions"]
+__all__ = ["KEY_HINT", "AiohttpTransport", "ChunksPayload", "Transport", "TransportOptions"]
 
 _DETAIL_CHARS = 300
 # A 201's body is a small JSON object; an answer past this is not read whole (nor trusted).
 _MAX_ANSWER_BYTES = 1024 * 1024
-_KEY_HINT = "set EVENT_INGESTION_API_KEY or pass api_key= to the writer"
+#: How a 401/403 message tells a library user to give the key; the command line says it in its own words.
+KEY_HINT = "set EVENT_INGESTION_API_KEY or pass api_key= to the writer"
 
 
 class Transport(Protocol):
@@ -218,9 +219,9 @@ def classify(url: str, status: int, body: bytes, headers: Mapping[str, str]) -> 
     if status == AT_CAPACITY_STATUS:
         message = f"service at capacity (529, backpressure): {detail}"
     elif status == 401:
-        message = f"HTTP 401: {detail} ({_KEY_HINT})"
+        message = f"HTTP 401: {detail} ({KEY_HINT})"
     elif status == 403:
-        message = f"HTTP 403: {detail} (the API key was refused; {_KEY_HINT})"
+        message = f"HTTP 403: {detail} (the API key was refused; {KEY_HINT})"
     elif status == 407:
         message = (
             f"HTTP 407 from the proxy: {detail} (give the proxy's credentials in HTTP_PROXY / HTTPS_PROXY, "
@@ -266,7 +267,17 @@ def _bounded(text: str) -> str:
     return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
 
 
+# What OpenSSL says when the other end answers a TLS handshake in plain text (an http:// service).
+_PLAIN_TEXT_PEER = ("wrong_version_number", "wrong version number", "record layer failure", "packet length too long")
+
+
 def _tls_message(url: str, error: BaseException) -> str:
+    if any(sign in str(error).lower() for sign in _PLAIN_TEXT_PEER):
+        plain = URL(url).with_scheme("http").origin()
+        return (
+            f"TLS handshake failed for {url}: the port does not speak TLS ({_one_line(str(error))}); "
+            f"is the service plain HTTP? then use {plain}"
+        )
     return (
         f"TLS certificate verification failed for {url}: {error}; pass ca_file= (FASTSEND_CA_FILE) with the "
         "service's CA bundle, or tls_verify=False (FASTSEND_TLS_VERIFY=0) only for testing"

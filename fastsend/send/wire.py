@@ -13,7 +13,7 @@ live or from the spool, so the spool never holds either.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -148,8 +148,8 @@ class Post:
     """A request addressed: the URL, every header, and the body chunks."""
 
     url: str
-    headers: Mapping[str, str]
-    chunks: Sequence[bytes]
+    headers: Mapping[str, str] = field(repr=False)  # X-API-Key among them: kept out of logs and errors
+    chunks: Sequence[bytes] = field(repr=False)
     size: int
 
     def body(self) -> bytes:
@@ -161,7 +161,7 @@ class Endpoint:
     """Where requests go and with which key: the writer's, applied when each request is sent."""
 
     url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a logged Endpoint never shows the key
 
     def headers(self, idempotency_key: str) -> dict[str, str]:
         return request_headers(idempotency_key, self.api_key)

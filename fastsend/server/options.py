@@ -54,7 +54,10 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_place_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"port, 0 to 65535 (default {DEFAULT_PORT}; 0 picks a free one)",
     )
     parser.add_argument(
         "--data-dir",
@@ -161,6 +164,16 @@ def _add_fault_arguments(faults: argparse._ArgumentGroup) -> None:
     faults.add_argument("--error-detail", default="injected fault", help="detail of injected errors")
     faults.add_argument("--drop-rate", type=float, default=0.0, help="share of connections dropped mid-request")
     faults.add_argument("--seed", type=int, help="seed for the fault draws")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a port number from 0 to 65535")
+    return port
 
 
 def config_from_arguments(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServiceConfig:

@@ -130,9 +130,7 @@ def test_send_names_the_image_and_label_options_typed(service, jpeg_file: Path, 
     not_an_image.write_bytes(b"plain text")
     done = fastsend_cli("send", "--url", service.url, "--image", str(not_an_image), "--schema", "custom")
     assert done.returncode == 2
-    assert done.stderr.startswith("error: --image (output_image): b'plain text' bytes must be a JPEG or PNG"), (
-        done.stderr
-    )
+    assert done.stderr.startswith("error: --image: b'plain text' bytes must be a JPEG or PNG"), done.stderr
     done = fastsend_cli(
         "send", "--url", service.url, "--image", str(jpeg_file), "--schema", "custom", "--label", "x" * 1001
     )

@@ -686,7 +686,8 @@ def test_a_missing_image_file_is_refused_by_submit_on_the_callers_thread(tmp_pat
     with EventWriter("http://127.0.0.1:9", retries=0) as writer:
         with pytest.raises(ValidationError) as info:
             writer.submit(Event.custom(value="v"), Path(missing), input_image=str(missing))
-        assert (info.value.field, info.value.value) == ("output_image", str(missing))
+        # named by submit()'s own keyword, image, as typed
+        assert (info.value.field, info.value.value) == ("image", str(missing))
         assert writer.stats()["submitted"] == 0
 
 

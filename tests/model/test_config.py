@@ -185,7 +185,7 @@ def test_bad_environment_values_name_the_variable(name, raw):
         Settings.resolve(environ={env: raw})
     assert info.value.field == env
     assert info.value.value == raw
-    assert str(info.value).startswith(f"{env}: {raw!r} must be ")
+    assert str(info.value).startswith(f"{env}: {raw!r} must ")
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_bad_arguments_name_the_argument(name, raw):
     with pytest.raises(ValidationError) as info:
         Settings.resolve(environ={}, **{name: raw})
     assert info.value.field == name
-    assert str(info.value).startswith(f"{name}: {raw!r} must be ")
+    assert str(info.value).startswith(f"{name}: {raw!r} must ")
 
 
 def test_a_bad_variable_is_ignored_when_the_argument_wins():
@@ -248,3 +248,31 @@ def test_unknown_fastsend_variables_are_warned_about_once_naming_the_closest(cap
     assert any("FASTSEND_QUEUE_SIZ" in line and "did you mean FASTSEND_QUEUE_SIZE" in line for line in lines)
     assert any("FASTSEND_TIMEOUT" in line and "FASTSEND_REQUEST_TIMEOUT" in line for line in lines)
     assert len(lines) == 2
+
+
+def test_a_mistyped_writer_keyword_names_the_closest_setting(make_writer):
+    with pytest.raises(TypeError, match=r"unknown setting 'queue_siz'; did you mean 'queue_size'\?"):
+        make_writer("http://127.0.0.1:9", queue_siz=3)
+
+
+def test_the_api_key_never_shows_in_the_settings_repr(make_writer):
+    settings = Settings.resolve(environ={}, api_key="s3cret-key")
+    for shown in (
+        repr(settings),
+        str(settings),
+        f"{settings}",
+        repr(make_writer("http://127.0.0.1:9", api_key="s3cret-key").settings),
+    ):
+        assert "s3cret" not in shown
+        assert "api_key='***'" in shown and "queue_size=64" in shown
+    assert "api_key=None" in repr(Settings.resolve(environ={}))  # unset stays visibly unset
+
+
+def test_a_fastsend_api_key_variable_points_to_the_writers_variable(caplog, monkeypatch):
+    from fastsend import config
+
+    monkeypatch.setattr(config, "_warned_unknown", set())
+    with caplog.at_level("WARNING", logger="fastsend"):
+        config.warn_unknown_env({"FASTSEND_API_KEY": "k"})
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "did you mean EVENT_INGESTION_API_KEY (the writer's key)" in line

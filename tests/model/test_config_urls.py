@@ -26,6 +26,9 @@ def test_the_normal_form_is_the_same_on_every_call(raw, normal):
         ("http://ingest:8001/?x=1", "query"),
         ("http://ingest:99999", "[Pp]ort"),
         ("http://", "host"),
+        ("http://local host:8001", "must name a valid host"),  # refused here, not looked up in DNS
+        ("http://ingest%20:8001", "must name a valid host"),
+        ("http://[::g]:8001", "IPv6|valid URL"),
     ],
 )
 def test_a_refused_url_is_refused_on_every_call(raw, reason):

@@ -311,7 +311,10 @@ def test_through_the_block_a_bad_label_is_named_image_label(jpeg_bytes):
 def test_bad_images_are_named(jpeg_bytes):
     with pytest.raises(ValidationError) as info:
         prepare_event(Event.custom(), np.zeros((4, 4), np.float32))
-    assert info.value.field.startswith("output_image")
+    assert info.value.field.startswith("image")  # prepare_event's own keyword
+    with pytest.raises(ValidationError) as info:  # the block's keyword is output_image: its errors say so
+        prepare_block_event(event_schema="custom", output_image=np.zeros((4, 4), np.float32))
+    assert (info.value.field, info.value.wire_field) == ("output_image.dtype", None)
     with pytest.raises(ValidationError) as info:
         prepare_event(Event.custom(), jpeg_bytes, input_image=b"not an image")
     assert info.value.field == "input_image"
@@ -436,3 +439,12 @@ def test_idempotency_keys_the_contract_allows(key):
 def test_idempotency_keys_the_contract_refuses(key, rule):
     with pytest.raises(ValueError, match=rule):
         check_idempotency_key(key)
+
+
+def test_the_api_key_never_shows_in_a_logged_endpoint_or_post():
+    from fastsend.send.wire import Endpoint, Request
+
+    endpoint = Endpoint("http://ingest:8001/v2/events", "s3cret-key")
+    post = endpoint.address(Request.of("k", [b"{}"]))
+    assert post.headers["X-API-Key"] == "s3cret-key"  # sent, but not shown
+    assert "s3cret" not in repr(endpoint) and "s3cret" not in repr(post)

@@ -638,7 +638,7 @@ def test_demo_prints_the_viewer_url_and_keeps_serving_until_interrupted() -> Non
         while viewer is None and time.monotonic() < deadline:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             if line.startswith("viewer"):
-                viewer = line.split()[-1]
+                viewer = line.split()[1]
         assert viewer is not None and viewer.startswith("http://127.0.0.1:") and viewer.endswith("/")
         assert "fastsend" in requests.get(viewer, timeout=10).text
         assert _events(viewer.rstrip("/"))["total"] == 6  # still serving after the demo ended
