@@ -427,8 +427,8 @@ def test_load_blocks_gives_the_same_classes_every_time():
     import fastsend.workflows
 
     assert fastsend.integrations.workflows.load_blocks() == fastsend.integrations.workflows.load_blocks()
-    (block,) = fastsend.integrations.workflows.load_blocks()
-    assert block.get_manifest().model_json_schema()["properties"]["type"]["const"] == FASTSEND
+    types = [b.get_manifest().model_json_schema()["properties"]["type"]["const"] for b in fastsend.workflows.load_blocks()]
+    assert types == [FASTSEND, "fastsend/vision_events@v1", "fastsend/vision_event_bundle@v1"]
 
 
 EXIT_SCRIPT = """
