@@ -199,3 +199,104 @@ def test_the_manifest_is_roboflows_field_for_field():
     describe = lambda manifest: [(o.name, [k.name for k in o.kind]) for o in manifest.describe_outputs()]  # noqa: E731
     assert describe(ours) == describe(theirs)
     assert ours.get_execution_engine_compatibility() == theirs.get_execution_engine_compatibility()
+
+
+# ---------------------------------------------------------------- cloud
+
+
+def cloud_script(fail: dict[int, int] | None = None):
+    """Uploads answer a sourceId, events 200; ``fail`` maps a request number to the status it gets instead."""
+
+    def answer(received: Received) -> Reply:
+        if fail and received.index in fail:
+            return Reply(fail[received.index], {"detail": "try again"})
+        if received.path.endswith("/upload"):
+            return Reply(200, {"sourceId": f"src-{received.index}", "url": "https://example.invalid/x"})
+        return Reply(200, {"status": "ok"})
+
+    return answer
+
+
+def upload_part(request: Received) -> tuple[dict[str, str], bytes]:
+    """The one part of a multipart upload: its headers and its bytes."""
+    boundary = request.headers["Content-Type"].split("boundary=", 1)[1].strip('"').encode()
+    parts = [p for p in request.raw.split(b"--" + boundary) if p.strip() not in (b"", b"--")]
+    assert len(parts) == 1, "one part"
+    head, _, data = parts[0].lstrip(b"\r\n").partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n"))
+    return headers, data.removesuffix(b"\r\n")
+
+
+def cloud_run(block: str, case: tuple[str, str, str | None], script: Any, monkeypatch: Any) -> tuple[list[Received], dict]:
+    import roboflow_workflows.core_steps.sinks.roboflow.vision_events.v1 as roboflow_block
+    import roboflow_workflows.environment as environment
+
+    step = vision_step("x_0", block, *case)
+    engine = ExecutionEngine.init(workflow_definition=workflow(step), init_parameters={"workflows_core.api_key": "k3y"})
+    with ScriptedServer(script) as server:
+        monkeypatch.setattr(environment, "API_BASE_URL", server.base_url)
+        monkeypatch.setattr(roboflow_block, "API_BASE_URL", server.base_url)
+        (outputs,) = engine.run(runtime_parameters=runtime("cloud", batch=1))
+        engine.close()
+    return server.requests, outputs["x_0"]
+
+
+def shape(requests: list[Received]) -> list[tuple[Any, ...]]:
+    """What a request sequence is, without ids and times: paths, auth, parts; the event without its ids."""
+    seen = []
+    for request in requests:
+        assert request.headers["Authorization"] == "Bearer k3y" and "k3y" not in request.path
+        if request.path == "/vision-events/upload":
+            headers, data = upload_part(request)
+            disposition = headers["Content-Disposition"]
+            seen.append(("upload", disposition, headers["Content-Type"], decoded(data).shape))
+        else:
+            event = dict(request.json, eventId="<id>", timestamp="<time>")
+            event["images"] = [
+                {k: ("<source>" if k.endswith("ourceId") else v) for k, v in entry.items()} for entry in event["images"]
+            ]
+            seen.append(("event", request.headers["Content-Type"], event))
+    return seen
+
+
+@pytest.mark.parametrize("case", [("quality_check", "both", "masks"), ("operator_feedback", "input", None),
+                                  ("custom", "output", "classes"), ("safety_alert", "none", "poses")])  # fmt: skip
+def test_cloud_request_sequences_are_roboflows(case, monkeypatch):
+    ours, our_outputs = cloud_run(FASTSEND, case, cloud_script(), monkeypatch)
+    theirs, their_outputs = cloud_run(ROBOFLOW, case, cloud_script(), monkeypatch)
+    assert shape(ours) == shape(theirs)
+    assert our_outputs["message"] == their_outputs["message"] == "Vision event sent successfully"
+    assert our_outputs["event_id"] == ours[-1].json["eventId"]
+    uploads = [r for r in ours if r.path.endswith("/upload")]
+    entry = ours[-1].json["images"][0] if ours[-1].json["images"] else {}
+    assert [entry[key] for key in ("sourceId", "inputSourceId") if key in entry] == [f"src-{r.index}" for r in uploads]
+    # The same qualities as Roboflow's block: the upload JPEGs carry the same quantization tables.
+    for mine, roboflows in zip(uploads, [r for r in theirs if r.path.endswith("/upload")], strict=True):
+        assert upload_part(mine)[1][:150] == upload_part(roboflows)[1][:150]
+
+
+def test_a_cloud_event_is_retried_as_a_unit_keeping_its_uploads_and_its_event_id(monkeypatch):
+    # The second upload fails once, then the event post fails once: each retry repeats only what failed.
+    requests, outputs = cloud_run(FASTSEND, ("custom", "both", None), cloud_script({1: 503, 3: 503}), monkeypatch)
+    assert [r.path.rsplit("/", 1)[1] for r in requests] == ["upload", "upload", "upload", "vision-events", "vision-events"]
+    events = [r.json for r in requests if r.path == "/vision-events"]
+    assert events[0] == events[1], "the same event, eventId and all, on the retry"
+    assert events[1]["images"][0]["sourceId"] == "src-0" and events[1]["images"][0]["inputSourceId"] == "src-2"
+    assert outputs["error_status"] is False and outputs["event_id"] == events[1]["eventId"]
+
+
+def test_a_cloud_event_refused_is_an_error_and_not_retried(monkeypatch):
+    requests, outputs = cloud_run(FASTSEND, ("custom", "output", None), cloud_script({1: 400}), monkeypatch)
+    assert [r.path for r in requests] == ["/vision-events/upload", "/vision-events"]
+    assert outputs["error_status"] is True and "400" in outputs["message"] and outputs["event_id"] == ""
+
+
+def test_cloud_mode_without_an_api_key_raises_as_roboflows_block_does():
+    from inference.core.workflows.errors import StepExecutionError
+
+    for block in (FASTSEND, ROBOFLOW):
+        engine = ExecutionEngine.init(
+            workflow_definition=workflow(vision_step("x_0", block, "custom", "none", None)), init_parameters={}
+        )
+        with pytest.raises(StepExecutionError, match="cannot run without Roboflow API key"):
+            engine.run(runtime_parameters=runtime("no key", batch=1))
