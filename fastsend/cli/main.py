@@ -1,4 +1,4 @@
-"""``fastsend serve | send | demo``: the command line. This is the one place that prints."""
+"""``fastsend serve | send | demo | bundles``: the command line. This is the one place that prints."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from fastsend import __version__
+from fastsend.cli.bundles import add_bundles_command
 from fastsend.cli.demo import run_demo
 from fastsend.events import SCHEMA_KEYWORDS, Event, ValidationError
 from fastsend.imaging.jpeg import jpeg_backend
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     version = f"fastsend {__version__} (Python {platform.python_version()})"
     parser.add_argument("--version", action="version", version=version)
-    commands = parser.add_subparsers(metavar="{serve,send,demo}")
+    commands = parser.add_subparsers(metavar="{serve,send,demo,bundles}")
     parser.set_defaults(command=None)
 
     serve = commands.add_parser("serve", help="run the reference Event Ingestion Service")
@@ -97,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="keep the embedded service running to browse the events (Ctrl-C stops)"
     )
     demo.set_defaults(command=_demo)
+
+    add_bundles_command(commands)
     return parser
 
 

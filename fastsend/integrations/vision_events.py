@@ -255,19 +255,24 @@ def prepare_cloud_event(
     annotations: Mapping[str, list[dict[str, Any]]],
     copy: bool = True,
     jpeg: JpegOptions | None = None,
+    event_id: str | None = None,
+    reencode: bool = True,
 ) -> PreparedEvent:
     """The Vision Events API's event and its uploads: output image at quality 85, input at 95.
 
-    Its ``eventId`` is its idempotency key. An image that arrived encoded is encoded again at
-    its quality, as Roboflow's block does.
+    Its ``eventId`` (drawn here unless given) is its idempotency key. An image that arrived
+    encoded is encoded again at its quality, as Roboflow's block does, unless ``reencode`` is
+    False (a bundle's JPEGs, already at those qualities).
     """
-    event_id = new_idempotency_key()
+    event_id = event_id or new_idempotency_key()
     images: list[tuple[str, ImageSource]] = []
     if output_image is not None:
-        images.append((OUTPUT_SOURCE_KEY, _at_quality(output_image, "output_image", OUTPUT_QUALITY, copy, jpeg)))
+        quality = OUTPUT_QUALITY if reencode else None
+        images.append((OUTPUT_SOURCE_KEY, _at_quality(output_image, "output_image", quality, copy, jpeg)))
     if input_image is not None:
         # The same image for both is taken twice: each copy is encoded at its own quality.
-        images.append((INPUT_SOURCE_KEY, _at_quality(input_image, "input_image", INPUT_QUALITY, copy, jpeg)))
+        quality = INPUT_QUALITY if reencode else None
+        images.append((INPUT_SOURCE_KEY, _at_quality(input_image, "input_image", quality, copy, jpeg)))
     body: dict[str, Any] = {
         "eventId": event_id,
         "eventType": event.schema,
@@ -287,5 +292,5 @@ def prepare_cloud_event(
     return PreparedEvent(event, envelope, first, second, event_id)
 
 
-def _at_quality(image: Any, field: str, quality: int, copy: bool, jpeg: JpegOptions | None) -> ImageSource:
+def _at_quality(image: Any, field: str, quality: int | None, copy: bool, jpeg: JpegOptions | None) -> ImageSource:
     return dataclasses.replace(prepare_image(image, field=field, copy=copy, jpeg=jpeg), quality=quality)
