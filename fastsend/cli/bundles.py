@@ -74,7 +74,9 @@ def add_bundles_command(commands: Any) -> None:
     where = send.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="base URL of a v2 Event Ingestion Service (key: EVENT_INGESTION_API_KEY)")
     where.add_argument("--cloud", action="store_true", help="Roboflow's Vision Events API (--api-url, --api-key)")
-    send.add_argument("--api-url", default=os.environ.get("API_BASE_URL", DEFAULT_API_URL), help="default: API_BASE_URL")
+    send.add_argument(
+        "--api-url", default=os.environ.get("API_BASE_URL", DEFAULT_API_URL), help="default: API_BASE_URL"
+    )
     send.add_argument("--api-key", default=os.environ.get("ROBOFLOW_API_KEY"), help="default: ROBOFLOW_API_KEY")
     send.add_argument("--solution", help="the use case of every bundle (overrides the one written in it)")
     send.add_argument("--delete", action="store_true", help="delete acknowledged bundles instead of moving them")
@@ -98,7 +100,9 @@ def _send_bundles(args: argparse.Namespace) -> int:
             args.directory, writer, cloud=args.cloud, solution=args.solution, delete=args.delete,
             in_flight=args.in_flight, progress=_progress_printer(),
         )  # fmt: skip
-    print(f"{tally.sent} sent, {tally.refused} refused (in {args.directory / REFUSED_DIR}), {tally.unsent} left to send")
+    print(
+        f"{tally.sent} sent, {tally.refused} refused (in {args.directory / REFUSED_DIR}), {tally.unsent} left to send"
+    )
     if tally.unsent:
         return EXIT_UNSENT
     return EXIT_REFUSED if tally.refused else EXIT_OK
@@ -110,7 +114,8 @@ def _progress_printer() -> Callable[[Tally, str], None]:
     def show(tally: Tally, note: str) -> None:
         width = 30
         filled = width * tally.done // max(tally.total, 1)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {tally.done}/{tally.total} sent {tally.sent}, refused {tally.refused}"
+        bar = "#" * filled + "." * (width - filled)
+        line = f"[{bar}] {tally.done}/{tally.total} sent {tally.sent}, refused {tally.refused}"
         if note:
             print(("\r" if live else "") + f"{note}", file=sys.stderr)
         print(("\r" + line) if live else line, end="" if live else "\n", file=sys.stderr, flush=True)
@@ -134,14 +139,15 @@ def prepare_bundle(bundle: Bundle, *, cloud: bool, solution: str | None) -> Prep
         inference_timestamp=payload["timestamp"],
     )
     entry = payload["images"][0] if payload.get("images") else {}
-    images = {
-        "output_image": bundle.image(entry.get("file")),
-        "input_image": bundle.image(entry.get("inputFile")),
-        "annotations": {key: entry[key] for key in ANNOTATION_KEYS if key in entry},
-    }
+    output, source = bundle.image(entry.get("file")), bundle.image(entry.get("inputFile"))
+    annotations = {key: entry[key] for key in ANNOTATION_KEYS if key in entry}
     if cloud:
-        return prepare_cloud_event(event, copy=False, event_id=bundle.event_id, reencode=False, **images)
-    return dataclasses.replace(prepare_local_event(event, copy=False, **images), idempotency_key=bundle.event_id)
+        return prepare_cloud_event(
+            event, output_image=output, input_image=source, annotations=annotations, copy=False,
+            event_id=bundle.event_id, reencode=False,
+        )  # fmt: skip
+    prepared = prepare_local_event(event, output_image=output, input_image=source, annotations=annotations, copy=False)
+    return dataclasses.replace(prepared, idempotency_key=bundle.event_id)
 
 
 def deliver_bundles(
@@ -178,7 +184,9 @@ def deliver_bundles(
     return tally
 
 
-def _settle(path: Path, future: Future[Result], tally: Tally, delete: bool, progress: Callable[[Tally, str], None]) -> None:
+def _settle(
+    path: Path, future: Future[Result], tally: Tally, delete: bool, progress: Callable[[Tally, str], None]
+) -> None:
     result = future.result()
     if not result.error_status:
         _acknowledged(path, delete)

@@ -237,7 +237,8 @@ def to_jpeg(source: ImageSource, options: JpegOptions) -> bytes | memoryview:
         options = dataclasses.replace(options, quality=source.quality)
     if isinstance(source, EncodedImage):
         if source.quality is None:
-            return pybase64.b64decode(source.base64)
+            original: bytes = pybase64.b64decode(source.base64)
+            return original
         source = RawImage(_decode(source.base64), "BGR")
     if source.planes is not None:
         return _planes_jpeg(source, options)

@@ -167,7 +167,9 @@ def publish_bundle(target_path: str, content: bytes) -> None:
 
 
 def _link(temp_path: str, target_path: str) -> None:
-    exists = BundleError(f"cannot write `{target_path}`: the file already exists (a `file_name` must be unique per event)")
+    exists = BundleError(
+        f"cannot write `{target_path}`: the file already exists (a `file_name` must be unique per event)"
+    )
     try:
         os.link(temp_path, target_path)
     except FileExistsError:

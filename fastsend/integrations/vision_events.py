@@ -196,7 +196,9 @@ def _classifications(prediction: Mapping[str, Any]) -> list[dict[str, Any]]:
     scores = prediction.get("predictions")
     if isinstance(predicted, list):
         for name in predicted:
-            confidence = float(scores[name].get("confidence", 0.0)) if isinstance(scores, dict) and name in scores else 0.0
+            confidence = (
+                float(scores[name].get("confidence", 0.0)) if isinstance(scores, dict) and name in scores else 0.0
+            )
             found.append({"class": str(name), "confidence": confidence})
         if found:
             return found

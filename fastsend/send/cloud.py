@@ -166,7 +166,9 @@ class CloudTransport(AiohttpTransport):
             headers["Authorization"] = self._authorization
         if proxy_authorization is not None and url.scheme != "https":
             headers["Proxy-Authorization"] = proxy_authorization
-        proxy_headers = {"Proxy-Authorization": proxy_authorization} if proxy_authorization and url.scheme == "https" else None
+        proxy_headers = (
+            {"Proxy-Authorization": proxy_authorization} if proxy_authorization and url.scheme == "https" else None
+        )
         async with self._session.post(
             url, data=data, headers=headers, allow_redirects=False, proxy=proxy, proxy_headers=proxy_headers
         ) as response:

@@ -214,6 +214,7 @@ class Encoders:
         helper = self._sync_encoder() if _two_raw_images(prepared) else None
         pending = None
         if helper is not None:
+            assert prepared.output is not None
             try:
                 pending = helper.submit(self.encode_counted, prepared.output)
             except RuntimeError:  # shut down by a close() meanwhile: encode both here

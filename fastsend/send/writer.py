@@ -72,7 +72,7 @@ class EventWriter:
     """
 
     # What sends each request; a writer for another kind of request (cloud events) names its own.
-    transport_factory: Callable[[Settings], Transport] = staticmethod(AiohttpTransport)  # type: ignore[assignment]
+    transport_factory: Callable[[Settings], Transport] = staticmethod(AiohttpTransport)
 
     def __init__(self, url: str | None = None, **settings: Any) -> None:
         warn_unknown_env()

@@ -142,4 +142,3 @@ def test_a_missing_directory_or_key_is_a_usage_error(tmp_path, capsys):
     assert main(["bundles", "send", str(tmp_path / "nowhere"), "--url", "http://127.0.0.1:9"]) == 2
     assert main(["bundles", "send", str(tmp_path), "--cloud", "--api-key", ""]) == 2
     assert "--api-key" in capsys.readouterr().err
-

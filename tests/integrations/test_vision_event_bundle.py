@@ -47,7 +47,9 @@ def plugins():
         yield
 
 
-def bundle_step(name: str, block: str, case: tuple[str, str, str | None], directory: str, **extra: Any) -> dict[str, Any]:
+def bundle_step(
+    name: str, block: str, case: tuple[str, str, str | None], directory: str, **extra: Any
+) -> dict[str, Any]:
     step = vision_step(name, block, *case, target_directory=directory, **extra)
     step.pop("fire_and_forget")
     step["fire_and_forget"] = extra.get("fire_and_forget", False)
@@ -67,7 +69,7 @@ def cases() -> list[tuple[str, str, str | None]]:
     for type_index, event_type in enumerate(EVENT_TYPES):
         for combo_index, images in enumerate(IMAGE_COMBINATIONS):
             found.append((event_type, images, PREDICTION_INPUTS[(type_index + combo_index) % len(PREDICTION_INPUTS)]))
-    return found + [("custom", "both", None)]
+    return [*found, ("custom", "both", None)]
 
 
 def test_bundles_are_roboflows_for_every_type_and_image_combination(tmp_path):
@@ -129,7 +131,11 @@ def test_a_custom_file_name_is_used_once_and_a_bad_one_is_refused_by_both(tmp_pa
     from fastsend.integrations.workflows.vision_event_bundle import FastsendVisionEventBundleBlockV1
 
     block = FastsendVisionEventBundleBlockV1()
-    for name, rule in (("x" * 201, "at most 200 characters"), ("../escape", "letters, digits"), ("", "must not be empty")):
+    for name, rule in (
+        ("x" * 201, "at most 200 characters"),
+        ("../escape", "letters, digits"),
+        ("", "must not be empty"),
+    ):
         with pytest.raises(BundleError, match=rule):
             block.run(target_directory=str(tmp_path), event_type="custom", file_name=name, cooldown_seconds=0)
     assert sorted(os.listdir(tmp_path)) == ["fs", "rf"]

@@ -174,12 +174,16 @@ def test_cooldown_throttles_both_blocks_alike():
         first = engine.run(runtime_parameters=runtime("cooldown", url=server.base_url, batch=1))[0]
         second = engine.run(runtime_parameters=runtime("cooldown", url=server.base_url, batch=1))[0]
     assert first["fs_0"]["throttling_status"] is first["rf_0"]["throttling_status"] is False
-    assert second["fs_0"] == second["rf_0"] == {
-        "error_status": False,
-        "throttling_status": True,
-        "event_id": "",
-        "message": "Sink cooldown applies",
-    }
+    assert (
+        second["fs_0"]
+        == second["rf_0"]
+        == {
+            "error_status": False,
+            "throttling_status": True,
+            "event_id": "",
+            "message": "Sink cooldown applies",
+        }
+    )
     assert len(server.requests) == 2
 
 
@@ -227,7 +231,9 @@ def upload_part(request: Received) -> tuple[dict[str, str], bytes]:
     return headers, data.removesuffix(b"\r\n")
 
 
-def cloud_run(block: str, case: tuple[str, str, str | None], script: Any, monkeypatch: Any) -> tuple[list[Received], dict]:
+def cloud_run(
+    block: str, case: tuple[str, str, str | None], script: Any, monkeypatch: Any
+) -> tuple[list[Received], dict]:
     import roboflow_workflows.core_steps.sinks.roboflow.vision_events.v1 as roboflow_block
     import roboflow_workflows.environment as environment
 
@@ -278,7 +284,13 @@ def test_cloud_request_sequences_are_roboflows(case, monkeypatch):
 def test_a_cloud_event_is_retried_as_a_unit_keeping_its_uploads_and_its_event_id(monkeypatch):
     # The second upload fails once, then the event post fails once: each retry repeats only what failed.
     requests, outputs = cloud_run(FASTSEND, ("custom", "both", None), cloud_script({1: 503, 3: 503}), monkeypatch)
-    assert [r.path.rsplit("/", 1)[1] for r in requests] == ["upload", "upload", "upload", "vision-events", "vision-events"]
+    assert [r.path.rsplit("/", 1)[1] for r in requests] == [
+        "upload",
+        "upload",
+        "upload",
+        "vision-events",
+        "vision-events",
+    ]
     events = [r.json for r in requests if r.path == "/vision-events"]
     assert events[0] == events[1], "the same event, eventId and all, on the retry"
     assert events[1]["images"][0]["sourceId"] == "src-0" and events[1]["images"][0]["inputSourceId"] == "src-2"

@@ -427,7 +427,9 @@ def test_load_blocks_gives_the_same_classes_every_time():
     import fastsend.workflows
 
     assert fastsend.integrations.workflows.load_blocks() == fastsend.integrations.workflows.load_blocks()
-    types = [b.get_manifest().model_json_schema()["properties"]["type"]["const"] for b in fastsend.workflows.load_blocks()]
+    types = [
+        b.get_manifest().model_json_schema()["properties"]["type"]["const"] for b in fastsend.workflows.load_blocks()
+    ]
     assert types == [FASTSEND, "fastsend/vision_events@v1", "fastsend/vision_event_bundle@v1"]
 
 
@@ -511,7 +513,10 @@ def test_segmentations_without_masks_or_polygons_go_out_as_the_event_writer_send
     """The enterprise block sends such an event without them; the block does too, and says so once."""
     fields = {**STEPS["qc"], "instance_segmentations": "$inputs.bare", "object_detections": "$inputs.boxes"}
     definition = workflow(step("fs", FASTSEND, fields), step("ew", ENTERPRISE, fields))
-    definition["inputs"] = [*INPUTS, {"type": "WorkflowBatchInput", "name": "bare", "kind": ["instance_segmentation_prediction"]}]
+    definition["inputs"] = [
+        *INPUTS,
+        {"type": "WorkflowBatchInput", "name": "bare", "kind": ["instance_segmentation_prediction"]},
+    ]
     engine = ExecutionEngine.init(workflow_definition=definition, init_parameters={})
     with caplog.at_level("WARNING", logger="fastsend"):
         parameters = runtime(service.url, "bare segments", bare=[detections(), detections()])

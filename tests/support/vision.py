@@ -59,7 +59,9 @@ INPUTS: list[dict[str, Any]] = [
 ]
 
 
-def vision_step(name: str, block: str, event_type: str, images: str, predictions: str | None, **extra: Any) -> dict[str, Any]:
+def vision_step(
+    name: str, block: str, event_type: str, images: str, predictions: str | None, **extra: Any
+) -> dict[str, Any]:
     step = {
         "type": block,
         "name": name,
@@ -128,7 +130,10 @@ def predictions() -> dict[str, Any]:
     )
     classes = {
         "image": {"width": WIDTH, "height": HEIGHT},
-        "predictions": [{"class": "ok", "class_id": 0, "confidence": 0.8}, {"class": "bad", "class_id": 1, "confidence": 0.2}],
+        "predictions": [
+            {"class": "ok", "class_id": 0, "confidence": 0.8},
+            {"class": "bad", "class_id": 1, "confidence": 0.2},
+        ],
         "top": "ok",
         "confidence": 0.8,
     }

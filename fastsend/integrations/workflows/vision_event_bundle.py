@@ -54,11 +54,11 @@ class BlockManifest(RoboflowManifest):  # type: ignore[misc]
 
     model_config = ConfigDict(
         json_schema_extra={
-            **RoboflowManifest.model_config.get("json_schema_extra", {}),  # type: ignore[dict-item]
+            **RoboflowManifest.model_config.get("json_schema_extra", {}),
             "name": "Write Vision Event Bundle (fastsend)",
         }
     )
-    type: Literal["fastsend/vision_event_bundle@v1"]  # type: ignore[assignment]
+    type: Literal["fastsend/vision_event_bundle@v1"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,10 @@ class BundleJob:
         try:
             members: dict[str, bytes] = {}
             entry: dict[str, Any] = {}
-            for key, source, quality in (("file", self.output, OUTPUT_QUALITY), ("inputFile", self.input, INPUT_QUALITY)):
+            for key, source, quality in (
+                ("file", self.output, OUTPUT_QUALITY),
+                ("inputFile", self.input, INPUT_QUALITY),
+            ):
                 if source is not None:
                     name = f"images/{uuid.uuid4()}.jpg"
                     members[name] = bytes(to_jpeg(dataclasses.replace(source, quality=quality), _JPEG))
@@ -102,7 +105,9 @@ class BundleJob:
             return Result.delivered(self.event_id, WRITTEN)
         except Exception as exc:  # noqa: BLE001 - any failure is the bundle's Result, as in Roboflow's block
             logger.warning("could not write vision event bundle %s: %s", self.target_path, exc)
-            return Result.failed(Cause.INTERNAL_ERROR, f"Error writing vision event bundle: {type(exc).__name__}: {exc}")
+            return Result.failed(
+                Cause.INTERNAL_ERROR, f"Error writing vision event bundle: {type(exc).__name__}: {exc}"
+            )
         finally:
             release_frame(self.output)
             release_frame(self.input)
@@ -112,7 +117,10 @@ class FastsendVisionEventBundleBlockV1(WorkflowBlock):  # type: ignore[misc]
     """Writes one bundle per call: on a writer thread in fire-and-forget mode, before returning otherwise."""
 
     def __init__(
-        self, allow_access_to_file_system: bool = True, allowed_write_directory: str | None = None, disable_sinks: bool = False
+        self,
+        allow_access_to_file_system: bool = True,
+        allowed_write_directory: str | None = None,
+        disable_sinks: bool = False,
     ) -> None:
         self._allow_access_to_file_system = allow_access_to_file_system
         self._allowed_write_directory = allowed_write_directory
@@ -191,7 +199,9 @@ class FastsendVisionEventBundleBlockV1(WorkflowBlock):  # type: ignore[misc]
                 )
         os.makedirs(target_directory, exist_ok=True)
         if not os.access(target_directory, os.W_OK):
-            raise ValueError(f"`{BUNDLE_TYPE}` block cannot write to `{target_directory}` - the directory is not writable.")
+            raise ValueError(
+                f"`{BUNDLE_TYPE}` block cannot write to `{target_directory}` - the directory is not writable."
+            )
         if os.path.exists(target_path):
             raise ValueError(
                 f"`{BUNDLE_TYPE}` block cannot write `{target_path}` - the file already exists. "

@@ -68,11 +68,11 @@ class BlockManifest(RoboflowManifest):  # type: ignore[misc]
 
     model_config = ConfigDict(
         json_schema_extra={
-            **RoboflowManifest.model_config.get("json_schema_extra", {}),  # type: ignore[dict-item]
+            **RoboflowManifest.model_config.get("json_schema_extra", {}),
             "name": "Vision Events (fastsend)",
         }
     )
-    type: Literal["fastsend/vision_events@v1"]  # type: ignore[assignment]
+    type: Literal["fastsend/vision_events@v1"]
 
 
 def cloud_base_url() -> str:
@@ -117,7 +117,9 @@ class StepEvents:
             pending = list(self._pending)
         _, not_done = wait_for_futures(pending, timeout=timeout)
         if not_done:
-            logger.warning("%s: %d event(s) still queued at close; the writer keeps sending them", self._block_type, len(not_done))
+            logger.warning(
+                "%s: %d event(s) still queued at close; the writer keeps sending them", self._block_type, len(not_done)
+            )
         return len(not_done)
 
 
@@ -197,7 +199,9 @@ class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
                 prepared = prepare_cloud_event(event, copy=copy, jpeg=writer.jpeg_options, **images)
         except Exception as exc:  # noqa: BLE001 - bad input from a selector is the step's error output
             self._events.failed("event not sent", exc)
-            return outputs(Result.failed(Cause.INVALID_EVENT, f"Error creating vision event: {type(exc).__name__}: {exc}"))
+            return outputs(
+                Result.failed(Cause.INVALID_EVENT, f"Error creating vision event: {type(exc).__name__}: {exc}")
+            )
         return outputs(self._send(writer, prepared, copy, LOCAL_SUCCESS if write_to_event_store else CLOUD_SUCCESS))
 
     def _require_api_key(self) -> None:
