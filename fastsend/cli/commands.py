@@ -1,8 +1,9 @@
-"""``fastsend serve | send | demo``: the command line. This is the one place that prints."""
+"""``fastsend serve | send | demo | bundles``: the command line. This is the one place that prints."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -13,11 +14,12 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
 from fastsend import __version__
+from fastsend.cli.bundles import add_bundles_command
 from fastsend.cli.demo import run_demo
 from fastsend.cli.parsing import (
     Parser,
@@ -64,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # `fastsend` alone: what it can do, rather than an error
         parser.print_help()
         return EXIT_OK
-    _show_logs(verbose=args.verbose)
+    with _logs_shown(verbose=args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     warn_unknown_env()  # serve too: a misspelt FASTSEND_SERVE_API_KEY would leave the service open
     try:
         return cast(int, args.command(args))
@@ -91,13 +97,26 @@ class _NotReportedByResults(logging.Filter):
         return not getattr(record, "fastsend_outcome", False)
 
 
-def _show_logs(*, verbose: bool) -> None:
-    """WARNING and above on stderr (a misspelt FASTSEND_ variable, a service gone); INFO too with -v."""
+@contextlib.contextmanager
+def _logs_shown(*, verbose: bool) -> Iterator[None]:
+    """WARNING and above on stderr (a misspelt FASTSEND_ variable, a service gone); INFO too with -v.
+
+    The handler goes when the command ends, so ``main()`` called in a process leaves its logging as it was.
+    """
     level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     if not verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_NotReportedByResults())
+        handler.addFilter(_NotReportedByResults())
+    root = logging.getLogger()
+    kept_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(kept_level)
 
 
 _METADATA_HELP = (
@@ -120,7 +139,7 @@ def _parser() -> Parser:
     _add_verbose(parser, False)
     version = f"fastsend {__version__} (Python {platform.python_version()})"
     parser.add_argument("--version", action="version", version=version)
-    commands = parser.add_subparsers(metavar="{serve,send,demo}")
+    commands = parser.add_subparsers(metavar="{serve,send,demo,bundles}")
     parser.set_defaults(command=None)
 
     serve = commands.add_parser("serve", help="run the reference Event Ingestion Service")
@@ -129,6 +148,7 @@ def _parser() -> Parser:
     _add_send_parser(commands.add_parser("send", help="send one event and print its event_id"))
     demo = commands.add_parser("demo", help="stream a synthetic video as events (to an embedded service by default)")
     _add_demo_arguments(demo)
+    add_bundles_command(commands)
     for command in commands.choices.values():
         _add_verbose(command, argparse.SUPPRESS)  # -v after the command too; SUPPRESS keeps one given before
         command.set_defaults(parser=command)

@@ -48,6 +48,7 @@ __all__ = [
     "release_frame",
     "snapshot",
     "to_base64",
+    "to_jpeg",
 ]
 
 logger = logging.getLogger("fastsend")
@@ -94,6 +95,7 @@ class RawImage:
     ``snapshot_seconds`` is the CPU time the caller's thread spent copying it.
     ``planes`` is set when ``array`` holds the frame's YUV planes, not its pixels:
     a snapshot made for one set of JPEG options, which only those options encode.
+    ``quality``, when set, is this image's JPEG quality in place of the writer's.
     """
 
     array: NDArray[Any]
@@ -102,13 +104,19 @@ class RawImage:
     snapshot_seconds: float = 0.0
     borrowed: bool = False
     planes: PlaneLayout | None = None
+    quality: int | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class EncodedImage:
-    """An image that arrived encoded: its base64 text, sent as it is."""
+    """An image that arrived encoded: its base64 text, sent as it is.
+
+    With ``quality`` set it is decoded and encoded again at that quality instead (on the encoder's
+    thread): a destination that asks for given qualities gets them whatever the image came as.
+    """
 
     base64: bytes
+    quality: int | None = None
 
 
 ImageSource = Union[RawImage, EncodedImage]  # noqa: UP007 - a runtime alias; X | Y needs Python 3.10 types
@@ -209,20 +217,45 @@ def downscale(array: NDArray[Any], max_side: int) -> NDArray[Any]:
 
 
 def to_base64(source: ImageSource, options: JpegOptions) -> bytes:
-    """The base64 text of ``source``: encoded here if raw, as given if already encoded."""
-    if isinstance(source, EncodedImage):
+    """The base64 text of ``source``: encoded here if raw, as given if already encoded.
+
+    An image's own ``quality`` replaces that of ``options``.
+    """
+    if isinstance(source, EncodedImage) and source.quality is None:
         return source.base64
-    jpeg: bytes | memoryview
-    if source.planes is not None:
-        jpeg = _planes_jpeg(source, options)
-    else:
-        array = source.array
-        if options.max_side is not None:
-            array = downscale(array, options.max_side)
-        jpeg = _jpeg(array, source.pixel_format, options.quality, options.subsampling)
     # Annotated, not cast: recent pybase64 ships types (1.5 does); the 1.0 that inference pins has none.
-    encoded: bytes = pybase64.b64encode(jpeg)
+    encoded: bytes = pybase64.b64encode(to_jpeg(source, options))
     return encoded
+
+
+def to_jpeg(source: ImageSource, options: JpegOptions) -> bytes | memoryview:
+    """The JPEG (or the PNG as it came) of ``source``; a view may be of the encoding thread's buffer.
+
+    An image's own ``quality`` replaces that of ``options``; an encoded image with one is encoded again.
+    """
+    if source.quality is not None:
+        options = dataclasses.replace(options, quality=source.quality)
+    if isinstance(source, EncodedImage):
+        if source.quality is None:
+            original: bytes = pybase64.b64decode(source.base64)
+            return original
+        source = RawImage(_decode(source.base64), "BGR")
+    if source.planes is not None:
+        return _planes_jpeg(source, options)
+    array = source.array
+    if options.max_side is not None:
+        array = downscale(array, options.max_side)
+    return _jpeg(array, source.pixel_format, options.quality, options.subsampling)
+
+
+def _decode(base64_text: bytes) -> NDArray[Any]:
+    """The BGR pixels of a base64 JPEG or PNG (with OpenCV, as the workflow blocks have it)."""
+    import cv2
+
+    pixels = cv2.imdecode(np.frombuffer(pybase64.b64decode(base64_text), np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise ValueError("the image could not be decoded to be encoded again")
+    return cast(NDArray[Any], pixels)
 
 
 def _planes_jpeg(source: RawImage, options: JpegOptions) -> memoryview:

@@ -7,6 +7,7 @@ Parameters that do not belong to the chosen schema are ignored, as the block doe
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,7 @@ def prepare_block_event(
         known = [*_SCHEMA_FIELDS, *_OTHER_PARAMETERS]
         raise TypeError(unexpected_keyword_message("Event Writer block", unknown[0], known))
     event = _event(event_schema, custom_metadata, schema_fields)
+    instance_segmentations = _outlined_segmentations(instance_segmentations)
     try:
         prepared = prepare_event(
             event,
@@ -138,6 +140,37 @@ def prepare_block_event(
             raise error.renamed("output_" + error.field, keep_name=False) from None
         raise
     return BlockEvent(events_url(event_ingestion_url), prepared)
+
+
+class _WarnOnce:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def __call__(self, message: str, *args: Any) -> None:
+        with self._lock:
+            warned, self._warned = self._warned, True
+        if not warned:
+            logger.warning(message, *args)
+
+
+_warn_dropped_segmentations = _WarnOnce()
+
+
+def _outlined_segmentations(predictions: Any) -> Any:
+    """Instance segmentations as the Event Writer block sends them: Detections with neither masks nor
+    ``data["polygon"]`` have no outline, and it sends the event without them; so does the block here
+    (``prepare_event`` refuses them: outside the block they are a mistake to be told about)."""
+    if not all(hasattr(predictions, name) for name in ("xyxy", "mask", "data")):
+        return predictions
+    if predictions.mask is not None or "polygon" in (predictions.data or {}) or len(predictions) == 0:
+        return predictions
+    _warn_dropped_segmentations(
+        "Event Writer block: %d instance segmentation(s) without masks or polygons dropped from the event, as the "
+        "Event Writer drops them (boxes alone go in object_detections); warned once",
+        len(predictions),
+    )
+    return None
 
 
 def build_block_request(*, jpeg: JpegOptions | None = None, **params: Any) -> Post:

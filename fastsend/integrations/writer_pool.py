@@ -26,8 +26,9 @@ class WriterPool:
     it spooled the new one drains: a spool directory is named by its URL alone).
     """
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Mapping[str, Any], writer_type: type[EventWriter] = EventWriter) -> None:
         self._settings = dict(settings)
+        self._writer_type = writer_type
         self.max_writers: int = Settings.one("max_writers", self._settings.pop("max_writers", None))
         self._writers: OrderedDict[str, EventWriter] = OrderedDict()
         self._lock = threading.Lock()
@@ -49,8 +50,9 @@ class WriterPool:
             settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
             spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
             if spool_dir:  # one spool directory per URL: a directory has one owner at a time
-                settings["spool_dir"] = os.path.join(spool_dir, spool_name(target))
-            writer = self._writers[target] = EventWriter(url.rstrip("/") if url else None, **settings)
+                kind = "" if self._writer_type is EventWriter else f"{self._writer_type.__name__}-"
+                settings["spool_dir"] = os.path.join(spool_dir, kind + spool_name(target))
+            writer = self._writers[target] = self._writer_type(url.rstrip("/") if url else None, **settings)
             return writer
 
     def writers(self) -> list[EventWriter]:

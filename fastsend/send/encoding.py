@@ -78,7 +78,8 @@ class Encoders:
         assert prepared is not None
         if _two_raw_images(prepared):
             assert isinstance(prepared.output, RawImage) and isinstance(prepared.input, RawImage)
-            if reuse_applies(prepared.output, prepared.input, self._options):
+            own_quality = prepared.output.quality is not None or prepared.input.quality is not None
+            if not own_quality and reuse_applies(prepared.output, prepared.input, self._options):
                 self._tasks.put((job, _PAIR, None))
             else:
                 self._split(job)
@@ -202,7 +203,7 @@ class Encoders:
         assert prepared is not None
         try:
             encoded = self._encode_here(prepared)
-            chunks = splice(encoded.envelope, _b64(encoded.output), _b64_or_none(encoded.input))
+            chunks = splice(encoded.envelope, _b64_or_none(encoded.output), _b64_or_none(encoded.input))
             job.request = Request.of(prepared.idempotency_key, chunks)
         finally:
             job.release_frames()
@@ -213,6 +214,7 @@ class Encoders:
         helper = self._sync_encoder() if _two_raw_images(prepared) else None
         pending = None
         if helper is not None:
+            assert prepared.output is not None
             try:
                 pending = helper.submit(self.encode_counted, prepared.output)
             except RuntimeError:  # shut down by a close() meanwhile: encode both here
@@ -231,6 +233,8 @@ class Encoders:
             prepared.release_frames()
 
     def _encode_here(self, prepared: PreparedEvent) -> PreparedEvent:
+        if prepared.output is None:  # an event without images: nothing to encode
+            return prepared
         output = self.encode_counted(prepared.output)
         if prepared.input is None:
             return dataclasses.replace(prepared, output=output)
@@ -255,10 +259,8 @@ class Encoders:
             return self._sync_pool
 
 
-def _b64(image: ImageSource | None) -> bytes:
+def _b64_or_none(image: ImageSource | None) -> bytes | None:
+    if image is None:
+        return None
     assert isinstance(image, EncodedImage)
     return image.base64
-
-
-def _b64_or_none(image: ImageSource | None) -> bytes | None:
-    return None if image is None else _b64(image)

@@ -73,19 +73,23 @@ def new_idempotency_key() -> str:
 class PreparedEvent:
     """Everything the caller's thread contributes: validated, detached from its buffers.
 
+    ``output`` is the image of the envelope's first image string: the output image (or the
+    input image of an event that has only that one), None for an event without images.
     ``input`` is ``output`` itself when the caller passed one image for both, so it
     is encoded once.
     """
 
     event: Event
     envelope: Envelope
-    output: ImageSource
+    output: ImageSource | None
     input: ImageSource | None
     idempotency_key: str
 
     @property
     def images(self) -> tuple[ImageSource, ...]:
         """The event's images, each once: no input when there is none or it is the output itself."""
+        if self.output is None:
+            return ()
         if self.input is None or self.input is self.output:
             return (self.output,)
         return (self.output, self.input)
@@ -154,6 +158,8 @@ def prepare_event(
 
 def render_body(prepared: PreparedEvent, options: JpegOptions) -> list[bytes]:
     """Encode the images (the expensive part) and splice them into the envelope."""
+    if prepared.output is None:
+        return splice(prepared.envelope, None)
     output_b64 = to_base64(prepared.output, options)
     if prepared.input is None:
         return splice(prepared.envelope, output_b64)

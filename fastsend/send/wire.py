@@ -23,6 +23,8 @@ from fastsend.events import Event, ValidationError, validate_text
 
 __all__ = [
     "ANNOTATION_KEYS",
+    "INPUT_IMAGE_KEY",
+    "OUTPUT_IMAGE_KEY",
     "Endpoint",
     "Envelope",
     "Post",
@@ -72,21 +74,38 @@ def check_idempotency_key(key: object) -> str:
 class Envelope:
     """The serialized JSON around the image strings of one event.
 
-    ``head`` ends inside the opening quote of ``base64Image``; ``tail`` starts right
-    after the image entry's last image string and closes the body.
+    ``head`` ends inside the opening quote of the first image string (``base64Image``, or
+    ``inputBase64Image`` for an event with only its input image); ``tail`` starts right after
+    the image entry's last image string and closes the body. A body without images is
+    ``head`` followed by ``tail``, with nothing spliced between them.
     """
 
     head: bytes
     tail: bytes
+    between: bytes = b'","inputBase64Image":"'  # closes the first image string and opens the input's
+
+
+OUTPUT_IMAGE_KEY = "base64Image"
+INPUT_IMAGE_KEY = "inputBase64Image"
 
 
 def build_envelope(
-    event: Event, *, label: str | None = None, annotations: Mapping[str, Sequence[Any]] | None = None
+    event: Event,
+    *,
+    label: str | None = None,
+    annotations: Mapping[str, Sequence[Any]] | None = None,
+    first_image: str | None = OUTPUT_IMAGE_KEY,
 ) -> Envelope:
     """Serialize everything of ``event`` but its images; empty annotation lists are omitted.
 
+    ``first_image`` names the first image string of the entry: ``base64Image`` (the output
+    image, which an input image may follow), ``inputBase64Image`` (an event with only its
+    input image), or None for an event without images, sent as ``"images": []`` without
+    ``displayImagePosition`` (its label and annotations have no entry to go in).
     Runs on the caller's thread so an unserializable value fails there, by name.
     """
+    if first_image not in (OUTPUT_IMAGE_KEY, INPUT_IMAGE_KEY, None):
+        raise ValueError(f"first_image {first_image!r} must be {OUTPUT_IMAGE_KEY}, {INPUT_IMAGE_KEY} or None")
     entry: dict[str, Any] = {}
     if label is not None:
         entry["label"] = _label(label)
@@ -96,20 +115,27 @@ def build_envelope(
         if items:
             entry[key] = items
     before = {"inference_timestamp": event.inference_timestamp, "event_schema": event.schema, "event_data": event.data}
-    after: dict[str, Any] = {"displayImagePosition": 0}
+    after: dict[str, Any] = {} if first_image is None else {"displayImagePosition": 0}
     if event.custom_metadata is not None:
         after["custom_metadata"] = event.custom_metadata
     if event.solution is not None:
         after["solution"] = event.solution
     try:
-        head = orjson.dumps(before)[:-1] + b',"images":[{"base64Image":"'
+        if first_image is None:
+            return Envelope(head=orjson.dumps(before)[:-1] + b',"images":[]', tail=_closing(after))
+        head = orjson.dumps(before)[:-1] + b',"images":[{"' + first_image.encode() + b'":"'
         rest = orjson.dumps(entry)
     except orjson.JSONEncodeError as exc:
         raise ValidationError(
             "annotations", str(exc), "must be JSON-serializable (str class names, finite numbers)"
         ) from None
     entry_rest = b"}" if rest == b"{}" else b"," + rest[1:]
-    return Envelope(head=head, tail=entry_rest + b"]," + orjson.dumps(after)[1:])
+    return Envelope(head=head, tail=entry_rest + b"]" + _closing(after))
+
+
+def _closing(after: dict[str, Any]) -> bytes:
+    """The body's last keys and its closing brace, after the images list."""
+    return b"," + orjson.dumps(after)[1:] if after else b"}"
 
 
 def _label(label: Any) -> str:
@@ -119,11 +145,16 @@ def _label(label: Any) -> str:
         raise ValidationError("label", label, error.rule, wire_field="images[0].label") from None
 
 
-def splice(envelope: Envelope, output_b64: bytes, input_b64: bytes | None = None) -> list[bytes]:
-    """The body as chunks: envelope head, output image, optional input image, envelope tail."""
+def splice(envelope: Envelope, output_b64: bytes | None, input_b64: bytes | None = None) -> list[bytes]:
+    """The body as chunks: envelope head, the first image, optional input image, envelope tail.
+
+    ``output_b64`` is the first image string (None for a body without images).
+    """
+    if output_b64 is None:
+        return [envelope.head, envelope.tail]
     if input_b64 is None:
         return [envelope.head, output_b64, b'"', envelope.tail]
-    return [envelope.head, output_b64, b'","inputBase64Image":"', input_b64, b'"', envelope.tail]
+    return [envelope.head, output_b64, envelope.between, input_b64, b'"', envelope.tail]
 
 
 @dataclass(frozen=True, slots=True, eq=False)

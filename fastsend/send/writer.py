@@ -21,6 +21,7 @@ from fastsend.send import shutdown
 from fastsend.send.dispatch import Dispatcher
 from fastsend.send.prepare import PreparedEvent, prepare_event
 from fastsend.send.spool import Spool
+from fastsend.send.transport import AiohttpTransport, Transport
 from fastsend.send.wire import events_url
 
 logger = logging.getLogger("fastsend")
@@ -70,6 +71,9 @@ class EventWriter:
     (see ``fastsend.Settings``). Threads and the connection pool start on first use.
     """
 
+    # What sends each request; a writer for another kind of request (cloud events) names its own.
+    transport_factory: Callable[[Settings], Transport] = staticmethod(AiohttpTransport)
+
     def __init__(self, url: str | None = None, **settings: Any) -> None:
         warn_unknown_env()
         self.settings = Settings.resolve(url=url, **settings)
@@ -87,7 +91,7 @@ class EventWriter:
             )
         outbox = Spool(self.settings.spool_dir, self.settings.spool_max_bytes) if self.settings.spool_dir else None
         try:
-            self._dispatcher = Dispatcher(self.settings, outbox)
+            self._dispatcher = Dispatcher(self.settings, outbox, type(self).transport_factory)
         except BaseException:
             if outbox is not None:
                 outbox.close()

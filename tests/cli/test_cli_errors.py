@@ -144,7 +144,7 @@ def test_v_is_taken_before_or_after_the_command(tmp_path: Path, where: str) -> N
             "error: --api-key: no such option for fastsend send; did you mean --api-key-file?",
         ),
         (["demo", "--frame", "3"], "error: --frame: no such option for fastsend demo; did you mean --frames?"),
-        (["sedn"], "error: the command: 'sedn' must be one of serve, send, demo; did you mean 'send'?"),
+        (["sedn"], "error: the command: 'sedn' must be one of serve, send, demo, bundles; did you mean 'send'?"),
         (
             ["send", "--image", "x.jpg", "--schema", "safety_alert", "--severity", "hgih"],
             "error: --severity: 'hgih' must be one of low, medium, high; did you mean 'high'?",

@@ -10,7 +10,10 @@ import fastsend.workflows
 
 
 def test_loading_the_workflows_plugin_without_inference_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "inference", None)  # an import of inference fails as if it were not installed
+    # An import of inference fails as if it were not installed, even of a submodule another test imported.
+    for name in [name for name in sys.modules if name == "inference" or name.startswith("inference.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "inference", None)
     monkeypatch.delitem(sys.modules, "fastsend.integrations.workflows.event_writer", raising=False)
     with pytest.raises(ModuleNotFoundError) as info:
         fastsend.integrations.workflows.load_blocks()

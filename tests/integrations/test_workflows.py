@@ -427,8 +427,10 @@ def test_load_blocks_gives_the_same_classes_every_time():
     import fastsend.workflows
 
     assert fastsend.integrations.workflows.load_blocks() == fastsend.integrations.workflows.load_blocks()
-    (block,) = fastsend.integrations.workflows.load_blocks()
-    assert block.get_manifest().model_json_schema()["properties"]["type"]["const"] == FASTSEND
+    types = [
+        b.get_manifest().model_json_schema()["properties"]["type"]["const"] for b in fastsend.workflows.load_blocks()
+    ]
+    assert types == [FASTSEND, "fastsend/vision_events@v1", "fastsend/vision_event_bundle@v1"]
 
 
 EXIT_SCRIPT = """
@@ -505,3 +507,30 @@ def test_workflow_image_data_sends_jpeg_or_png_as_it_came_and_other_formats_as_p
         assert isinstance(source, RawImage) and np.array_equal(source.array, picture)
     else:
         assert isinstance(source, EncodedImage) and source.base64 == text.encode()
+
+
+def test_segmentations_without_masks_or_polygons_go_out_as_the_event_writer_sends_them(service, caplog):
+    """The enterprise block sends such an event without them; the block does too, and says so once."""
+    fields = {**STEPS["qc"], "instance_segmentations": "$inputs.bare", "object_detections": "$inputs.boxes"}
+    definition = workflow(step("fs", FASTSEND, fields), step("ew", ENTERPRISE, fields))
+    definition["inputs"] = [
+        *INPUTS,
+        {"type": "WorkflowBatchInput", "name": "bare", "kind": ["instance_segmentation_prediction"]},
+    ]
+    engine = ExecutionEngine.init(workflow_definition=definition, init_parameters={})
+    with caplog.at_level("WARNING", logger="fastsend"):
+        parameters = runtime(service.url, "bare segments", bare=[detections(), detections()])
+        results = engine.run(runtime_parameters=parameters)
+    for ours, theirs in zip(outputs_of(results, "fs"), outputs_of(results, "ew"), strict=True):
+        assert ours["error_status"] is theirs["error_status"] is False, ours["message"]
+        stored, reference = service.get_event(ours["event_id"]), service.get_event(theirs["event_id"])
+        assert "instanceSegmentations" not in stored["images"][0]
+        assert comparable(stored)["images"] == comparable(reference)["images"]
+    dropped = [r for r in caplog.records if "without masks or polygons dropped" in r.getMessage()]
+    assert len(dropped) <= 1 and (dropped or _already_warned())
+
+
+def _already_warned() -> bool:
+    from fastsend.integrations import block
+
+    return block._warn_dropped_segmentations._warned

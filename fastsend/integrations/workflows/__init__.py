@@ -1,8 +1,15 @@
-"""Workflows plugin: ``WORKFLOWS_PLUGINS=fastsend.workflows`` adds ``fastsend/event_writer_sink@v1``.
+"""Workflows plugin: ``WORKFLOWS_PLUGINS=fastsend.workflows`` adds fastsend's event sinks.
 
-The block takes every field of ``roboflow_enterprise/event_writer_sink@v1``, so
-replacing the ``type`` string is the whole migration; it sends through fastsend's
-writer (shared queue, encoders, connection pool and spool per URL and settings).
+- ``fastsend/event_writer_sink@v1``: every field of ``roboflow_enterprise/event_writer_sink@v1``;
+- ``fastsend/vision_events@v1``: ``roboflow_core/roboflow_vision_events@v1``'s manifest (local event
+  store or Roboflow's cloud);
+- ``fastsend/vision_event_bundle@v1``: ``roboflow_core/vision_event_bundle@v1``'s manifest (bundles
+  on disk for air-gapped sites).
+
+Replacing the ``type`` string is the whole migration; events are sent through fastsend's
+writers (shared queue, encoders, connection pool and spool per URL and settings). The two
+Vision Events blocks need ``roboflow-workflows`` (inference 1.8.3 and later); with an older
+inference only the Event Writer block is loaded.
 
 Importing this module does not import inference; ``load_blocks()`` does.
 Needs ``pip install "fastsend[inference]"``.
@@ -43,9 +50,18 @@ def load_blocks() -> list[type[Any]]:
             raise
         raise ModuleNotFoundError(f"{_INFERENCE_MISSING} ({exc})", name=exc.name) from exc
 
+    blocks: list[type[Any]] = [FastsendEventWriterSinkBlockV1]
+    try:
+        from fastsend.integrations.workflows.vision_event_bundle import FastsendVisionEventBundleBlockV1
+        from fastsend.integrations.workflows.vision_events import FastsendVisionEventsBlockV1
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "roboflow_workflows":
+            raise
+    else:
+        blocks += [FastsendVisionEventsBlockV1, FastsendVisionEventBundleBlockV1]
     if Settings.one("spool_dir") and Settings.one("handle_sigterm"):
         shutdown.take_sigterm()
-    return [FastsendEventWriterSinkBlockV1]
+    return blocks
 
 
 def flush(timeout: float | None = None) -> int:
@@ -55,8 +71,9 @@ def flush(timeout: float | None = None) -> int:
     where the engine has no ``close()`` (1.7 and older) and waiting for the
     interpreter's exit is too late.
     """
-    block_module = sys.modules.get(f"{__name__}.event_writer")
-    if block_module is None:  # no block was ever loaded: nothing can be queued
-        return 0
-    pending: int = block_module.flush_shared_writers(timeout)
+    pending = 0
+    for name in ("event_writer", "vision_events", "vision_event_bundle"):
+        block_module = sys.modules.get(f"{__name__}.{name}")
+        if block_module is not None:  # a block never loaded has nothing queued
+            pending += block_module.flush_shared_writers(timeout)
     return pending
