@@ -167,7 +167,7 @@ class Poster:
                 remaining -= 1
                 status = await self._post_one()
                 if status != 201:
-                    raise RuntimeError(f"sink answered {status}")
+                    raise RuntimeError(f"receiver answered {status}")
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
 

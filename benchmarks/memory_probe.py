@@ -23,7 +23,7 @@ import time
 
 import fastsend
 from benchmarks.frames import SIZES, event_inputs
-from benchmarks.sink import running_sink
+from benchmarks.receiver import running_receiver
 from fastsend.imaging.jpeg import FRAME_POOL_IDLE_BYTES
 
 OVERHEAD_MB = 128
@@ -53,7 +53,7 @@ def main() -> None:
     inputs = event_inputs(*SIZES["1080p"])
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
     event_frame_mb = (out.nbytes + inp.nbytes) / MiB
-    with running_sink(status=529) as url:
+    with running_receiver(status=529) as url:
         writer = fastsend.EventWriter(url, exit_flush_timeout=0)
         baseline = _rss_mb()
         started = time.perf_counter()

@@ -64,9 +64,9 @@ def _event() -> fastsend.Event:
 
 
 @pytest.fixture
-def writer(sink_url: str) -> Iterator[fastsend.EventWriter]:
+def writer(receiver_url: str) -> Iterator[fastsend.EventWriter]:
     # block: a benchmark must deliver every event, not shed load.
-    with fastsend.EventWriter(sink_url, overflow="block", block_timeout=60) as writer:
+    with fastsend.EventWriter(receiver_url, overflow="block", block_timeout=60) as writer:
         yield writer
     stats = writer.stats()
     assert stats["failed"] == 0 and stats["dropped"] == 0, stats
@@ -107,14 +107,14 @@ def test_fastsend_fire_and_forget(benchmark, scenario, inputs, writer):
 # ---------------------------------------------------------------- interleaved
 
 
-def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
+def test_throughput_interleaved(benchmark, scenario, inputs, writer, receiver_url):
     """All contenders in each round; events/s at each contender's median round."""
     n = batch_size(benchmark, scenario)
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
     encode = fastsend.encode_jpeg
-    poster = Poster(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
+    poster = Poster(receiver_url, real_body(inputs), TRANSFER_CONCURRENCY)
     encoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    reference = ReferenceSender(sink_url)
+    reference = ReferenceSender(receiver_url)
 
     def encode_only(count: int) -> None:
         list(encoders.map(lambda _: (encode(out, "BGR", 95, "420"), encode(inp, "BGR", 95, "420")), range(count)))
@@ -224,7 +224,7 @@ def _warm_p50(call: Callable[[], object], n: int = 200) -> float:
 
 
 @pytest.mark.parametrize("contender", ["fastsend-snapshot", "fastsend-owned", "reference", "bare-copy", "control"])
-def test_caller_cost(benchmark, contender, sink_url):
+def test_caller_cost(benchmark, contender, receiver_url):
     """One call per 1/30 s (the pace of a video loop); also its cost back to back, caches warm.
 
     Default settings: back to back, the queue overflows and drops the oldest, which is
@@ -235,8 +235,8 @@ def test_caller_cost(benchmark, contender, sink_url):
     inputs = event_inputs(*SIZES["1080p"])
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
     event = _event()
-    writer = fastsend.EventWriter(sink_url)
-    reference = ReferenceSender(sink_url) if contender == "reference" else None
+    writer = fastsend.EventWriter(receiver_url)
+    reference = ReferenceSender(receiver_url) if contender == "reference" else None
     if contender == "control":
         call = _control_work
     elif contender == "bare-copy":  # the floor of any snapshot: the two frames copied into warm buffers
@@ -272,13 +272,13 @@ def test_caller_cost(benchmark, contender, sink_url):
 # ---------------------------------------------------------------- synchronous latency
 
 
-def test_sync_latency(benchmark, sink_url, writer):
+def test_sync_latency(benchmark, receiver_url, writer):
     """fastsend ``send()`` and the reference synchronous send, alternating, at 1080p."""
     from benchmarks.frames import SIZES, event_inputs
 
     inputs = event_inputs(*SIZES["1080p"])
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
-    reference = ReferenceSender(sink_url)
+    reference = ReferenceSender(receiver_url)
     reference_times: list[float] = []
 
     def fastsend_send() -> None:
@@ -309,7 +309,7 @@ def test_sync_latency(benchmark, sink_url, writer):
 # ---------------------------------------------------------------- fire-and-forget latency
 
 
-def test_fire_and_forget_latency(benchmark, sink_url, writer):
+def test_fire_and_forget_latency(benchmark, receiver_url, writer):
     """Submit to 201 for one 1080p event at a time (every 100 ms): how soon the service knows."""
     from benchmarks.frames import SIZES, event_inputs
 
@@ -332,7 +332,7 @@ def test_fire_and_forget_latency(benchmark, sink_url, writer):
 
 
 def test_memory_bounded(benchmark):
-    """Peak RSS of a process submitting 1080p events to a sink that answers 529 throughout.
+    """Peak RSS of a process submitting 1080p events to a receiver that answers 529 throughout.
 
     The table's row times the whole probe (a fresh process submitting every event); the memory
     figures are in ``extra_info`` and the terminal summary.
