@@ -19,7 +19,7 @@ import aiohttp
 import fastsend
 from benchmarks.frames import EventInputs
 from fastsend.config import Settings
-from fastsend.send.prepare import render_body
+from fastsend.send.encoding import render_body
 from fastsend.send.transport import AiohttpTransport
 from fastsend.send.wire import Request
 

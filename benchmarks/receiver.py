@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-__all__ = ["running_receiver", "receiver_stats"]
+__all__ = ["receiver_stats", "running_receiver"]
 
 _READ_BUFFER = 1 << 20
 _MAX_HEAD = 64 * 1024

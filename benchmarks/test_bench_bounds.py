@@ -36,8 +36,8 @@ from benchmarks.harness import (
     measure_throughput,
     real_body,
 )
-from benchmarks.reference_sender import ReferenceSender
 from benchmarks.receiver import receiver_stats
+from benchmarks.reference_sender import ReferenceSender
 
 
 def test_encode_only(benchmark, scenario, inputs):

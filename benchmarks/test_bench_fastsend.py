@@ -3,9 +3,7 @@
 - ``test_fastsend_fire_and_forget``: events/s, ``submit`` then ``flush``, same batches as
   the contenders in ``test_bench_bounds.py`` (the summary shows the ratios);
 - ``test_throughput_interleaved``: every contender, round after round, in one test: on
-  a shared machine load drifts between tests, so these ratios are the ones to quote. One
-  contender is a prototype: ``submit`` with its snapshot taken for the writer's JPEG options
-  (``prepare_event(copy=False)`` then ``jpeg.snapshot``), as planes for large frames;
+  a shared machine load drifts between tests, so these ratios are the ones to quote;
 - ``test_caller_cost``: what one fire-and-forget call costs the caller at 1080p, paced
   like a 30 fps video loop: fastsend with the default snapshot, with ownership handed
   over (``copy=False``), and the reference path (encoding on the caller's thread);
@@ -17,7 +15,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
@@ -32,7 +29,7 @@ import numpy as np
 import pytest
 
 import fastsend
-from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, cpu_lines, planar_snapshots
+from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, cpu_lines
 from benchmarks.frames import EventInputs
 from benchmarks.harness import (
     ENCODE_ONLY,
@@ -48,12 +45,9 @@ from benchmarks.harness import (
     real_body,
 )
 from benchmarks.reference_sender import ReferenceSender
-from fastsend.imaging.jpeg import JpegOptions, snapshot
 
 FASTSEND_FIRE_AND_FORGET = "fastsend-fire-and-forget"
 FASTSEND_OWNED = "fastsend-fire-and-forget-owned"  # copy=False: the frames are handed over, no snapshot
-# What submit() would do with its writer's JPEG options at hand: large frames snapshotted as YUV planes.
-FASTSEND_PLANAR = "fastsend-fire-and-forget-planar"
 #: Rounds of the interleaved test: each contender's median round shrugs off bursts of other load.
 INTERLEAVED_ROUNDS = 15
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,22 +72,6 @@ def _fastsend_batch(writer: fastsend.EventWriter, inputs: EventInputs, **options
     def run(n: int) -> None:
         for _ in range(n):
             writer.submit(_event(), out, input_image=inp, object_detections=dets, **options)
-        assert writer.flush(timeout=120) == 0
-
-    return run
-
-
-def _planar_batch(writer: fastsend.EventWriter, inputs: EventInputs) -> Callable[[int], None]:
-    """submit() with its snapshot taken for the writer's JPEG options (planes for large frames)."""
-    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
-    settings = writer.settings
-    options = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            prepared = fastsend.prepare_event(_event(), out, input_image=inp, object_detections=dets, copy=False)
-            own = dataclasses.replace(prepared, output=snapshot(prepared.output, options))
-            writer.submit_prepared(dataclasses.replace(own, input=snapshot(prepared.input, options)))
         assert writer.flush(timeout=120) == 0
 
     return run
@@ -130,12 +108,10 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, receiver_ur
         REFERENCE_FIRE_AND_FORGET: reference_ff,
         FASTSEND_FIRE_AND_FORGET: _fastsend_batch(writer, inputs),
         FASTSEND_OWNED: _fastsend_batch(writer, inputs, copy=False),
-        FASTSEND_PLANAR: _planar_batch(writer, inputs),
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     # The fastsend contenders share one writer: each meter takes the encode CPU of its own calls.
     meters = {name: CpuMeter(writer.stats if name.startswith("fastsend") else None) for name in contenders}
-    meters[FASTSEND_PLANAR].planar = planar_snapshots(inp)
 
     def one_round() -> None:
         for name, run in contenders.items():
@@ -188,7 +164,6 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, receiver_ur
         fastsend_vs_bound=round(ours / bound, 3),
         fastsend_vs_reference_ff=round(ours / rates[REFERENCE_FIRE_AND_FORGET], 3),
         fastsend_owned_vs_bound=round(rates[FASTSEND_OWNED] / bound, 3),
-        fastsend_planar_vs_bound=round(rates[FASTSEND_PLANAR] / bound, 3),
     )
 
 

@@ -327,8 +327,8 @@ def test_fire_and_forget_returns_at_once_and_close_delivers_every_event(service)
 def test_a_queued_event_keeps_its_frames_as_they_were_when_the_step_ran(service, monkeypatch):
     """Blocks after a sink may draw on the frame in place: the queued event sends the frame it was given,
     byte for byte the JPEG of that frame."""
+    import fastsend.integrations.block as block_module  # where the block's calls are prepared
     import fastsend.send.encoding
-    import fastsend.send.writer as block_module  # where the block's calls are prepared
 
     borrowed = []
     real_prepare = block_module.prepare_block_event
