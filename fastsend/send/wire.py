@@ -72,8 +72,9 @@ def check_idempotency_key(key: object) -> str:
 class Envelope:
     """The serialized JSON around the image strings of one event.
 
-    ``head`` ends inside the opening quote of ``base64Image``; ``tail`` starts right
-    after the image entry's last image string and closes the body.
+    ``head`` ends inside the opening quote of ``base64Image``; ``tail`` starts with the
+    quote that closes the image entry's last image string and closes the body (one chunk,
+    so one write fewer per request).
     """
 
     head: bytes
@@ -109,7 +110,7 @@ def build_envelope(
             "annotations", str(exc), "must be JSON-serializable (str class names, finite numbers)"
         ) from None
     entry_rest = b"}" if rest == b"{}" else b"," + rest[1:]
-    return Envelope(head=head, tail=entry_rest + b"]," + orjson.dumps(after)[1:])
+    return Envelope(head=head, tail=b'"' + entry_rest + b"]," + orjson.dumps(after)[1:])
 
 
 def _label(label: Any) -> str:
@@ -122,8 +123,8 @@ def _label(label: Any) -> str:
 def splice(envelope: Envelope, output_b64: bytes, input_b64: bytes | None = None) -> list[bytes]:
     """The body as chunks: envelope head, output image, optional input image, envelope tail."""
     if input_b64 is None:
-        return [envelope.head, output_b64, b'"', envelope.tail]
-    return [envelope.head, output_b64, b'","inputBase64Image":"', input_b64, b'"', envelope.tail]
+        return [envelope.head, output_b64, envelope.tail]
+    return [envelope.head, output_b64, b'","inputBase64Image":"', input_b64, envelope.tail]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
