@@ -26,6 +26,9 @@ Layout:
 - ``test_bench_core.py``: JPEG encode, annotations, body build micro-benchmarks.
 - ``test_bench_bounds.py``: encode-only, transfer-only, the reference sender.
 - ``test_bench_fastsend.py``: fastsend end to end; the interleaved ratios to quote.
+- ``test_bench_caller.py``: what the caller's thread pays per ``EventWriterSink.run()`` and
+  ``EventWriter.submit()``, paced and flat out, and a drawn frame against one image.
+- ``caller_probe.py`` and ``compare.py``: two checkouts measured alternately (before/after).
 - ``test_bench_engine.py``: the two Event Writer blocks in inference's Execution
   Engine and InferencePipeline (``engine_support.py``); skipped without inference.
 - ``cpu.py``: CPU per event by thread, and the cost around fastsend's encoder.

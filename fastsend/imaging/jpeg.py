@@ -354,21 +354,32 @@ def _snapshot_of(array: NDArray[Any], pixel_format: str) -> RawImage:
     return RawImage(copied, pixel_format, recyclable=True, snapshot_seconds=time.thread_time() - started)
 
 
-#: How long the frame pool keeps the buffers of its last peak after the peak passed.
+#: How long the frame pool keeps the buffers of a shape's last peak after that peak passed.
 FRAME_POOL_HOLD_SECONDS = 30.0
 
 
+@dataclass(slots=True, eq=False)
+class _Shelf:
+    """The frame pool's buffers of one shape: the idle ones, how many are out, and their recent peak."""
+
+    idle: list[NDArray[Any]]
+    out: int = 0
+    peak: int = 0
+    peak_at: float = 0.0
+
+
 class _FramePool:
-    """Warm buffers for frame snapshots, keyed by shape.
+    """Warm buffers for frame snapshots, by shape.
 
     Copying into memory that was used before costs a fraction of copying into a fresh
     allocation, whose pages must first be faulted in and zeroed (at 1080p ~0.5 ms instead of
-    ~1.5 ms per frame, on the caller's thread). So the pool keeps, idle, as many bytes as were
-    out at once at the peak of recent work: a burst that filled the writers' queues
-    (``queue_bytes``) and in-flight slots finds that many warm buffers the next time, and what
-    a steady loop needs is all it holds. That peak is bounded by the writers' queue and
-    in-flight bounds, since every buffer out belongs to an event queued or in flight; it is
-    forgotten ``FRAME_POOL_HOLD_SECONDS`` after it passed, and the idle memory above it freed.
+    ~1.5 ms per frame, on the caller's thread). So for each shape the pool keeps, idle, as many
+    buffers as were out at once at the peak of recent work: a burst that filled the writers'
+    queues (``queue_bytes``) and in-flight slots finds that many warm buffers the next time, and
+    a steady loop keeps only what it needs. That peak is bounded by the writers' queue and
+    in-flight bounds, since every buffer out belongs to an event queued or in flight (or being
+    snapshotted); it is forgotten ``FRAME_POOL_HOLD_SECONDS`` after it passed, and the idle
+    buffers above it freed.
     """
 
     def __init__(self, hold_seconds: float = FRAME_POOL_HOLD_SECONDS) -> None:
@@ -377,49 +388,42 @@ class _FramePool:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[tuple[int, ...], list[NDArray[Any]]] = {}
-        self._idle_bytes = 0
-        self._out_bytes = 0  # taken, not yet released
-        self._peak_bytes = 0
-        self._peak_at = 0.0
+        self._shelves: dict[tuple[int, ...], _Shelf] = {}
         self.fresh = 0  # buffers allocated because none of their shape was idle
 
     def take(self, shape: tuple[int, ...]) -> NDArray[Any]:
         """A uint8 buffer of ``shape``: a warm idle one when there is one."""
         with self._lock:
-            buffers = self._idle.get(shape)
-            buffer = buffers.pop() if buffers else None
-            nbytes = buffer.nbytes if buffer is not None else int(np.prod(shape))
-            if buffer is not None:
-                self._idle_bytes -= nbytes
-            else:
+            shelf = self._shelves.get(shape)
+            if shelf is None:
+                shelf = self._shelves[shape] = _Shelf([])
+            buffer = shelf.idle.pop() if shelf.idle else None
+            if buffer is None:
                 self.fresh += 1
-            self._out_bytes += nbytes
-            if self._out_bytes >= self._peak_bytes:
-                self._peak_bytes, self._peak_at = self._out_bytes, time.monotonic()
+            shelf.out += 1
+            if shelf.out >= shelf.peak:
+                shelf.peak, shelf.peak_at = shelf.out, time.monotonic()
         return buffer if buffer is not None else np.empty(shape, dtype=np.uint8)
 
     def release(self, buffer: NDArray[Any]) -> None:
-        """Give back a buffer from ``take``: kept idle while the pool holds no more than its recent peak."""
+        """Give back a buffer from ``take``: kept idle while its shape holds no more than its recent peak."""
         with self._lock:
-            self._out_bytes -= buffer.nbytes
-            if time.monotonic() - self._peak_at > self.hold_seconds:  # the peak passed long ago
-                self._peak_bytes, self._peak_at = self._out_bytes + buffer.nbytes, time.monotonic()
-                self._trim(room_for=buffer.nbytes)
-            if self._idle_bytes + self._out_bytes + buffer.nbytes <= self._peak_bytes:
-                self._idle.setdefault(buffer.shape, []).append(buffer)
-                self._idle_bytes += buffer.nbytes
-
-    def _trim(self, room_for: int) -> None:
-        """Free the oldest idle buffers until ``room_for`` more bytes stay within the peak (under the lock)."""
-        for buffers in self._idle.values():
-            while buffers and self._idle_bytes + self._out_bytes + room_for > self._peak_bytes:
-                self._idle_bytes -= buffers.pop(0).nbytes
+            shelf = self._shelves.get(buffer.shape)
+            if shelf is None:  # taken before a fork reset the pool
+                return
+            shelf.out -= 1
+            now = time.monotonic()
+            if now - shelf.peak_at > self.hold_seconds:  # the peak passed long ago: what is out now is the peak
+                shelf.peak, shelf.peak_at = shelf.out + 1, now
+                del shelf.idle[: max(0, len(shelf.idle) + shelf.out + 1 - shelf.peak)]  # the oldest go
+            if len(shelf.idle) + shelf.out < shelf.peak:
+                shelf.idle.append(buffer)
 
     @property
     def idle_bytes(self) -> int:
         """Bytes of warm buffers waiting to be taken."""
-        return self._idle_bytes
+        with self._lock:
+            return sum(buffer.nbytes for shelf in self._shelves.values() for buffer in shelf.idle)
 
 
 _frame_pool = _FramePool()

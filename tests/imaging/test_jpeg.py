@@ -651,6 +651,16 @@ def test_the_frame_pool_keeps_buffers_by_shape():
     assert other is not small and other.shape == (4, 1) and pool.fresh == 2
 
 
+def test_bursts_of_two_shapes_in_turn_each_find_their_buffers_warm():
+    pool = jpeg._FramePool()
+    for _ in range(3):
+        for shape, count in (((6, 8, 3), 12), ((3, 4, 3), 30)):  # a large frame's burst, then a small one's
+            taken = [pool.take(shape) for _ in range(count)]
+            for buffer in taken:
+                pool.release(buffer)
+    assert pool.fresh == 12 + 30  # only the first round allocated
+
+
 @needs_both_backends
 def test_threads_encode_at_once_each_in_its_own_buffer(make_frame):
     frames = [make_frame(48 + i, 64, seed=i) for i in range(4)]
