@@ -137,7 +137,7 @@ class Encoders:
         self._threads = threads
         self._ledger = ledger
         self._finished = finished
-        # (job, plan) for WHOLE and PAIR; (job, which half, the halves) for HALVES.
+        # (job, WHOLE or PAIR, None) or, for each image of HALVES, (job, which image, the two halves).
         self._tasks: queue.SimpleQueue[tuple[Job, Plan | str, _Halves | None] | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -179,7 +179,7 @@ class Encoders:
             try:
                 if part is Plan.PAIR:
                     self._encode_as_pair(job)
-                elif halves is None:
+                elif halves is None or isinstance(part, Plan):
                     self._finished(job, self._encode_whole(job))
                 elif self._encode_half(job, part, halves):
                     self._finished(job, halves.error)
