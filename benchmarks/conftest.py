@@ -15,8 +15,8 @@ encode+transfer bounds, under ``fastsend_throughput``). A plain test run in the
 repo root never collects this directory (``testpaths = ["tests"]``).
 
 Layout:
-- ``sink.py``: ``running_sink(status=201)`` — the minimal HTTP/1.1 receiver in
-  a child process; ``sink_stats(url)``.
+- ``receiver.py``: ``running_receiver(status=201)`` — the minimal HTTP/1.1 receiver in
+  a child process; ``receiver_stats(url)``.
 - ``frames.py``: deterministic 1080p / 640×480 frames and detections;
   ``event_inputs(width, height)``.
 - ``reference_sender.py``: ``ReferenceSender`` — the Event Writer block's way
@@ -26,10 +26,13 @@ Layout:
 - ``test_bench_core.py``: JPEG encode, annotations, body build micro-benchmarks.
 - ``test_bench_bounds.py``: encode-only, transfer-only, the reference sender.
 - ``test_bench_fastsend.py``: fastsend end to end; the interleaved ratios to quote.
+- ``test_bench_caller.py``: what the caller's thread pays per ``EventWriterSink.run()`` and
+  ``EventWriter.submit()``, paced and flat out, and a drawn frame against one image.
+- ``caller_probe.py`` and ``compare.py``: two checkouts measured alternately (before/after).
 - ``test_bench_engine.py``: the two Event Writer blocks in inference's Execution
   Engine and InferencePipeline (``engine_support.py``); skipped without inference.
 - ``cpu.py``: CPU per event by thread, and the cost around fastsend's encoder.
-- ``test_harness.py``: checks of the sink, frames and reference sender.
+- ``test_harness.py``: checks of the receiver, frames and reference sender.
 """
 
 from __future__ import annotations
@@ -48,13 +51,13 @@ from benchmarks.harness import (
     TRANSFER_ONLY,
     encode_transfer_bound,
 )
-from benchmarks.sink import running_sink
+from benchmarks.receiver import running_receiver
 
 
 @pytest.fixture(scope="session")
-def sink_url() -> Iterator[str]:
-    """Base URL of the one 201 sink every end-to-end contender posts to."""
-    with running_sink() as url:
+def receiver_url() -> Iterator[str]:
+    """Base URL of the one 201 receiver every end-to-end contender posts to."""
+    with running_receiver() as url:
         yield url
 
 

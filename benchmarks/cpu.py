@@ -13,10 +13,7 @@ images (the ledger's ``encode_ms_per_image`` × ``images_encoded``), so that
 
 is what fastsend spends per event on everything but libjpeg-turbo and base64:
 snapshot, validation, annotations, the envelope, hand-offs between threads, the
-loop thread and the kernel's work sending the body. A snapshot taken as the
-encoder's YUV planes (``planar=True``) is the colour conversion and subsampling
-libjpeg-turbo would otherwise do on the encoder: the report gives the cost around
-the encoder both with that snapshot and with it counted as the encoder's work.
+loop thread and the kernel's work sending the body.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ __all__ = [
     "CpuReport",
     "cpu_lines",
     "encode_seconds",
-    "planar_snapshots",
     "snapshot_seconds",
     "thread_role",
 ]
@@ -73,13 +69,6 @@ def _thread_clocks() -> dict[int, tuple[str, float]]:
     return clocks
 
 
-def planar_snapshots(frame: Any) -> bool:
-    """Whether fastsend snapshots ``frame`` as YUV planes when it knows the JPEG options (large frames, turbojpeg)."""
-    from fastsend.imaging import jpeg
-
-    return jpeg.jpeg_backend() == "turbojpeg" and frame.nbytes >= jpeg.PLANAR_MIN_BYTES
-
-
 def encode_seconds(stats: Mapping[str, Any]) -> float:
     """A fastsend writer's total encode CPU so far, from its ``stats()``."""
     return float(stats["encode_ms_per_image"]) * int(stats["images_encoded"]) / 1e3
@@ -99,19 +88,12 @@ class CpuReport:
     encode_ms: float | None  # None: not a fastsend contender
     images_encoded: int
     snapshot_ms: float = 0.0
-    planar: bool = False  # the snapshots were the encoder's YUV planes
     by_role_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def around_encoder_ms(self) -> float | None:
         """Process CPU per event minus the encoders' CPU for its images (snapshot included)."""
         return None if self.encode_ms is None else self.process_ms - self.encode_ms
-
-    @property
-    def around_encoder_work_ms(self) -> float | None:
-        """As ``around_encoder_ms``, with a planar snapshot counted as the encoder's work it is."""
-        around = self.around_encoder_ms
-        return None if around is None else around - (self.snapshot_ms if self.planar else 0.0)
 
     def split(self) -> str:
         """The per-role split as one line, largest first."""
@@ -122,9 +104,8 @@ class CpuReport:
 class CpuMeter:
     """Adds up the CPU of calls measured with ``measure``; ``report()`` gives it per event."""
 
-    def __init__(self, stats: Callable[[], Mapping[str, Any]] | None = None, *, planar: bool = False) -> None:
+    def __init__(self, stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self._stats = stats
-        self.planar = planar
         self.events = 0
         self.process_seconds = 0.0
         self.encode_seconds = 0.0
@@ -165,7 +146,6 @@ class CpuMeter:
             encode_ms=self.encode_seconds * per_event if self._stats is not None else None,
             images_encoded=self.images_encoded,
             snapshot_ms=self.snapshot_seconds * per_event,
-            planar=self.planar,
             by_role_ms={role: seconds * per_event for role, seconds in self.by_role.items()},
         )
 
@@ -179,20 +159,15 @@ def cpu_lines(reports: Mapping[str, CpuReport], target_ms: float | None = None) 
     lines = []
     for name, report in reports.items():
         lines.append(f"CPU per event, {name}: {report.process_ms:.2f} ms ({report.split()})")
-        around, work = report.around_encoder_ms, report.around_encoder_work_ms
-        if around is None or work is None or report.encode_ms is None:
+        around = report.around_encoder_ms
+        if around is None or report.encode_ms is None:
             continue
         images = report.images_encoded / max(report.events, 1)
         lines.append(
             f"  around the encoder: {around:.2f} ms per event (process {report.process_ms:.2f} - encode "
             f"{report.encode_ms:.2f} for {images:.2g} image(s)), snapshot {report.snapshot_ms:.2f} of it"
-            + ("" if report.planar else _verdict(around, target_ms))
+            + _verdict(around, target_ms)
         )
-        if report.planar:
-            lines.append(
-                f"  around the encoder, the planar snapshot counted as encoder work: {work:.2f} ms"
-                + _verdict(work, target_ms)
-            )
     return lines
 
 

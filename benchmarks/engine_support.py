@@ -8,7 +8,7 @@ not installed (``pip install "fastsend[inference]"``).
 The workflow has one step: the chosen block sends one event per frame, the frame as
 ``output_image`` and 10 detections as ``object_detections``, fire-and-forget, as
 ``quality_check``; ``disable_sink`` comes from an input so the same engine can also
-run with the sink off (what the engine costs without sending anything).
+run with the sending block disabled (what the engine costs without sending anything).
 """
 
 from __future__ import annotations

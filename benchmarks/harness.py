@@ -19,7 +19,7 @@ import aiohttp
 import fastsend
 from benchmarks.frames import EventInputs
 from fastsend.config import Settings
-from fastsend.send.prepare import render_body
+from fastsend.send.encoding import render_body
 from fastsend.send.transport import AiohttpTransport
 from fastsend.send.wire import Request
 
@@ -167,7 +167,7 @@ class Poster:
                 remaining -= 1
                 status = await self._post_one()
                 if status != 201:
-                    raise RuntimeError(f"sink answered {status}")
+                    raise RuntimeError(f"receiver answered {status}")
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
 

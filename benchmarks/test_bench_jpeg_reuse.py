@@ -227,15 +227,15 @@ def test_reuse_by_changed_share(benchmark, capsys, share):
     _report(capsys, f"jpeg reuse 1080p, {measured:.0%} of segments changed", [f"reuse / two encodes: {ratio:.2f}"])
 
 
-def test_writer_cpu_per_event(benchmark, scenario, inputs, sink_url, capsys, monkeypatch):
-    """The whole process's CPU per event through an EventWriter to the sink (caller, encoders, transport):
+def test_writer_cpu_per_event(benchmark, scenario, inputs, receiver_url, capsys, monkeypatch):
+    """The whole process's CPU per event through an EventWriter to the receiver (caller, encoders, transport):
     output image only, both images as two encodes (reuse turned off), both images with reuse."""
     import fastsend
     import fastsend.send.encoding
 
     out, inp, dets = inputs.output_frame, inputs.input_frame, inputs.detections
     n = 2 if benchmark.disabled else {"1080p": 8, "480p": 32}[scenario]
-    writer = fastsend.EventWriter(sink_url, overflow="block", block_timeout=60)
+    writer = fastsend.EventWriter(receiver_url, overflow="block", block_timeout=60)
     reuse_applies = fastsend.send.encoding.reuse_applies
 
     def batch(input_image: Any, reuse: bool) -> Callable[[], None]:

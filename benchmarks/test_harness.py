@@ -1,4 +1,4 @@
-"""Checks of the benchmark harness itself: the sink, the frames, the reference sender.
+"""Checks of the benchmark harness itself: the receiver, the frames, the reference sender.
 
 They run with ``--benchmark-disable`` (the smoke run) and are skipped by
 ``--benchmark-only``.
@@ -20,33 +20,33 @@ import requests
 
 import fastsend
 from benchmarks.frames import SIZES, event_inputs, make_detections, make_frame
+from benchmarks.receiver import receiver_stats, running_receiver
 from benchmarks.reference_sender import ReferenceSender, reference_detections_to_wire
-from benchmarks.sink import running_sink, sink_stats
-from fastsend.send.prepare import render_body
+from fastsend.send.encoding import render_body
 
 
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def test_sink_answers_201_with_increasing_ids_over_keep_alive(sink_url):
-    before = sink_stats(sink_url)
+def test_receiver_answers_201_with_increasing_ids_over_keep_alive(receiver_url):
+    before = receiver_stats(receiver_url)
     with requests.Session() as session:
-        ids = [int(session.post(f"{sink_url}/v2/events", data=b"x" * 300_000).json()["id"]) for _ in range(3)]
+        ids = [int(session.post(f"{receiver_url}/v2/events", data=b"x" * 300_000).json()["id"]) for _ in range(3)]
     assert ids == sorted(ids) and len(set(ids)) == 3
-    after = sink_stats(sink_url)
+    after = receiver_stats(receiver_url)
     assert after["requests"] - before["requests"] == 3
     assert after["body_bytes"] - before["body_bytes"] == 900_000
 
 
-def test_sink_reads_chunked_bodies_and_pipelined_requests_split_anywhere(sink_url):
-    before = sink_stats(sink_url)
+def test_receiver_reads_chunked_bodies_and_pipelined_requests_split_anywhere(receiver_url):
+    before = receiver_stats(receiver_url)
     requests_bytes = (
         b"POST /v2/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
         b"POST /v2/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
     )
-    with socket.create_connection(("127.0.0.1", _port(sink_url)), timeout=5) as conn:
+    with socket.create_connection(("127.0.0.1", _port(receiver_url)), timeout=5) as conn:
         for i in range(len(requests_bytes)):
             conn.sendall(requests_bytes[i : i + 1])
         received = b""
@@ -54,17 +54,17 @@ def test_sink_reads_chunked_bodies_and_pipelined_requests_split_anywhere(sink_ur
             chunk = conn.recv(4096)
             assert chunk, received
             received += chunk
-    after = sink_stats(sink_url)
+    after = receiver_stats(receiver_url)
     assert after["requests"] - before["requests"] == 2
     assert after["body_bytes"] - before["body_bytes"] == 13
 
 
-def test_sink_works_with_aiohttp_and_rejects_other_paths(sink_url):
+def test_receiver_works_with_aiohttp_and_rejects_other_paths(receiver_url):
     async def go() -> list[int]:
         async with aiohttp.ClientSession() as session:
             statuses = []
             for path in ("/v2/events", "/v2/events", "/elsewhere"):
-                async with session.post(sink_url + path, data=b"{}" * 100_000) as response:
+                async with session.post(receiver_url + path, data=b"{}" * 100_000) as response:
                     await response.read()
                     statuses.append(response.status)
             return statuses
@@ -72,13 +72,13 @@ def test_sink_works_with_aiohttp_and_rejects_other_paths(sink_url):
     assert asyncio.run(go()) == [201, 201, 404]
 
 
-def test_sink_can_answer_529_with_retry_after():
-    with running_sink(529, retry_after=1) as url:
+def test_receiver_can_answer_529_with_retry_after():
+    with running_receiver(529, retry_after=1) as url:
         response = requests.post(f"{url}/v2/events", json={"a": 1}, timeout=5)
         assert response.status_code == 529
         assert response.headers["Retry-After"] == "1"
         assert "detail" in response.json()
-        assert sink_stats(url)["requests"] == 1
+        assert receiver_stats(url)["requests"] == 1
 
 
 def test_frames_are_deterministic_and_jpeg_realistic():
@@ -105,9 +105,9 @@ def test_reference_annotations_match_fastsend():
             assert a[key] == pytest.approx(b[key], rel=1e-6)
 
 
-def test_reference_body_has_the_shape_fastsend_sends(sink_url):
+def test_reference_body_has_the_shape_fastsend_sends(receiver_url):
     inputs = event_inputs(640, 480)
-    sender = ReferenceSender(sink_url)
+    sender = ReferenceSender(receiver_url)
     theirs = json.loads(json.dumps(sender.build(inputs.output_frame, inputs.input_frame, inputs.detections)))
     event = fastsend.Event.quality_check(result="fail")
     prepared = fastsend.prepare_event(
@@ -122,15 +122,15 @@ def test_reference_body_has_the_shape_fastsend_sends(sink_url):
         assert abs(len(theirs["images"][0][key]) / len(ours["images"][0][key]) - 1) < 0.05
 
 
-def test_reference_sender_sync_and_fire_and_forget(sink_url):
+def test_reference_sender_sync_and_fire_and_forget(receiver_url):
     inputs = event_inputs(640, 480)
     args = (inputs.output_frame, inputs.input_frame, inputs.detections)
-    with ReferenceSender(sink_url) as sender:
+    with ReferenceSender(receiver_url) as sender:
         assert int(sender.send(*args)) > 0
         futures = [sender.submit(*args) for _ in range(3)]
         sender.drain(timeout=10)
         assert all(int(f.result()) > 0 for f in futures)
-    with running_sink(529) as url, ReferenceSender(url) as failing:
+    with running_receiver(529) as url, ReferenceSender(url) as failing:
         with pytest.raises(RuntimeError, match="529"):
             failing.send(*args)
         failing.submit(*args)
@@ -173,9 +173,8 @@ def test_cpu_meter_takes_the_encode_and_snapshot_cpu_from_a_writers_stats():
             {"encode_ms_per_image": 2.0, "images_encoded": 14, "snapshot_ms_per_image": 1.0, "images_snapshotted": 14},
         ]
     )
-    meter = CpuMeter(lambda: next(stats), planar=True)
+    meter = CpuMeter(lambda: next(stats))
     meter.measure(lambda events: None, 2)
     report = meter.report()
     assert report.encode_ms == pytest.approx(4.0) and report.snapshot_ms == pytest.approx(2.0)
     assert report.around_encoder_ms == pytest.approx(report.process_ms - 4.0)
-    assert report.around_encoder_work_ms == pytest.approx(report.process_ms - 6.0)

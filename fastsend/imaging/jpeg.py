@@ -6,17 +6,14 @@ simplejpeg, whose wheels carry their own libjpeg-turbo so a plain ``pip install`
 always encodes. Both release the GIL while they compress, so encoder threads run in
 parallel.
 
-A snapshot of a frame the caller keeps (``copy=True``) is a copy, or, for a large
-frame when the JPEG options it will be encoded with are known and the backend is
-``turbojpeg``, the frame's YUV planes: the colour conversion and chroma subsampling
-every encode starts with, done while copying, into half the bytes (4:2:0); the
-encoder then compresses the planes into the same JPEG the frame itself gives.
+A snapshot of a frame the caller keeps (``copy=True``) is a plain copy into a warm buffer
+of the frame pool: the least the caller's thread (a video loop) can pay. Everything else,
+colour conversion included, is the encoder threads' work.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import logging
 import os
@@ -24,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union, cast
+from typing import Any, cast
 
 import numpy as np
 import pybase64
@@ -33,7 +30,7 @@ from numpy.typing import NDArray
 
 from fastsend.config import JPEG_BACKEND_ENV, jpeg_backend_wanted
 from fastsend.events import ValidationError
-from fastsend.imaging.turbo import PlaneLayout, TurboJpeg, load_turbojpeg
+from fastsend.imaging.turbo import TurboJpeg, load_turbojpeg
 
 __all__ = [
     "EncodedImage",
@@ -93,8 +90,6 @@ class RawImage:
     once encoded (``release_frame``); the caller's own arrays are never recycled.
     ``borrowed`` marks the caller's own array, handed over with ``copy=False``.
     ``snapshot_seconds`` is the CPU time the caller's thread spent copying it.
-    ``planes`` is set when ``array`` holds the frame's YUV planes, not its pixels:
-    a snapshot made for one set of JPEG options, which only those options encode.
     ``quality``, when set, is this image's JPEG quality in place of the writer's.
     """
 
@@ -103,7 +98,6 @@ class RawImage:
     recyclable: bool = False
     snapshot_seconds: float = 0.0
     borrowed: bool = False
-    planes: PlaneLayout | None = None
     quality: int | None = None
 
 
@@ -119,7 +113,7 @@ class EncodedImage:
     quality: int | None = None
 
 
-ImageSource = Union[RawImage, EncodedImage]  # noqa: UP007 - a runtime alias; X | Y needs Python 3.10 types
+ImageSource = RawImage | EncodedImage
 
 
 # ---------------------------------------------------------------- backends
@@ -144,8 +138,8 @@ def _load_turbojpeg() -> TurboJpeg | None:
         return None
 
 
-# name, encoder, and the libturbojpeg that makes planar snapshots (None with simplejpeg).
-_Backend = tuple[str, Encoder, Union[TurboJpeg, None]]  # noqa: UP007 - a runtime alias
+# name and encoder.
+_Backend = tuple[str, Encoder]
 
 
 def _select_backend() -> _Backend:
@@ -153,10 +147,10 @@ def _select_backend() -> _Backend:
     if wanted in ("auto", "turbojpeg"):
         turbo = _load_turbojpeg()
         if turbo is not None:
-            return "turbojpeg", turbo.compress, turbo
+            return "turbojpeg", turbo.compress
         if wanted == "turbojpeg":
             raise ValidationError(JPEG_BACKEND_ENV, wanted, "needs a libturbojpeg this process can load")
-    return "simplejpeg", _simplejpeg_encode, None
+    return "simplejpeg", _simplejpeg_encode
 
 
 _backend: _Backend | None = None
@@ -240,8 +234,6 @@ def to_jpeg(source: ImageSource, options: JpegOptions) -> bytes | memoryview:
             original: bytes = pybase64.b64decode(source.base64)
             return original
         source = RawImage(_decode(source.base64), "BGR")
-    if source.planes is not None:
-        return _planes_jpeg(source, options)
     array = source.array
     if options.max_side is not None:
         array = downscale(array, options.max_side)
@@ -258,16 +250,6 @@ def _decode(base64_text: bytes) -> NDArray[Any]:
     return cast(NDArray[Any], pixels)
 
 
-def _planes_jpeg(source: RawImage, options: JpegOptions) -> memoryview:
-    layout = source.planes
-    turbo = _active_backend()[2]
-    assert layout is not None
-    if turbo is None or not _planar_options(options) or options.subsampling != layout.subsampling:
-        # A snapshot is made for the options its writer encodes with: another use is a bug, not bad input.
-        raise ValueError(f"a snapshot made as {layout.subsampling} YUV planes cannot be encoded with {options}")
-    return turbo.compress_planes(source.array, layout, options.quality)
-
-
 # ---------------------------------------------------------------- inputs
 
 
@@ -281,9 +263,7 @@ _MAX_PATH_CHARS = 4096
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def prepare_image(
-    image: Any, *, field: str = "image", color: str = "bgr", copy: bool = True, jpeg: JpegOptions | None = None
-) -> ImageSource:
+def prepare_image(image: Any, *, field: str = "image", color: str = "bgr", copy: bool = True) -> ImageSource:
     """Validate an image on the caller's thread and take what the encoder needs.
 
     Accepts an HxWx3 (BGR by default, RGB with ``color="rgb"``), HxW or HxWx1 gray,
@@ -293,11 +273,9 @@ def prepare_image(
     an object with ``base64_image`` / ``numpy_image`` (inference's ``WorkflowImageData``).
     With ``copy=True`` the caller may overwrite its array as soon as this returns;
     ``copy=False`` hands the array over and the caller must not touch it again.
-    ``jpeg``, the options the image will be encoded with, lets a snapshot be the
-    encoder's YUV planes (see the module's docstring); only those options encode it.
     """
     if isinstance(image, np.ndarray):
-        return _prepare_array(image, field, color, copy, jpeg)
+        return _prepare_array(image, field, color, copy)
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _prepare_bytes(bytes(image) if copy or not isinstance(image, bytes) else image, field)
     if isinstance(image, str):
@@ -320,7 +298,7 @@ def prepare_image(
     for attribute in ("_numpy_image", "numpy_image") if lazy else ("base64_image", "numpy_image"):
         value = getattr(image, attribute, None)
         if value is not None:
-            return prepare_image(value, field=field, color=color, copy=copy, jpeg=jpeg)
+            return prepare_image(value, field=field, color=color, copy=copy)
     raise ValidationError(field, image, f"is not an image; {_ACCEPTED_INPUTS}")
 
 
@@ -341,7 +319,7 @@ def _prepare_pil(image: Any, field: str) -> RawImage:
         array = np.asarray(image)  # a fresh array of its own: nothing to snapshot
     except (OSError, ValueError) as exc:  # a damaged lazily opened file, or a mode Pillow cannot convert
         raise ValidationError(field, image, f"must be a readable image convertible to RGB ({exc})") from None
-    return dataclasses.replace(_prepare_array(array, field, "rgb", False, None), borrowed=False)
+    return dataclasses.replace(_prepare_array(array, field, "rgb", False), borrowed=False)
 
 
 def _prepare_file(path: str | os.PathLike[str], field: str) -> ImageSource:
@@ -373,7 +351,7 @@ def _open_with_pillow(data: bytes, field: str, shown: str) -> Any:
     return image
 
 
-def _prepare_array(array: NDArray[Any], field: str, color: str, copy: bool, jpeg: JpegOptions | None) -> RawImage:
+def _prepare_array(array: NDArray[Any], field: str, color: str, copy: bool) -> RawImage:
     if color not in _CHANNELS_TO_FORMAT:
         raise ValidationError("color", color, "must be 'bgr' or 'rgb'")
     if array.dtype != np.uint8:
@@ -391,89 +369,96 @@ def _prepare_array(array: NDArray[Any], field: str, color: str, copy: bool, jpeg
     if array.ndim == 3 and channels == 1:
         array = array[:, :, 0]
     if copy:
-        return _snapshot_of(array, pixel_format, jpeg)
+        return _snapshot_of(array, pixel_format)
     return RawImage(array, pixel_format, borrowed=True)
 
 
-def snapshot(source: ImageSource, jpeg: JpegOptions | None = None) -> ImageSource:
-    """``source`` made fastsend's own: a frame handed over with ``copy=False`` is snapshotted now (as YUV
-    planes for ``jpeg`` when it can be); anything else already is, and comes back as it is."""
+def snapshot(source: ImageSource) -> ImageSource:
+    """``source`` made fastsend's own: a frame handed over with ``copy=False`` is copied now; anything
+    else already is, and comes back as it is."""
     if isinstance(source, RawImage) and source.borrowed:
-        return _snapshot_of(source.array, source.pixel_format, jpeg)
+        return _snapshot_of(source.array, source.pixel_format)
     return source
 
 
-# Smaller frames are copied as pixels: their copy stays in the CPU's caches and costs little, while the
-# colour conversion costs less inside the encoder (measured at 640×480: planes took 0.1-0.2 ms more CPU
-# per event; at 1920×1080, whose copy goes through memory, they took 0.1-1.0 ms less).
-PLANAR_MIN_BYTES = 4 * 1024 * 1024
-
-
-def _planar_options(options: JpegOptions) -> bool:
-    return options.max_side is None  # a downscale works on pixels, so those frames are copied as they are
-
-
-def _snapshot_of(array: NDArray[Any], pixel_format: str, jpeg: JpegOptions | None) -> RawImage:
-    """A copy of the caller's frame in a pool buffer: its YUV planes for ``jpeg`` when it can be, else its pixels."""
+def _snapshot_of(array: NDArray[Any], pixel_format: str) -> RawImage:
+    """A copy of the caller's frame in a warm buffer of the frame pool."""
     started = time.thread_time()
-    turbo = _active_backend()[2]
-    planar = turbo is not None and jpeg is not None and _planar_options(jpeg) and pixel_format != "GRAY"
-    planar = planar and array.nbytes >= PLANAR_MIN_BYTES
-    layout = None
-    if planar and _rows_contiguous(array):
-        assert turbo is not None and jpeg is not None
-        layout = _plane_layout(turbo, array.shape[1], array.shape[0], jpeg.subsampling)
-    if layout is not None and layout.exact:
-        assert turbo is not None
-        planes = _frame_pool.take((layout.size,))
-        turbo.encode_planes(array, pixel_format, layout, planes)
-        spent = time.thread_time() - started
-        return RawImage(planes, pixel_format, recyclable=True, snapshot_seconds=spent, planes=layout)
     copied = _frame_pool.take(array.shape)
     np.copyto(copied, array)
     return RawImage(copied, pixel_format, recyclable=True, snapshot_seconds=time.thread_time() - started)
 
 
-@functools.lru_cache(maxsize=64)
-def _plane_layout(turbo: TurboJpeg, width: int, height: int, subsampling: str) -> PlaneLayout:
-    return turbo.plane_layout(width, height, subsampling)
+#: How long the frame pool keeps the buffers of a shape's last peak after that peak passed.
+FRAME_POOL_HOLD_SECONDS = 30.0
 
 
-# Idle snapshot buffers kept warm: a few 1080p frames' worth.
-FRAME_POOL_IDLE_BYTES = 64 * 1024 * 1024
+@dataclass(slots=True, eq=False)
+class _Shelf:
+    """The frame pool's buffers of one shape: the idle ones, how many are out, and their recent peak."""
+
+    idle: list[NDArray[Any]]
+    out: int = 0
+    peak: int = 0
+    peak_at: float = 0.0
 
 
 class _FramePool:
-    """Warm buffers for frame snapshots, keyed by shape.
+    """Warm buffers for frame snapshots, by shape.
 
-    Copying into memory that was used before costs about half of copying into a
-    fresh allocation, whose pages must first be faulted in and zeroed: at
-    1080p, ~0.5 ms instead of ~1 ms per frame. Idle buffers are bounded.
+    Copying into memory that was used before costs a fraction of copying into a fresh
+    allocation, whose pages must first be faulted in and zeroed (at 1080p ~0.5 ms instead of
+    ~1.5 ms per frame, on the caller's thread). So for each shape the pool keeps, idle, as many
+    buffers as were out at once at the peak of recent work: a burst that filled the writers'
+    queues (``queue_bytes``) and in-flight slots finds that many warm buffers the next time, and
+    a steady loop keeps only what it needs. That peak is bounded by the writers' queue and
+    in-flight bounds, since every buffer out belongs to an event queued or in flight (or being
+    snapshotted); it is forgotten ``FRAME_POOL_HOLD_SECONDS`` after it passed, and the idle
+    buffers above it freed.
     """
 
-    def __init__(self, max_idle_bytes: int = FRAME_POOL_IDLE_BYTES) -> None:
-        self.max_idle_bytes = max_idle_bytes
+    def __init__(self, hold_seconds: float = FRAME_POOL_HOLD_SECONDS) -> None:
+        self.hold_seconds = hold_seconds
         self._reset()
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[tuple[int, ...], list[NDArray[Any]]] = {}
-        self._idle_bytes = 0
+        self._shelves: dict[tuple[int, ...], _Shelf] = {}
+        self.fresh = 0  # buffers allocated because none of their shape was idle
 
     def take(self, shape: tuple[int, ...]) -> NDArray[Any]:
         """A uint8 buffer of ``shape``: a warm idle one when there is one."""
         with self._lock:
-            buffers = self._idle.get(shape)
-            buffer = buffers.pop() if buffers else None
-            if buffer is not None:
-                self._idle_bytes -= buffer.nbytes
+            shelf = self._shelves.get(shape)
+            if shelf is None:
+                shelf = self._shelves[shape] = _Shelf([])
+            buffer = shelf.idle.pop() if shelf.idle else None
+            if buffer is None:
+                self.fresh += 1
+            shelf.out += 1
+            if shelf.out >= shelf.peak:
+                shelf.peak, shelf.peak_at = shelf.out, time.monotonic()
         return buffer if buffer is not None else np.empty(shape, dtype=np.uint8)
 
     def release(self, buffer: NDArray[Any]) -> None:
+        """Give back a buffer from ``take``: kept idle while its shape holds no more than its recent peak."""
         with self._lock:
-            if self._idle_bytes + buffer.nbytes <= self.max_idle_bytes:
-                self._idle.setdefault(buffer.shape, []).append(buffer)
-                self._idle_bytes += buffer.nbytes
+            shelf = self._shelves.get(buffer.shape)
+            if shelf is None:  # taken before a fork reset the pool
+                return
+            shelf.out -= 1
+            now = time.monotonic()
+            if now - shelf.peak_at > self.hold_seconds:  # the peak passed long ago: what is out now is the peak
+                shelf.peak, shelf.peak_at = shelf.out + 1, now
+                del shelf.idle[: max(0, len(shelf.idle) + shelf.out + 1 - shelf.peak)]  # the oldest go
+            if len(shelf.idle) + shelf.out < shelf.peak:
+                shelf.idle.append(buffer)
+
+    @property
+    def idle_bytes(self) -> int:
+        """Bytes of warm buffers waiting to be taken."""
+        with self._lock:
+            return sum(buffer.nbytes for shelf in self._shelves.values() for buffer in shelf.idle)
 
 
 _frame_pool = _FramePool()

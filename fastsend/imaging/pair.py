@@ -224,18 +224,11 @@ def _any_per_band(flags: NDArray[np.bool_], band: int) -> NDArray[np.bool_]:
 # ---------------------------------------------------------------- the pair
 
 
-def reuse_possible(options: JpegOptions) -> bool:
-    """Whether two frames encoded with ``options`` may share segments at all: an encoder, no downscaling."""
-    return options.max_side is None and _active_codec() is not None
-
-
 def reuse_applies(output: RawImage, input: RawImage, options: JpegOptions) -> bool:
-    """Whether ``encode_pair`` may reuse: pixels (not planes) of one size and format, no downscaling, an encoder
-    not known missing."""
+    """Whether ``encode_pair`` may reuse: frames of one size and format, no downscaling, an encoder not known
+    missing."""
     return (
-        output.planes is None
-        and input.planes is None
-        and output.array.shape == input.array.shape
+        output.array.shape == input.array.shape
         and output.pixel_format == input.pixel_format
         and options.max_side is None
         and _codec_missing is None

@@ -1,13 +1,9 @@
-"""libjpeg-turbo's TurboJPEG API through ctypes: JPEGs from pixels or from YUV planes, into reused buffers.
+"""libjpeg-turbo's TurboJPEG API through ctypes: JPEGs of frames, into reused buffers.
 
 PyTurboJPEG's ``encode`` builds a compressor and lets libjpeg-turbo allocate a worst-case
 output buffer for every image (about 6 MB for a 1080p frame, fresh pages to fault in each
 time), then copies the JPEG out of it. Here each thread keeps one compressor and one output
 buffer, and the JPEG is read straight from that buffer.
-
-It also makes a frame's YUV planes — the colour conversion and chroma subsampling that are
-the first stage of every encode — and compresses from them; that gives the same JPEG, byte
-for byte, as compressing the frame itself (libjpeg-turbo runs the same code either way).
 
 The library is found where PyTurboJPEG looks for it. ctypes releases the GIL during each
 call, so threads compress in parallel.
@@ -21,13 +17,12 @@ import os
 import platform
 import threading
 from ctypes import POINTER, byref, c_char_p, c_int, c_ulong, c_void_p
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["PIXEL_FORMATS", "PlaneLayout", "TurboJpeg", "load_turbojpeg"]
+__all__ = ["PIXEL_FORMATS", "TurboJpeg", "load_turbojpeg"]
 
 # TurboJPEG's enums (turbojpeg.h): pixel formats, and chroma subsamplings by fastsend's names.
 PIXEL_FORMATS = {"RGB": 0, "BGR": 1, "GRAY": 6, "RGBA": 7, "BGRA": 8}
@@ -35,29 +30,6 @@ _SUBSAMPLINGS = {"444": 0, "422": 1, "420": 2, "440": 4, "411": 5}
 _SAMP_GRAY = 3
 _FLAG_NOREALLOC = 1024  # the output buffer is ours and large enough: never reallocated
 _ERR_WARNING = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PlaneLayout:
-    """Where the Y, Cb and Cr planes of a ``width×height`` frame lie in one buffer of ``size`` bytes."""
-
-    width: int
-    height: int
-    subsampling: str
-    offsets: tuple[int, int, int]
-    strides: tuple[int, int, int]  # bytes per row of each plane: its width, no padding
-    size: int
-
-    @property
-    def exact(self) -> bool:
-        """Whether compressing these planes gives the very bytes compressing the frame gives.
-
-        Each plane is padded to whole 8×8 blocks. Compressing pixels, libjpeg-turbo subsamples
-        the padded pixels, averaging with a bias that alternates by column; compressing planes,
-        it repeats the plane's last column. The two agree when the chroma planes are not
-        subsampled across, or are whole blocks wide (a frame width that is a multiple of 16 at 4:2:0).
-        """
-        return self.strides[1] == self.strides[0] or self.strides[1] % 8 == 0
 
 
 class _Compressor:
@@ -87,27 +59,10 @@ class TurboJpeg:
         self._init = _function(library, "tjInitCompress", [], c_void_p)
         self._destroy = _function(library, "tjDestroy", [c_void_p], c_int)
         self._buffer_size = _function(library, "tjBufSize", [c_int, c_int, c_int], c_ulong)
-        self._plane_width = _function(library, "tjPlaneWidth", [c_int, c_int, c_int], c_int)
-        self._plane_height = _function(library, "tjPlaneHeight", [c_int, c_int, c_int], c_int)
         self._compress = _function(
             library,
             "tjCompress2",
             [c_void_p, c_void_p, c_int, c_int, c_int, c_int, POINTER(c_void_p), POINTER(c_ulong), c_int, c_int, c_int],
-            c_int,
-        )
-        self._encode_planes = _function(
-            library,
-            "tjEncodeYUVPlanes",
-            [c_void_p, c_void_p, c_int, c_int, c_int, c_int, POINTER(c_void_p), POINTER(c_int), c_int, c_int],
-            c_int,
-        )
-        self._compress_planes = _function(
-            library,
-            "tjCompressFromYUVPlanes",
-            [
-                *(c_void_p, POINTER(c_void_p), c_int, POINTER(c_int), c_int, c_int),
-                *(POINTER(c_void_p), POINTER(c_ulong), c_int, c_int),
-            ],
             c_int,
         )
         self._error_text = getattr(library, "tjGetErrorStr2", None)
@@ -137,43 +92,6 @@ class TurboJpeg:
         status = self._compress(
             compressor.handle, array.ctypes.data, width, array.strides[0], height, PIXEL_FORMATS[pixel_format],
             byref(pointer), byref(size), sampling, quality, _FLAG_NOREALLOC,
-        )  # fmt: skip
-        self._check(status, compressor.handle)
-        return output.data[: size.value]
-
-    def plane_layout(self, width: int, height: int, subsampling: str) -> PlaneLayout:
-        """The layout of a frame's three planes, one after another in one buffer."""
-        sampling = _SUBSAMPLINGS[subsampling]
-        widths = [self._plane_width(i, width, sampling) for i in range(3)]
-        heights = [self._plane_height(i, height, sampling) for i in range(3)]
-        sizes = [w * h for w, h in zip(widths, heights, strict=True)]
-        offsets = (0, sizes[0], sizes[0] + sizes[1])
-        return PlaneLayout(width, height, subsampling, offsets, (widths[0], widths[1], widths[2]), sum(sizes))
-
-    def encode_planes(self, array: NDArray[Any], pixel_format: str, layout: PlaneLayout, out: NDArray[Any]) -> None:
-        """Colour-convert and subsample a frame into ``out`` (``layout.size`` bytes): its YUV planes."""
-        compressor = self._compressor()
-        base = out.ctypes.data
-        planes = (c_void_p * 3)(*(base + offset for offset in layout.offsets))
-        strides = (c_int * 3)(*layout.strides)
-        status = self._encode_planes(
-            compressor.handle, array.ctypes.data, layout.width, array.strides[0], layout.height,
-            PIXEL_FORMATS[pixel_format], planes, strides, _SUBSAMPLINGS[layout.subsampling], 0,
-        )  # fmt: skip
-        self._check(status, compressor.handle)
-
-    def compress_planes(self, planes: NDArray[Any], layout: PlaneLayout, quality: int) -> memoryview:
-        """The JPEG of YUV planes made by ``encode_planes``; as ``compress``, a view of this thread's buffer."""
-        sampling = _SUBSAMPLINGS[layout.subsampling]
-        compressor = self._compressor()
-        output = compressor.room(self._buffer_size(layout.width, layout.height, sampling))
-        pointer, size = c_void_p(output.ctypes.data), c_ulong(output.nbytes)
-        base = planes.ctypes.data
-        sources = (c_void_p * 3)(*(base + offset for offset in layout.offsets))
-        strides = (c_int * 3)(*layout.strides)
-        status = self._compress_planes(
-            compressor.handle, sources, layout.width, strides, layout.height, sampling,
-            byref(pointer), byref(size), quality, _FLAG_NOREALLOC,
         )  # fmt: skip
         self._check(status, compressor.handle)
         return output.data[: size.value]

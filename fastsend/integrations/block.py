@@ -17,7 +17,8 @@ from fastsend.events import Event, ValidationError, unexpected_keyword_message
 from fastsend.imaging.jpeg import JpegOptions
 from fastsend.integrations.writer_pool import WriterPool
 from fastsend.results import Cause, Result
-from fastsend.send.prepare import PreparedEvent, prepare_event, render_body
+from fastsend.send.encoding import render_body
+from fastsend.send.prepare import PreparedEvent, prepare_event
 from fastsend.send.wire import Endpoint, Post, Request, events_url
 from fastsend.send.writer import EventWriter
 
@@ -108,7 +109,6 @@ def prepare_block_event(
     instance_segmentations: Any = None,
     keypoint_detections: Any = None,
     copy: bool = True,
-    jpeg: JpegOptions | None = None,
     **schema_fields: Any,
 ) -> BlockEvent:
     """Validate a block call and prepare it; the schema fields are ``qc_result``,
@@ -131,7 +131,6 @@ def prepare_block_event(
             instance_segmentations=instance_segmentations,
             keypoint_detections=keypoint_detections,
             copy=copy,
-            jpeg=jpeg,
         )
     except ValidationError as error:
         if error.field == "label":
@@ -239,10 +238,8 @@ class EventWriterSink:
             return Result.failed(Cause.INTERNAL_ERROR, message), None
         # A synchronous call encodes before it returns: the images need no snapshot.
         # A queued event must not see later in-place edits of its frames (blocks may draw on numpy_image):
-        # they are snapshotted, as the encoder's YUV planes where that pays.
-        block_event = prepare_block_event(
-            event_ingestion_url=writer.settings.url, copy=fire_and_forget, jpeg=writer.jpeg_options, **params
-        )
+        # they are snapshotted.
+        block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
         if fire_and_forget:
             return Result.accepted(BACKGROUND_MESSAGE), writer.submit_prepared(block_event.prepared)
         return writer.send_prepared(block_event.prepared, deadline=float(request_timeout)), None

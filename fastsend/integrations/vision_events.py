@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fastsend.events import Event
-from fastsend.imaging.jpeg import ImageSource, JpegOptions, prepare_image
+from fastsend.imaging.jpeg import ImageSource, prepare_image
 from fastsend.send.cloud import INPUT_QUALITY, INPUT_SOURCE_KEY, OUTPUT_QUALITY, OUTPUT_SOURCE_KEY, cloud_envelope
 from fastsend.send.prepare import PreparedEvent, new_idempotency_key
 from fastsend.send.wire import INPUT_IMAGE_KEY, OUTPUT_IMAGE_KEY, build_envelope
@@ -229,16 +229,15 @@ def prepare_local_event(
     input_image: Any,
     annotations: Mapping[str, list[dict[str, Any]]],
     copy: bool = True,
-    jpeg: JpegOptions | None = None,
 ) -> PreparedEvent:
     """The local event store's event: one entry with whichever images there are, or ``images: []``."""
-    output = None if output_image is None else prepare_image(output_image, field="output_image", copy=copy, jpeg=jpeg)
+    output = None if output_image is None else prepare_image(output_image, field="output_image", copy=copy)
     if input_image is None:
         source = None
     elif input_image is output_image:
         source = output
     else:
-        source = prepare_image(input_image, field="input_image", copy=copy, jpeg=jpeg)
+        source = prepare_image(input_image, field="input_image", copy=copy)
     if output is None and source is None:
         envelope = build_envelope(event, first_image=None)
     elif output is None:
@@ -256,7 +255,6 @@ def prepare_cloud_event(
     input_image: Any,
     annotations: Mapping[str, list[dict[str, Any]]],
     copy: bool = True,
-    jpeg: JpegOptions | None = None,
     event_id: str | None = None,
     reencode: bool = True,
 ) -> PreparedEvent:
@@ -270,11 +268,11 @@ def prepare_cloud_event(
     images: list[tuple[str, ImageSource]] = []
     if output_image is not None:
         quality = OUTPUT_QUALITY if reencode else None
-        images.append((OUTPUT_SOURCE_KEY, _at_quality(output_image, "output_image", quality, copy, jpeg)))
+        images.append((OUTPUT_SOURCE_KEY, _at_quality(output_image, "output_image", quality, copy)))
     if input_image is not None:
         # The same image for both is taken twice: each copy is encoded at its own quality.
         quality = INPUT_QUALITY if reencode else None
-        images.append((INPUT_SOURCE_KEY, _at_quality(input_image, "input_image", quality, copy, jpeg)))
+        images.append((INPUT_SOURCE_KEY, _at_quality(input_image, "input_image", quality, copy)))
     body: dict[str, Any] = {
         "eventId": event_id,
         "eventType": event.schema,
@@ -294,5 +292,5 @@ def prepare_cloud_event(
     return PreparedEvent(event, envelope, first, second, event_id)
 
 
-def _at_quality(image: Any, field: str, quality: int | None, copy: bool, jpeg: JpegOptions | None) -> ImageSource:
-    return dataclasses.replace(prepare_image(image, field=field, copy=copy, jpeg=jpeg), quality=quality)
+def _at_quality(image: Any, field: str, quality: int | None, copy: bool) -> ImageSource:
+    return dataclasses.replace(prepare_image(image, field=field, copy=copy), quality=quality)

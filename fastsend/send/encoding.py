@@ -1,15 +1,25 @@
 """Encoding: JPEG + base64 of an event's images, spliced into its finished request.
 
-Encoder threads take jobs that hold an in-flight slot. An event with two raw images
-(output and input) is encoded on two encoders at once; whichever finishes last splices
-the body. libjpeg-turbo releases the GIL, so the threads run in parallel. When the two
-frames have one size and format, one encoder tries them as a pair first: the output's
-JPEG then reuses the input's unchanged segments (``jpeg_pair``).
+How an event's images are encoded is decided in one place, ``plan_of``:
+
+- ``WHOLE``: one encoder takes the event (no image, one raw image, one image given as both,
+  or images that arrived encoded);
+- ``PAIR``: one encoder takes both frames of one size and format, the output's JPEG reusing
+  the input's unchanged segments (``fastsend.imaging.pair``); when that would not pay, the
+  event is split as ``HALVES``;
+- ``HALVES``: two raw images on two encoders at once (always when an image has a JPEG quality
+  of its own, as cloud uploads do); whichever finishes last splices the body.
+
+A synchronous send encodes before it is queued, on the caller's thread (``encode_now``), with
+a helper thread for the second image of ``HALVES`` and ``PAIR`` alike: the caller waits for one
+encode, not two. libjpeg-turbo releases the GIL, so the threads run in parallel. Every body is
+made by ``_encode_here`` (images on this thread, as the plan says) and ``_request`` (the splice).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import queue
 import threading
@@ -28,22 +38,89 @@ from fastsend.send.ledger import Ledger
 from fastsend.send.prepare import PreparedEvent
 from fastsend.send.wire import Request, splice
 
-__all__ = ["EncodeFinished", "Encoders"]
+__all__ = ["EncodeFinished", "Encoders", "Plan", "plan_of", "render_body"]
 
 logger = logging.getLogger("fastsend")
 
 # Called once per job with None (its request is built, or its caller withdrew it) or why it failed.
 EncodeFinished = Callable[[Job, "Outcome | None"], None]
+# Counts an encode's CPU seconds and its number of images (the ledger's ``count_encode``).
+EncodeCounter = Callable[[float, int], None]
 
-_OUTPUT, _INPUT, _WHOLE, _PAIR = "output", "input", "whole", "pair"
+_OUTPUT, _INPUT = "output", "input"
 
 
-def _two_raw_images(prepared: PreparedEvent) -> bool:
-    return (
-        isinstance(prepared.output, RawImage)
-        and isinstance(prepared.input, RawImage)
-        and prepared.input is not prepared.output
-    )
+class Plan(enum.Enum):
+    """How an event's images are encoded (see the module's docstring)."""
+
+    WHOLE = "whole"
+    PAIR = "pair"
+    HALVES = "halves"
+
+
+def plan_of(prepared: PreparedEvent, options: JpegOptions) -> Plan:
+    """The one place where an event's encoding plan is decided."""
+    output, input = prepared.output, prepared.input
+    if not isinstance(output, RawImage) or not isinstance(input, RawImage) or input is output:
+        return Plan.WHOLE
+    own_quality = output.quality is not None or input.quality is not None
+    return Plan.PAIR if not own_quality and reuse_applies(output, input, options) else Plan.HALVES
+
+
+def _encode_one(image: ImageSource, options: JpegOptions, count: EncodeCounter | None) -> bytes:
+    """One image as base64 JPEG (an encoded one as it is, unless it asks for a quality), its CPU time counted."""
+    if isinstance(image, EncodedImage) and image.quality is None:
+        return image.base64
+    started = time.thread_time()
+    encoded = to_base64(image, options)
+    if count is not None:
+        count(time.thread_time() - started, 1)
+    return encoded
+
+
+def _encode_pair(
+    prepared: PreparedEvent, options: JpegOptions, count: EncodeCounter | None
+) -> tuple[bytes, bytes] | None:
+    """Both frames as base64, the output reusing the input's segments; None when that would not pay."""
+    assert isinstance(prepared.output, RawImage) and isinstance(prepared.input, RawImage)
+    started = time.thread_time()
+    try:
+        pair = encode_pair(prepared.output, prepared.input, options)
+    except Exception:  # reuse only saves time: the usual encoders have the last word
+        logger.warning("JPEG segment reuse failed; encoding both images as usual", exc_info=True)
+        return None
+    if pair is None:
+        return None
+    if count is not None:
+        count(time.thread_time() - started, 2)
+    output, input = (pybase64.b64encode(jpeg) for jpeg in pair)
+    return output, input
+
+
+def _encode_here(
+    prepared: PreparedEvent, options: JpegOptions, count: EncodeCounter | None = None
+) -> tuple[bytes | None, bytes | None]:
+    """The event's images as base64 (None for none), all encoded on this thread as its plan says."""
+    if prepared.output is None:
+        return None, None
+    if plan_of(prepared, options) is Plan.PAIR:
+        pair = _encode_pair(prepared, options, count)
+        if pair is not None:
+            return pair
+    output = _encode_one(prepared.output, options, count)
+    if prepared.input is None:
+        return output, None
+    return output, output if prepared.input is prepared.output else _encode_one(prepared.input, options, count)
+
+
+def _request(prepared: PreparedEvent, output: bytes | None, input: bytes | None) -> Request:
+    """The finished request: the images spliced into the event's envelope."""
+    return Request.of(prepared.idempotency_key, splice(prepared.envelope, output, input))
+
+
+def render_body(prepared: PreparedEvent, options: JpegOptions) -> list[bytes]:
+    """The body of ``prepared`` as chunks, its images encoded on this thread as they would be when queued."""
+    return list(_request(prepared, *_encode_here(prepared, options)).chunks)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -64,27 +141,26 @@ class Encoders:
         self._threads = threads
         self._ledger = ledger
         self._finished = finished
-        self._tasks: queue.SimpleQueue[tuple[Job, str, _Halves | None] | None] = queue.SimpleQueue()
+        # (job, WHOLE or PAIR, None) or, for each image of HALVES, (job, which image, the two halves).
+        self._tasks: queue.SimpleQueue[tuple[Job, Plan | str, _Halves | None] | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._sync_pool: ThreadPoolExecutor | None = None
         self._stopped = False
 
+    def _count(self, seconds: float, images: int) -> None:
+        self._ledger.count_encode(seconds, images=images)
+
     # ------------------------------------------------------------ background encoders
 
     def start(self, job: Job) -> None:
-        """Encode ``job`` on the encoder threads, then report it to ``finished``."""
-        prepared = job.prepared
-        assert prepared is not None
-        if _two_raw_images(prepared):
-            assert isinstance(prepared.output, RawImage) and isinstance(prepared.input, RawImage)
-            own_quality = prepared.output.quality is not None or prepared.input.quality is not None
-            if not own_quality and reuse_applies(prepared.output, prepared.input, self._options):
-                self._tasks.put((job, _PAIR, None))
-            else:
-                self._split(job)
+        """Encode ``job`` on the encoder threads, as its plan says, then report it to ``finished``."""
+        assert job.prepared is not None
+        plan = plan_of(job.prepared, self._options)
+        if plan is Plan.HALVES:
+            self._split(job)
         else:
-            self._tasks.put((job, _WHOLE, None))
+            self._tasks.put((job, plan, None))
 
     def _split(self, job: Job) -> None:
         halves = _Halves()
@@ -105,9 +181,9 @@ class Encoders:
         while (task := self._tasks.get()) is not None:
             job, part, halves = task
             try:
-                if part == _PAIR:
-                    self._encode_pair(job)
-                elif halves is None:
+                if part is Plan.PAIR:
+                    self._encode_as_pair(job)
+                elif halves is None or isinstance(part, Plan):
                     self._finished(job, self._encode_whole(job))
                 elif self._encode_half(job, part, halves):
                     self._finished(job, halves.error)
@@ -116,8 +192,6 @@ class Encoders:
                 self._finished(job, Outcome(Cause.INTERNAL_ERROR, f"internal error: {exc!r}"))
 
     def _encode_whole(self, job: Job) -> Outcome | None:
-        prepared = job.prepared
-        assert prepared is not None
         if job.ticket.settled:  # withdrawn while it waited
             job.release_frames()
             return None
@@ -128,25 +202,18 @@ class Encoders:
             return Outcome(Cause.ENCODE_ERROR, f"encoding failed: {exc}")
         return None
 
-    def _encode_pair(self, job: Job) -> None:
+    def _encode_as_pair(self, job: Job) -> None:
         """Both images on this thread, the output reusing the input's segments; two halves if that would not pay."""
         prepared = job.prepared
-        assert prepared is not None and isinstance(prepared.output, RawImage) and isinstance(prepared.input, RawImage)
+        assert prepared is not None
         if job.ticket.settled:  # withdrawn while it waited
             self._finished(job, self._encode_whole(job))
             return
-        started = time.thread_time()
-        try:
-            pair = encode_pair(prepared.output, prepared.input, self._options)
-        except Exception:  # reuse only saves time: the usual encoders have the last word
-            logger.warning("JPEG segment reuse failed; encoding both images as usual", exc_info=True)
-            pair = None
+        pair = _encode_pair(prepared, self._options, self._count)
         if pair is None:
             self._split(job)
             return
-        self._ledger.count_encode(time.thread_time() - started, images=2)
-        output, input = (pybase64.b64encode(jpeg) for jpeg in pair)
-        job.request = Request.of(prepared.idempotency_key, splice(prepared.envelope, output, input))
+        job.request = _request(prepared, *pair)
         job.release_frames()
         self._finished(job, None)
 
@@ -160,7 +227,7 @@ class Encoders:
         error: Exception | None = None
         if not job.ticket.settled and halves.error is None:
             try:
-                encoded = self.encode_counted(source)
+                encoded = _encode_one(source, self._options, self._count)
             except Exception as exc:  # noqa: BLE001 - any encoder failure is the event's Result
                 error = exc
         release_frame(source)
@@ -169,15 +236,15 @@ class Encoders:
                 logger.warning("encoding failed: %s", error)
                 halves.error = Outcome(Cause.ENCODE_ERROR, f"encoding failed: {error}")
             if part == _OUTPUT:
-                halves.output = encoded.base64 if encoded is not None else None
+                halves.output = encoded
             else:
-                halves.input = encoded.base64 if encoded is not None else None
+                halves.input = encoded
             halves.left -= 1
             if halves.left:
                 return False
         if halves.error is None and not job.ticket.settled:
             assert halves.output is not None
-            job.request = Request.of(prepared.idempotency_key, splice(prepared.envelope, halves.output, halves.input))
+            job.request = _request(prepared, halves.output, halves.input)
         job.prepared = None  # each half gave its own frame back
         return True
 
@@ -202,53 +269,43 @@ class Encoders:
         prepared = job.prepared
         assert prepared is not None
         try:
-            encoded = self._encode_here(prepared)
-            chunks = splice(encoded.envelope, _b64_or_none(encoded.output), _b64_or_none(encoded.input))
-            job.request = Request.of(prepared.idempotency_key, chunks)
+            job.request = _request(prepared, *_encode_here(prepared, self._options, self._count))
         finally:
             job.release_frames()
 
     def encode_now(self, prepared: PreparedEvent) -> PreparedEvent:
         """``prepared`` with its raw images encoded before it is queued: the output on a helper
         thread while this thread does the input, so the caller's arrays need no snapshot."""
-        helper = self._sync_encoder() if _two_raw_images(prepared) else None
+        two = plan_of(prepared, self._options) is not Plan.WHOLE
+        helper = self._sync_encoder() if two else None
         pending = None
-        if helper is not None:
-            assert prepared.output is not None
+        if helper is not None and prepared.output is not None:
             try:
-                pending = helper.submit(self.encode_counted, prepared.output)
+                pending = helper.submit(_encode_one, prepared.output, self._options, self._count)
             except RuntimeError:  # shut down by a close() meanwhile: encode both here
                 pending = None
         try:
             if pending is None:
-                return self._encode_here(prepared)
-            try:
+                output, input = _encode_here(prepared, self._options, self._count)
+            else:
                 assert prepared.input is not None
-                encoded_input = self.encode_counted(prepared.input)
-            except BaseException:
-                futures.wait([pending])  # the helper must be done with the caller's frame before this returns
-                raise
-            return dataclasses.replace(prepared, output=pending.result(), input=encoded_input)
+                try:
+                    input = _encode_one(prepared.input, self._options, self._count)
+                except BaseException:
+                    futures.wait([pending])  # the helper must be done with the caller's frame before this returns
+                    raise
+                output = pending.result()
+            if output is None:
+                return prepared
+            if input is None:
+                return dataclasses.replace(prepared, output=EncodedImage(output))
+            encoded_input = EncodedImage(input)
+            same = prepared.input is prepared.output
+            return dataclasses.replace(
+                prepared, output=encoded_input if same else EncodedImage(output), input=encoded_input
+            )
         finally:
             prepared.release_frames()
-
-    def _encode_here(self, prepared: PreparedEvent) -> PreparedEvent:
-        if prepared.output is None:  # an event without images: nothing to encode
-            return prepared
-        output = self.encode_counted(prepared.output)
-        if prepared.input is None:
-            return dataclasses.replace(prepared, output=output)
-        source = output if prepared.input is prepared.output else self.encode_counted(prepared.input)
-        return dataclasses.replace(prepared, output=output, input=source)
-
-    def encode_counted(self, image: ImageSource) -> EncodedImage:
-        """One image as base64 JPEG (already encoded ones as they are), its CPU time counted."""
-        if isinstance(image, EncodedImage):
-            return image
-        started = time.thread_time()
-        encoded = to_base64(image, self._options)
-        self._ledger.count_encode(time.thread_time() - started)
-        return EncodedImage(encoded)
 
     def _sync_encoder(self) -> ThreadPoolExecutor | None:
         with self._lock:
@@ -257,10 +314,3 @@ class Encoders:
             if self._sync_pool is None:
                 self._sync_pool = ThreadPoolExecutor(self._threads, thread_name_prefix="fastsend-sync-encode")
             return self._sync_pool
-
-
-def _b64_or_none(image: ImageSource | None) -> bytes | None:
-    if image is None:
-        return None
-    assert isinstance(image, EncodedImage)
-    return image.base64

@@ -18,11 +18,10 @@ from fastsend.annotations import (
     object_detections_to_wire,
 )
 from fastsend.events import Event, ValidationError
-from fastsend.imaging.jpeg import ImageSource, JpegOptions, RawImage, prepare_image, release_frame, to_base64
-from fastsend.imaging.pair import reuse_possible
-from fastsend.send.wire import Envelope, build_envelope, splice
+from fastsend.imaging.jpeg import ImageSource, RawImage, prepare_image, release_frame
+from fastsend.send.wire import Envelope, build_envelope
 
-__all__ = ["PreparedEvent", "new_idempotency_key", "prepare_event", "render_body"]
+__all__ = ["PreparedEvent", "new_idempotency_key", "prepare_event"]
 
 
 class _RandomBytes:
@@ -122,27 +121,21 @@ def prepare_event(
     keypoint_detections: Any = None,
     color: str = "bgr",
     copy: bool = True,
-    jpeg: JpegOptions | None = None,
 ) -> PreparedEvent:
     """Validate images and predictions, convert the annotations, serialize the envelope.
 
     Raises ``ValidationError`` naming the field; nothing here is deferred that could
-    fail later for a reason the caller could have been told now. ``jpeg``: the options
-    the images will be encoded with, so that a snapshot can already be the encoder's
-    first stage (YUV planes); left as pixels when the two frames may share JPEG segments.
+    fail later for a reason the caller could have been told now.
     """
     if not isinstance(event, Event):
         raise ValidationError("event", event, "must be a fastsend.Event (build it with Event.quality_check(...) etc.)")
-    two_frames = input_image is not None and input_image is not image
-    if jpeg is not None and two_frames and reuse_possible(jpeg):
-        jpeg = None  # segment reuse compares and encodes the frames' pixels
-    output = prepare_image(image, field="image", color=color, copy=copy, jpeg=jpeg)
+    output = prepare_image(image, field="image", color=color, copy=copy)
     if input_image is None:
         source = None
     elif input_image is image:
         source = output
     else:
-        source = prepare_image(input_image, field="input_image", color=color, copy=copy, jpeg=jpeg)
+        source = prepare_image(input_image, field="input_image", color=color, copy=copy)
     annotations = {}
     for key, predictions, convert, field in (
         ("objectDetections", object_detections, object_detections_to_wire, "object_detections"),
@@ -154,14 +147,3 @@ def prepare_event(
             annotations[key] = convert(predictions, field)
     envelope = build_envelope(event, label=label, annotations=annotations)
     return PreparedEvent(event, envelope, output, source, new_idempotency_key())
-
-
-def render_body(prepared: PreparedEvent, options: JpegOptions) -> list[bytes]:
-    """Encode the images (the expensive part) and splice them into the envelope."""
-    if prepared.output is None:
-        return splice(prepared.envelope, None)
-    output_b64 = to_base64(prepared.output, options)
-    if prepared.input is None:
-        return splice(prepared.envelope, output_b64)
-    input_b64 = output_b64 if prepared.input is prepared.output else to_base64(prepared.input, options)
-    return splice(prepared.envelope, output_b64, input_b64)

@@ -63,6 +63,8 @@ class TransportOptions(Protocol):
     def ca_file(self) -> str | None: ...
     @property
     def tls_verify(self) -> bool: ...
+    @property
+    def request_timeout(self) -> float: ...
 
 
 class ChunksPayload(Payload):
@@ -107,6 +109,8 @@ class AiohttpTransport:
             ttl_dns_cache=300,
         )
         self._route: tuple[URL, URL | None, str | None] | None = None
+        # The usual attempt's timeout, made once; one cut short by the event's deadline is made each time.
+        self._full_timeout = self._timeout(options.request_timeout)
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -116,7 +120,7 @@ class AiohttpTransport:
         )
 
     async def post(self, request: Request, timeout: float) -> Outcome:
-        per_attempt = aiohttp.ClientTimeout(total=timeout, sock_connect=min(self._connect_timeout, timeout))
+        per_attempt = self._full_timeout if timeout == self._full_timeout.total else self._timeout(timeout)
         target = self.endpoint.url
         try:
             url, proxy, proxy_authorization = self._route or self._find_route()
@@ -153,6 +157,9 @@ class AiohttpTransport:
             return Outcome(Cause.CONNECTION, f"connection error: {_describe(exc)}")
         except ValueError as exc:  # aiohttp refused to build the request (a header value it cannot send)
             return Outcome(Cause.INVALID_REQUEST, f"the request could not be sent: {_one_line(str(exc))}")
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=seconds, sock_connect=min(self._connect_timeout, seconds))
 
     def _find_route(self) -> tuple[URL, URL | None, str | None]:
         """The URL parsed, and its proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``: read on first use."""
@@ -199,6 +206,8 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
             return b"".join(parts)
         parts.append(part)
         size += len(part)
+        if response.content.at_eof():  # the whole answer is in: no read just to learn that
+            return b"".join(parts)
     response.close()  # the rest is never read: this connection cannot be reused
     return b"".join(parts)
 

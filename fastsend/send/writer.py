@@ -60,7 +60,7 @@ def _keywords_of(function: Callable[..., Any]) -> list[str]:
     return [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
 
 
-_PREPARE_KEYWORDS = [name for name in _keywords_of(prepare_event) if name != "jpeg"]  # the writer's own
+_PREPARE_KEYWORDS = _keywords_of(prepare_event)
 
 
 class EventWriter:
@@ -147,7 +147,6 @@ class EventWriter:
             keypoint_detections=keypoint_detections,
             color=color,
             copy=copy,
-            jpeg=self.jpeg_options,
         )
         return self.submit_prepared(prepared, deadline=deadline)
 

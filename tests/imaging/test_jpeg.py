@@ -580,120 +580,89 @@ def test_the_callers_own_arrays_are_never_recycled(make_frame):
     assert prepare_image(make_frame(48, 64, seed=3)).array is not frame
 
 
-# ---------------------------------------------------------------- snapshots as YUV planes
-
-needs_turbojpeg = pytest.mark.skipif(not TURBOJPEG_LOADS, reason="planar snapshots need libturbojpeg")
+# ---------------------------------------------------------------- snapshots and the frame pool
 
 
-@pytest.fixture
-def planar_from_any_size(monkeypatch):
-    """Small test frames snapshot as planes too (by default only frames of 4 MiB and more do)."""
-    monkeypatch.setattr(jpeg, "PLANAR_MIN_BYTES", 0)
-
-
-# Chroma planes that are whole 8-sample blocks wide (or not subsampled across) are made planar.
-_HORIZONTAL_FACTOR = {"444": 1, "440": 1, "422": 2, "420": 2, "411": 4}
-
-
-@needs_turbojpeg
-@pytest.mark.parametrize("channels, color", [(3, "bgr"), (3, "rgb"), (4, "bgr"), (4, "rgb")])
-@pytest.mark.parametrize("subsampling", SUBSAMPLINGS)
-@pytest.mark.parametrize("quality", [1, 95, 100])
-@pytest.mark.parametrize("height, width", [(48, 64), (37, 53), (1, 1), (17, 2), (33, 96), (9, 32)])
-def test_a_snapshot_for_known_options_encodes_to_the_frames_own_jpeg(
-    planar_from_any_size, make_frame, channels, color, subsampling, quality, height, width
-):
+@pytest.mark.parametrize("channels, color", [(3, "bgr"), (3, "rgb"), (4, "bgr"), (None, "bgr")])
+@pytest.mark.parametrize("height, width", [(48, 64), (37, 53), (1, 1), (1080, 1920)])
+def test_a_snapshot_is_a_pixel_copy_the_caller_may_overwrite(make_frame, channels, color, height, width):
     frame = make_frame(height, width, channels)
-    options = JpegOptions(quality=quality, subsampling=subsampling)
-    pixel_format = {3: "BGR", 4: "BGRA"}[channels] if color == "bgr" else {3: "RGB", 4: "RGBA"}[channels]
-    expected = simplejpeg.encode_jpeg(frame, quality=quality, colorspace=pixel_format, colorsubsampling=subsampling)
-    source = prepare_image(frame, color=color, jpeg=options)
-    factor = _HORIZONTAL_FACTOR[subsampling]
-    assert (source.planes is not None) == (factor == 1 or -(-width // factor) % 8 == 0)
-    frame[:] = 0  # the caller reuses its buffer the moment the call returns
-    assert jpeg_of(source, options) == expected
-
-
-@needs_turbojpeg
-@pytest.mark.parametrize("subsampling", SUBSAMPLINGS)
-@pytest.mark.parametrize("height, width", [(1080, 1920), (720, 1280), (480, 640), (768, 1366), (1081, 1918)])
-def test_camera_sizes_snapshot_to_the_frames_own_jpeg(planar_from_any_size, make_frame, subsampling, height, width):
-    frame = make_frame(height, width)
-    options = JpegOptions(subsampling=subsampling)
-    expected = encode_jpeg(frame, "BGR", options.quality, subsampling)
-    assert jpeg_of(prepare_image(frame, jpeg=options), options) == expected
-
-
-@needs_turbojpeg
-def test_a_planar_snapshot_holds_half_the_bytes_at_420_and_goes_back_to_the_pool(planar_from_any_size, make_frame):
-    frame = make_frame(48, 64)
-    source = prepare_image(frame, jpeg=JpegOptions())
+    expected = encode_jpeg(frame.copy(), {3: "BGR", 4: "BGRA", None: "GRAY"}[channels] if color == "bgr" else "RGB")
+    source = prepare_image(frame, color=color)
     assert source.recyclable and not source.borrowed
-    assert source.array.nbytes == 48 * 64 + 2 * 24 * 32  # Y at full size, Cb and Cr at a quarter each
+    assert source.array.shape == frame.shape[:2] + (() if channels is None else (channels,))
     assert not np.shares_memory(source.array, frame)
-    jpeg.release_frame(source)
-    again = prepare_image(make_frame(48, 64, seed=5), jpeg=JpegOptions())
-    assert again.array is source.array
-    assert jpeg_of(again) == encode_jpeg(make_frame(48, 64, seed=5))
+    frame[:] = 0  # the caller reuses its buffer the moment the call returns
+    assert jpeg_of(source) == expected
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["gray", "max_side", "simplejpeg", "strided view", "no options", "small"],
-)
-def test_frames_that_cannot_be_planes_are_copied_as_pixels(
-    planar_from_any_size, monkeypatch, use_backend, make_frame, case
-):
-    use_backend("simplejpeg" if case == "simplejpeg" else "turbojpeg")
-    if case == "small":
-        monkeypatch.setattr(jpeg, "PLANAR_MIN_BYTES", 48 * 64 * 3 + 1)
-    frame = make_frame(48, 64, None if case == "gray" else 3)
-    if case == "strided view":
-        frame = frame[::2, ::3]
-    options = JpegOptions(max_side=20) if case == "max_side" else JpegOptions()
-    source = prepare_image(frame, jpeg=None if case == "no options" else options)
-    assert source.planes is None and source.recyclable
-    expected = jpeg_of(prepare_image(frame.copy(), copy=False), options)
-    frame[:] = 0
-    assert jpeg_of(source, options) == expected
-
-
-@needs_turbojpeg
-@pytest.mark.parametrize(
-    "other", [JpegOptions(subsampling="444"), JpegOptions(max_side=16)], ids=["other subsampling", "max_side"]
-)
-def test_a_planar_snapshot_refuses_options_it_was_not_made_for(planar_from_any_size, make_frame, other):
-    source = prepare_image(make_frame(48, 64), jpeg=JpegOptions())
-    with pytest.raises(ValueError, match="420 YUV planes"):
-        to_base64(source, other)
-
-
-@needs_turbojpeg
-def test_snapshot_takes_over_a_handed_over_frame_and_leaves_everything_else(
-    planar_from_any_size, make_frame, jpeg_bytes
-):
+def test_snapshot_takes_over_a_handed_over_frame_and_leaves_everything_else(make_frame, jpeg_bytes):
     frame = make_frame(48, 64)
     expected = encode_jpeg(frame)
     handed_over = prepare_image(frame, copy=False)
     assert handed_over.borrowed
-    owned = jpeg.snapshot(handed_over, JpegOptions())
-    assert owned.recyclable and not owned.borrowed and owned.planes is not None
+    owned = jpeg.snapshot(handed_over)
+    assert owned.recyclable and not owned.borrowed
     frame[:] = 0
     assert jpeg_of(owned) == expected
-    assert jpeg.snapshot(owned, JpegOptions()) is owned  # already fastsend's
+    assert jpeg.snapshot(owned) is owned  # already fastsend's
     encoded = prepare_image(jpeg_bytes)
-    assert jpeg.snapshot(encoded, JpegOptions()) is encoded
+    assert jpeg.snapshot(encoded) is encoded
 
 
 def test_a_pil_image_is_not_borrowed(make_frame):
     image_module = pytest.importorskip("PIL.Image")
     source = prepare_image(image_module.fromarray(make_frame(8, 8)[:, :, ::-1].copy(), "RGB"), copy=False)
     assert not source.borrowed  # the array was made here from the image: nothing of the caller's to snapshot
-    assert jpeg.snapshot(source, JpegOptions()) is source
+    assert jpeg.snapshot(source) is source
 
 
-@needs_turbojpeg
-def test_threads_encode_at_once_each_in_its_own_buffer(planar_from_any_size, make_frame):
+def test_the_frame_pool_keeps_a_whole_burst_warm():
+    pool = jpeg._FramePool()
+    burst = [pool.take((4, 8, 3)) for _ in range(40)]  # far more than any fixed idle amount would keep
+    for buffer in burst:
+        pool.release(buffer)
+    assert pool.fresh == 40 and pool.idle_bytes == 40 * 96
+    again = [pool.take((4, 8, 3)) for _ in range(40)]
+    assert pool.fresh == 40  # every one of them warm
+    assert {id(b) for b in again} == {id(b) for b in burst}
+
+
+def test_the_frame_pool_holds_no_more_than_its_peak_and_forgets_a_past_peak():
+    pool = jpeg._FramePool(hold_seconds=3600)
+    first, second = pool.take((10,)), pool.take((10,))
+    pool.release(first)
+    pool.release(second)
+    steady = pool.take((10,))  # one at a time from now on
+    pool.release(steady)
+    assert pool.idle_bytes == 20  # the peak of two is still recent
+    pool.hold_seconds = 0  # the peak is now long past
+    steady = pool.take((10,))
+    pool.release(steady)
+    assert pool.idle_bytes == 10  # what one at a time needs, no more
+    assert pool.take((10,)) is steady
+
+
+def test_the_frame_pool_keeps_buffers_by_shape():
+    pool = jpeg._FramePool()
+    small = pool.take((2, 2))
+    pool.release(small)
+    other = pool.take((4, 1))
+    assert other is not small and other.shape == (4, 1) and pool.fresh == 2
+
+
+def test_bursts_of_two_shapes_in_turn_each_find_their_buffers_warm():
+    pool = jpeg._FramePool()
+    for _ in range(3):
+        for shape, count in (((6, 8, 3), 12), ((3, 4, 3), 30)):  # a large frame's burst, then a small one's
+            taken = [pool.take(shape) for _ in range(count)]
+            for buffer in taken:
+                pool.release(buffer)
+    assert pool.fresh == 12 + 30  # only the first round allocated
+
+
+@needs_both_backends
+def test_threads_encode_at_once_each_in_its_own_buffer(make_frame):
     frames = [make_frame(48 + i, 64, seed=i) for i in range(4)]
     expected = [simplejpeg.encode_jpeg(f, quality=95, colorspace="BGR", colorsubsampling="420") for f in frames]
     results: dict[int, list[bytes]] = {i: [] for i in range(4)}
@@ -701,7 +670,7 @@ def test_threads_encode_at_once_each_in_its_own_buffer(planar_from_any_size, mak
     def encode_many(index: int) -> None:
         for _ in range(25):
             results[index].append(encode_jpeg(frames[index]))
-            results[index].append(jpeg_of(prepare_image(frames[index], jpeg=JpegOptions())))
+            results[index].append(jpeg_of(prepare_image(frames[index])))
 
     threads = [threading.Thread(target=encode_many, args=(i,)) for i in range(4)]
     for thread in threads:
@@ -709,11 +678,3 @@ def test_threads_encode_at_once_each_in_its_own_buffer(planar_from_any_size, mak
     for thread in threads:
         thread.join(timeout=30)
     assert all(results[i] == [expected[i]] * 50 for i in range(4))
-
-
-@needs_turbojpeg
-def test_a_1080p_frame_snapshots_as_planes_by_default(make_frame):
-    frame = make_frame(1080, 1920)
-    source = prepare_image(frame, jpeg=JpegOptions())
-    assert source.planes is not None and source.array.nbytes == frame.nbytes // 2
-    assert jpeg_of(source) == encode_jpeg(frame)

@@ -43,7 +43,7 @@ from fastsend.annotations import (
     object_detections_to_wire,
 )
 from fastsend.imaging.jpeg import EncodedImage, prepare_image
-from fastsend.send.prepare import render_body
+from fastsend.send.encoding import render_body
 from fastsend.server import ReferenceService
 from fastsend.server.validation import validate_body
 

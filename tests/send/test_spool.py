@@ -21,7 +21,8 @@ from support.service_process import wait_until
 from fastsend import Event, EventWriter
 from fastsend.config import SETTING_ENV_VARS
 from fastsend.imaging.jpeg import JpegOptions
-from fastsend.send.prepare import prepare_event, render_body
+from fastsend.send.encoding import render_body
+from fastsend.send.prepare import prepare_event
 from fastsend.send.spool import QUARANTINE_DIR, CorruptEntry, Spool, SpoolLockedError
 from fastsend.send.wire import Request
 from fastsend.server import ReferenceService

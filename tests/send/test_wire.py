@@ -17,10 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastsend.events as events
+import fastsend.send.encoding as encoding
 import fastsend.send.prepare as prepare
 from fastsend import Event, JpegOptions, ValidationError, prepare_block_event, prepare_event
 from fastsend.imaging.jpeg import encode_jpeg
-from fastsend.send.prepare import render_body
+from fastsend.send.encoding import render_body
 from fastsend.send.wire import Endpoint, Request, check_idempotency_key, events_url, request_headers
 
 # Python 3.12 and later warn at every fork of a process that runs threads. Forking while a writer's threads
@@ -238,13 +239,13 @@ def test_rgb_frames_are_encoded_as_rgb(make_frame):
 @pytest.fixture
 def count_encodes(monkeypatch):
     calls = []
-    real = prepare.to_base64
+    real = encoding.to_base64
 
     def counting(source, options):
         calls.append(source)
         return real(source, options)
 
-    monkeypatch.setattr(prepare, "to_base64", counting)
+    monkeypatch.setattr(encoding, "to_base64", counting)
     return calls
 
 

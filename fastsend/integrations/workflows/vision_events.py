@@ -193,10 +193,10 @@ class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
             images = {"output_image": output_image, "input_image": input_image, "annotations": annotations}
             if write_to_event_store:
                 writer = _LOCAL.writer_for(event_store_url, Settings.one("api_key"), SEND_TIMEOUT_SECONDS)
-                prepared = prepare_local_event(event, copy=copy, jpeg=writer.jpeg_options, **images)
+                prepared = prepare_local_event(event, copy=copy, **images)
             else:
                 writer = _CLOUD.writer_for(cloud_base_url(), self._api_key, SEND_TIMEOUT_SECONDS)
-                prepared = prepare_cloud_event(event, copy=copy, jpeg=writer.jpeg_options, **images)
+                prepared = prepare_cloud_event(event, copy=copy, **images)
         except Exception as exc:  # noqa: BLE001 - bad input from a selector is the step's error output
             self._events.failed("event not sent", exc)
             return outputs(

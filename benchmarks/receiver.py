@@ -1,6 +1,6 @@
-"""The receiving side of the end-to-end benchmarks: a minimal HTTP/1.1 sink.
+"""The receiving side of the end-to-end benchmarks: a minimal HTTP/1.1 receiver.
 
-Every contender posts to the same sink, which runs in a separate process so
+Every contender posts to the same receiver, which runs in a separate process so
 its CPU shows up as the machine's, not as the sender's. It is as cheap as an
 HTTP server can be on asyncio (uvloop when installed): instead of a Protocol
 (whose transport would copy every body byte into Python), each connection is a
@@ -17,7 +17,7 @@ backpressure scenario); ``GET /stats`` → ``200 {"requests": n, "body_bytes": b
 (POSTs received and body bytes read, to check that every event arrived);
 anything else → 404.
 
-Use it through ``running_sink()``; ``python benchmarks/sink.py --fd N`` is how
+Use it through ``running_receiver()``; ``python benchmarks/receiver.py --fd N`` is how
 the child process is started.
 """
 
@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-__all__ = ["running_sink", "sink_stats"]
+__all__ = ["receiver_stats", "running_receiver"]
 
 _READ_BUFFER = 1 << 20
 _MAX_HEAD = 64 * 1024
@@ -214,7 +214,7 @@ class _Connection:
             if status == 201:
                 body = b'{"id": "%d"}' % counters.requests
             else:
-                body = b'{"detail": "service at capacity (benchmark sink)"}'
+                body = b'{"detail": "service at capacity (benchmark receiver)"}'
         elif self.method == b"GET" and self.path == b"/stats":
             status = 200
             body = b'{"requests": %d, "body_bytes": %d}' % (counters.requests, counters.body_bytes)
@@ -330,7 +330,7 @@ def _serve(fd: int, status: int, retry_after: str | None, parent: int | None = N
 # ---------------------------------------------------------------- parent side
 
 
-def sink_stats(base_url: str, timeout: float = 2.0) -> dict[str, int]:
+def receiver_stats(base_url: str, timeout: float = 2.0) -> dict[str, int]:
     """``{"requests": POSTs to /v2/events so far, "body_bytes": body bytes read}``."""
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
@@ -343,10 +343,10 @@ def sink_stats(base_url: str, timeout: float = 2.0) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def running_sink(
+def running_receiver(
     status: int = 201, *, retry_after: float | None = None, start_timeout: float = 10.0, stop_timeout: float = 5.0
 ) -> Iterator[str]:
-    """Run the sink in a child process on 127.0.0.1 and yield its base URL (``http://127.0.0.1:PORT``).
+    """Run the receiver in a child process on 127.0.0.1 and yield its base URL (``http://127.0.0.1:PORT``).
 
     ``status`` is what every ``POST /v2/events`` gets: 201 with an id, or e.g. 529
     with a ``detail`` (and ``Retry-After`` when ``retry_after`` is given). The
@@ -387,19 +387,19 @@ def _wait_ready(proc: subprocess.Popen, base_url: str, timeout: float, errors) -
         if proc.poll() is not None:
             errors.seek(0)
             raise RuntimeError(
-                f"benchmark sink exited with {proc.returncode}: {errors.read().decode(errors='replace')}"
+                f"benchmark receiver exited with {proc.returncode}: {errors.read().decode(errors='replace')}"
             )
         try:
-            sink_stats(base_url, timeout=0.5)
+            receiver_stats(base_url, timeout=0.5)
             return
         except (OSError, http.client.HTTPException, ValueError):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"benchmark sink at {base_url} did not answer within {timeout:g}s") from None
+                raise TimeoutError(f"benchmark receiver at {base_url} did not answer within {timeout:g}s") from None
             time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Minimal HTTP/1.1 sink for the fastsend benchmarks.")
+    parser = argparse.ArgumentParser(description="Minimal HTTP/1.1 receiver for the fastsend benchmarks.")
     parser.add_argument("--fd", type=int, required=True, help="listening socket inherited from the parent")
     parser.add_argument("--status", type=int, default=201)
     parser.add_argument("--retry-after", default=None, help="sent verbatim with every 529")
