@@ -22,11 +22,14 @@ from yarl import URL
 from fastsend.events import ValidationError
 
 __all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_URL",
     "EVENTS_PATH",
     "INGESTION_API_KEY_ENV",
     "KNOWN_ENV_VARS",
     "OVERFLOW_POLICIES",
     "SETTING_ENV_VARS",
+    "SUBSAMPLINGS",
     "Settings",
     "check_base_url",
     "events_url_of",
@@ -38,6 +41,10 @@ logger = logging.getLogger("fastsend")
 OVERFLOW_POLICIES = ("drop_oldest", "drop_newest", "block", "raise", "spill")
 LOOPS = ("auto", "uvloop", "asyncio")
 SUBSAMPLINGS = ("444", "422", "420", "440", "411")
+#: Where a writer, a block and the command line send when given no URL: the reference service's default.
+DEFAULT_URL = "http://localhost:8001"
+#: Seconds for one attempt, end to end: the writers' default and the Event Writer block's.
+DEFAULT_REQUEST_TIMEOUT = 5.0
 MiB = 1024 * 1024
 
 
@@ -175,7 +182,7 @@ class _Hidden:
 class Settings:
     """All of a writer's knobs; build with ``Settings.resolve(**arguments)``."""
 
-    url: str = _knob("FASTSEND_URL", _url, "http://localhost:8001", "base URL of the service")
+    url: str = _knob("FASTSEND_URL", _url, DEFAULT_URL, "base URL of the service")
     api_key: str | None = _knob(
         "EVENT_INGESTION_API_KEY", _header_text, None, "sent as X-API-Key when set and non-empty", secret=True
     )
@@ -197,7 +204,10 @@ class Settings:
         "FASTSEND_BLOCK_TIMEOUT", _number(float, low=0), 5.0, "seconds the block policy waits for room"
     )
     request_timeout: float = _knob(
-        "FASTSEND_REQUEST_TIMEOUT", _number(float, low=0.001), 5.0, "seconds for one attempt, end to end"
+        "FASTSEND_REQUEST_TIMEOUT",
+        _number(float, low=0.001),
+        DEFAULT_REQUEST_TIMEOUT,
+        "seconds for one attempt, end to end",
     )
     connect_timeout: float = _knob(
         "FASTSEND_CONNECT_TIMEOUT", _number(float, low=0.001), 2.0, "seconds to open a connection"
@@ -391,7 +401,7 @@ def _normalized(text: str) -> str:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"must be a valid URL ({exc})") from None
     if url.scheme not in ("http", "https"):
-        raise ValueError("must start with http:// or https:// (a base URL such as http://localhost:8001)")
+        raise ValueError(f"must start with http:// or https:// (a base URL such as {DEFAULT_URL})")
     if not url.raw_host:
         raise ValueError("must name a host (http://HOST:PORT)")
     _check_host(url.raw_host)

@@ -30,7 +30,7 @@ from fastsend.cli.parsing import (
     parse,
     positive_seconds,
 )
-from fastsend.config import INGESTION_API_KEY_ENV, warn_unknown_env
+from fastsend.config import DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL, INGESTION_API_KEY_ENV, warn_unknown_env
 from fastsend.errors import FastsendError
 from fastsend.events import (
     EVENT_SCHEMAS,
@@ -162,7 +162,7 @@ def _add_verbose(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def _add_send_parser(send: argparse.ArgumentParser) -> None:
-    send.add_argument("--url", type=base_url, help="service base URL (default: FASTSEND_URL or http://localhost:8001)")
+    send.add_argument("--url", type=base_url, help=f"service base URL (default: FASTSEND_URL or {DEFAULT_URL})")
     send.add_argument(
         "--api-key-file",
         metavar="PATH",
@@ -187,7 +187,12 @@ def _add_send_parser(send: argparse.ArgumentParser) -> None:
         )
     send.add_argument("--solution", help=f"the use case's id: text, at most {SOLUTION_MAX_CHARS} characters")
     send.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE|KEY:=JSON", help=_METADATA_HELP)
-    send.add_argument("--timeout", type=positive_seconds, default=5.0, help="seconds per attempt, above 0 (default 5)")
+    send.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_REQUEST_TIMEOUT,
+        help=f"seconds per attempt, above 0 (default {DEFAULT_REQUEST_TIMEOUT:g})",
+    )
     send.add_argument(
         "--deadline", type=positive_seconds, default=30.0, help="seconds in all, retries included, above 0 (default 30)"
     )

@@ -28,7 +28,7 @@ import pybase64
 import simplejpeg
 from numpy.typing import NDArray
 
-from fastsend.config import JPEG_BACKEND_ENV, jpeg_backend_wanted
+from fastsend.config import JPEG_BACKEND_ENV, SUBSAMPLINGS, jpeg_backend_wanted
 from fastsend.events import ValidationError
 from fastsend.imaging.turbo import TurboJpeg, load_turbojpeg
 
@@ -50,7 +50,6 @@ __all__ = [
 
 logger = logging.getLogger("fastsend")
 
-SUBSAMPLINGS = ("444", "422", "420", "440", "411")
 _CHANNELS_TO_FORMAT = {"bgr": {1: "GRAY", 3: "BGR", 4: "BGRA"}, "rgb": {1: "GRAY", 3: "RGB", 4: "RGBA"}}
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from fastsend.config import SETTING_ENV_VARS, Settings
+from fastsend.config import DEFAULT_REQUEST_TIMEOUT, SETTING_ENV_VARS, Settings
 from fastsend.events import Event, ValidationError, unexpected_keyword_message
 from fastsend.imaging.jpeg import JpegOptions
 from fastsend.integrations.writer_pool import WriterPool
@@ -201,7 +201,7 @@ class EventWriterSink:
         *,
         fire_and_forget: bool = True,
         disable_sink: bool = False,
-        request_timeout: float = 5.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         event_ingestion_url: str | None = None,
         **params: Any,
     ) -> dict[str, Any]:
@@ -219,7 +219,7 @@ class EventWriterSink:
         self,
         *,
         fire_and_forget: bool = True,
-        request_timeout: float = 5.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         event_ingestion_url: str | None = None,
         **params: Any,
     ) -> tuple[Result, Future[Result] | None]:

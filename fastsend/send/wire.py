@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from fastsend.config import check_base_url, events_url_of
+from fastsend.config import DEFAULT_URL, check_base_url, events_url_of
 from fastsend.events import Event, ValidationError, validate_text
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "splice",
 ]
 
-DEFAULT_BASE_URL = "http://localhost:8001"
 ANNOTATION_KEYS = ("objectDetections", "classifications", "instanceSegmentations", "keypoints")
 # What a service that honours Idempotency-Key accepts (the wire contract): 1–255 printable ASCII characters.
 _IDEMPOTENCY_KEY_CHARACTERS = frozenset(range(0x21, 0x7F))
@@ -46,7 +45,7 @@ _IDEMPOTENCY_KEY_MAX = 255
 def events_url(base_url: str | None) -> str:
     """``{base_url}/v2/events`` with trailing slashes on ``base_url`` stripped."""
     try:
-        return events_url_of(check_base_url(base_url or DEFAULT_BASE_URL))
+        return events_url_of(check_base_url(base_url or DEFAULT_URL))
     except ValueError as exc:
         raise ValidationError("url", base_url, str(exc)) from None
 

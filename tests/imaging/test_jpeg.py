@@ -14,8 +14,8 @@ import simplejpeg
 
 import fastsend.imaging.jpeg as jpeg
 from fastsend import ValidationError, jpeg_backend
+from fastsend.config import SUBSAMPLINGS
 from fastsend.imaging.jpeg import (
-    SUBSAMPLINGS,
     EncodedImage,
     JpegOptions,
     RawImage,

@@ -19,12 +19,12 @@ from support.scripted_server import Reply
 import fastsend
 import fastsend.imaging.pair as reuse
 from fastsend import Event, EventWriter, JpegOptions, ValidationError
+from fastsend.config import SUBSAMPLINGS
 from fastsend.imaging.jpeg import RawImage, encode_jpeg
 from fastsend.imaging.pair import Layout, changed_segments, encode_pair, encode_with_restarts, layout_of
 
 cv2 = pytest.importorskip("cv2")
 
-SUBSAMPLINGS = ("420", "422", "444", "440", "411")
 FORMATS = ("BGR", "RGB", "GRAY", "BGRA", "RGBA")
 
 

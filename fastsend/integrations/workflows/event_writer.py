@@ -30,6 +30,7 @@ from inference.core.workflows.execution_engine.entities.types import (
 from inference.core.workflows.prototypes.block import WorkflowBlock, WorkflowBlockManifest
 from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
+from fastsend.config import DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL
 from fastsend.events import ValidationError
 from fastsend.integrations.block import EventWriterSink
 from fastsend.integrations.workflows import BLOCK_TYPE
@@ -89,9 +90,9 @@ class BlockManifest(WorkflowBlockManifest):  # type: ignore[misc]
 
     # The fields below repeat the Event Writer's, declaration for declaration.
     event_ingestion_url: Selector(kind=[STRING_KIND]) | str = Field(  # type: ignore[valid-type]
-        default="http://localhost:8001",
+        default=DEFAULT_URL,
         description="Base URL of the Event Ingestion Service.",
-        examples=["http://localhost:8001", "$inputs.event_ingestion_url"],
+        examples=[DEFAULT_URL, "$inputs.event_ingestion_url"],
     )
     event_schema: Literal["quality_check", "inventory_count", "safety_alert", "custom"] = Field(
         description="The event schema to use.",
@@ -258,10 +259,10 @@ class FastsendEventWriterSinkBlockV1(WorkflowBlock):  # type: ignore[misc]
         *,
         event_schema: str,
         output_image: Any,
-        event_ingestion_url: str = "http://localhost:8001",
+        event_ingestion_url: str = DEFAULT_URL,
         fire_and_forget: bool = True,
         disable_sink: bool = False,
-        request_timeout: float = 5,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         cooldown_seconds: float = 0,
         **params: Any,
     ) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from inference.core.workflows.prototypes.block import WorkflowBlock
 from pydantic import ConfigDict
 from roboflow_workflows.core_steps.sinks.roboflow.vision_events.v1 import BlockManifest as RoboflowManifest
 
-from fastsend.config import Settings
+from fastsend.config import DEFAULT_URL, Settings
 from fastsend.integrations.vision_events import (
     predictions_to_annotations,
     prepare_cloud_event,
@@ -177,7 +177,7 @@ class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
         disable_sink: bool = False,
         cooldown_seconds: float = 1,
         write_to_event_store: bool = False,
-        event_store_url: str = "http://localhost:8001",
+        event_store_url: str = DEFAULT_URL,
         **fields: Any,
     ) -> dict[str, Any]:
         if self._disable_sinks or disable_sink:
