@@ -61,7 +61,7 @@ TIGHT: dict[str, Any] = {
     "retries": 1000,  # the deadline, not the attempt count, ends an event's own retries
     "encode_threads": 2,
 }
-SPOOLED = "spooled for a later retry"
+SPOOLED = "spooled, will be sent later"
 API_KEY = "fault-suite-api-key-never-on-disk"
 FRAME = np.random.default_rng(7).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
 DRAIN_SECONDS = 10.0
