@@ -1,4 +1,11 @@
-"""The block's writers: one ``EventWriter`` per events URL, at most ``max_writers``, least recently used out first."""
+"""The block's writers: one ``EventWriter`` per events URL, at most ``max_writers``, least recently used out first.
+
+Eviction never costs an event. A writer is lent for the length of a call (``lease``): one
+evicted or replaced meanwhile is closed (flushed, what is left spooled) only once its last
+call has handed over its event, on a thread of its own, outside the pool's lock. A new writer
+for a URL whose previous writer is still closing waits for that bounded close, so the two
+never share the URL's spool directory, and nothing is refused because of the pool itself.
+"""
 
 from __future__ import annotations
 
@@ -6,54 +13,125 @@ import hashlib
 import logging
 import os
 import threading
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from fastsend.config import Settings
 from fastsend.send.wire import events_url
 from fastsend.send.writer import EventWriter
 
-__all__ = ["WriterPool"]
+__all__ = ["WriterPool", "spool_name"]
 
 logger = logging.getLogger("fastsend")
+
+# Beyond its exit_flush_timeout, how long a successor waits for a closing writer (its calls ending first).
+_SUCCESSOR_WAIT_MARGIN_SECONDS = 30.0
+
+
+class _Retiring:
+    """A writer out of the pool, closing once its last lease is returned."""
+
+    def __init__(self, writer: EventWriter) -> None:
+        self.writer = writer
+        self.closed = threading.Event()
 
 
 class WriterPool:
     """Writers kept per events URL, so a block called once per frame reuses its connections.
 
-    A new API key or timeout for a URL replaces its writer (the old one flushes first, and what
-    it spooled the new one drains: a spool directory is named by its URL alone).
+    One writer per URL whatever a call's ``request_timeout`` (a synchronous call's timeout is its
+    own budget, not a writer setting). A new API key for a URL replaces its writer: the old one
+    flushes first, and what it spooled the new one drains (a spool directory is named by its URL).
     """
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self._settings = dict(settings)
         self.max_writers: int = Settings.one("max_writers", self._settings.pop("max_writers", None))
         self._writers: OrderedDict[str, EventWriter] = OrderedDict()
+        self._retiring: dict[str, _Retiring] = {}
+        self._leases: Counter[EventWriter] = Counter()
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
 
-    def writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
-        """The writer for ``url``, started if there is none yet."""
-        target = events_url(url)
+    @contextmanager
+    def lease(self, url: str | None, api_key: str | None) -> Iterator[EventWriter]:
+        """The writer for ``url``, kept open until the ``with`` ends (an eviction meanwhile waits for it)."""
+        writer = self.acquire(url, api_key)
+        try:
+            yield writer
+        finally:
+            self.release(writer)
+
+    def release(self, writer: EventWriter) -> None:
+        """Give back a writer from ``acquire``: an eviction waiting for it may close it now."""
         with self._lock:
-            current = self._writers.get(target)
-            if current is not None:
-                if current.settings.api_key == api_key and current.settings.request_timeout == float(request_timeout):
-                    self._writers.move_to_end(target)
-                    return current
-                del self._writers[target]
-                current.close(current.settings.exit_flush_timeout)  # its spool directory is the new one's
-            while len(self._writers) >= self.max_writers:
-                _, oldest = self._writers.popitem(last=False)
-                _close_in_background(oldest)
-            settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
-            spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
-            if spool_dir:  # one spool directory per URL: a directory has one owner at a time
-                settings["spool_dir"] = os.path.join(spool_dir, spool_name(target))
-            writer = self._writers[target] = EventWriter(url.rstrip("/") if url else None, **settings)
+            self._leases[writer] -= 1
+            if self._leases[writer] <= 0:
+                del self._leases[writer]
+                self._returned.notify_all()
+
+    def writer_for(self, url: str | None, api_key: str | None) -> EventWriter:
+        """The pool's writer for ``url``, started if there is none yet (not leased: it may be evicted)."""
+        with self.lease(url, api_key) as writer:
             return writer
 
+    def acquire(self, url: str | None, api_key: str | None) -> EventWriter:
+        """The writer for ``url``, lent until ``release``: the pool does not close it before then."""
+        target = events_url(url)
+        while True:
+            with self._lock:
+                current = self._writers.get(target)
+                if current is not None and current.settings.api_key == api_key:
+                    self._writers.move_to_end(target)
+                    self._leases[current] += 1
+                    return current
+                if current is not None:  # a new key for this URL: the old writer goes, flushing first
+                    self._retire(target, self._writers.pop(target))
+                predecessor = self._retiring.get(target)
+                if predecessor is None:
+                    while len(self._writers) >= self.max_writers:
+                        self._retire(*self._writers.popitem(last=False))
+                    writer = self._writers[target] = self._build(target, url, api_key)
+                    self._leases[writer] += 1
+                    return writer
+            waited = predecessor.writer.settings.exit_flush_timeout + _SUCCESSOR_WAIT_MARGIN_SECONDS
+            if not predecessor.closed.wait(waited):
+                logger.error("the previous writer for %s did not close within %gs; starting anyway", target, waited)
+                with self._lock:
+                    if self._retiring.get(target) is predecessor:
+                        del self._retiring[target]
+
+    def _build(self, target: str, url: str | None, api_key: str | None) -> EventWriter:
+        settings = dict(self._settings, api_key=api_key)
+        spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
+        if spool_dir:  # one spool directory per URL: a directory has one owner at a time
+            settings["spool_dir"] = os.path.join(spool_dir, spool_name(target))
+        return EventWriter(url.rstrip("/") if url else None, **settings)
+
+    def _retire(self, target: str, writer: EventWriter) -> None:
+        """Out of the pool (under the lock): closed on its own thread once its calls have handed their events."""
+        retiring = self._retiring[target] = _Retiring(writer)
+        name = f"fastsend-close-{writer.settings.url}"
+        threading.Thread(target=self._close_retired, args=(target, retiring), name=name, daemon=True).start()
+
+    def _close_retired(self, target: str, retiring: _Retiring) -> None:
+        writer = retiring.writer
+        try:
+            with self._lock:
+                self._returned.wait_for(lambda: self._leases[writer] <= 0)
+            writer.close(writer.settings.exit_flush_timeout)
+        except Exception:
+            logger.exception("could not close the writer for %s", target)
+        finally:
+            with self._lock:
+                if self._retiring.get(target) is retiring:
+                    del self._retiring[target]
+            retiring.closed.set()
+
     def writers(self) -> list[EventWriter]:
+        """The writers in the pool now, least recently used first."""
         with self._lock:
             return list(self._writers.values())
 
@@ -62,16 +140,15 @@ class WriterPool:
         return sum(writer.flush(timeout) for writer in self.writers())
 
     def close(self, timeout: float | None = None) -> int:
+        """Close every writer (those already leaving too), each flushing for up to ``timeout``; the unsent count."""
         with self._lock:
             writers = list(self._writers.values())
             self._writers.clear()
-        return sum(writer.close(timeout) for writer in writers)
-
-
-def _close_in_background(writer: EventWriter) -> None:
-    """Close a writer no longer kept, flushing first, without holding up the caller."""
-    name = f"fastsend-close-{writer.settings.url}"
-    threading.Thread(target=writer.close, args=(writer.settings.exit_flush_timeout,), name=name).start()
+            retiring = list(self._retiring.values())
+        unsent = sum(writer.close(timeout) for writer in writers)
+        for leaving in retiring:
+            leaving.closed.wait(leaving.writer.settings.exit_flush_timeout + _SUCCESSOR_WAIT_MARGIN_SECONDS)
+        return unsent
 
 
 def spool_name(events_url: str) -> str:

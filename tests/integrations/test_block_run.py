@@ -44,7 +44,7 @@ def test_disable_sink_sends_nothing(server, sink):
     result = run(sink, server, disable_sink=True, fire_and_forget=False)
     assert result["error_status"] is False and result["event_id"] == ""
     assert "disable_sink" in result["message"]
-    assert sink._writers == {}  # no writer, so nothing could be in flight
+    assert sink.pool.writers() == []  # no writer, so nothing could be in flight
     assert run(sink, server, fire_and_forget=False)["error_status"] is False
     assert len(server.requests) == 1
 
@@ -81,8 +81,8 @@ def test_request_timeout_parameter_bounds_each_attempt(server):
         result = run(sink, server, fire_and_forget=False, request_timeout=0.3)
         assert result["error_status"] is True
         assert re.fullmatch(r"timed out after 0\.[23]\d*s \(the service may have applied it\).*", result["message"])
-        (writer,) = sink._writers.values()
-        assert writer.settings.request_timeout == 0.3
+        (writer,) = sink.pool.writers()  # the call's timeout was its budget, not the writer's setting
+        assert writer.settings.request_timeout == fastsend.Settings().request_timeout
     finally:
         sink.close(timeout=1)
 
@@ -202,7 +202,7 @@ def test_images_label_and_predictions_reach_the_body(server, sink):
 
 def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
     assert run(sink, server, fire_and_forget=False)["error_status"] is False
-    (writer,) = sink._writers.values()
+    (writer,) = sink.pool.writers()
     transport = writer._dispatcher.delivery.transport
     for index in range(5):
         fire_and_forget = index % 2 == 0
@@ -210,24 +210,25 @@ def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
         assert result["error_status"] is False
         if fire_and_forget:
             assert writer.flush(5) == 0  # one at a time, so the keep-alive connection is free again
-    assert list(sink._writers.values()) == [writer]
+    assert sink.pool.writers() == [writer]
     assert writer._dispatcher.delivery.transport is transport
     assert len(server.requests) == 6
     assert len({r.peer for r in server.requests}) == 1  # every request on the same kept-alive connection
 
 
-def test_a_new_timeout_or_key_replaces_the_writer_and_keeps_its_spool_directory(server, tmp_path, monkeypatch):
+def test_a_new_key_replaces_the_writer_and_keeps_its_spool_directory(server, tmp_path, monkeypatch):
     server.script = Reply(201)
     sink = EventWriterSink(**FAST, spool_dir=str(tmp_path / "spool"))
     try:
         first = run(sink, server, fire_and_forget=False)
-        (old,) = sink._writers.values()
+        (old,) = sink.pool.writers()
         second = run(sink, server, fire_and_forget=False, request_timeout=2.5)
+        assert sink.pool.writers() == [old]  # a call's timeout does not make a writer of its own
         monkeypatch.setenv("EVENT_INGESTION_API_KEY", "rotated")
         third = run(sink, server, fire_and_forget=False, request_timeout=2.5)
         assert not first["error_status"] and not second["error_status"] and not third["error_status"]
-        (newest,) = sink._writers.values()
-        assert newest is not old and newest.settings.request_timeout == 2.5 and newest.settings.api_key == "rotated"
+        (newest,) = sink.pool.writers()
+        assert newest is not old and newest.settings.api_key == "rotated"
         assert newest.settings.spool_dir == old.settings.spool_dir  # named by the URL alone
         assert (
             old.submit(fastsend.Event.custom(), np.zeros((4, 4, 3), np.uint8))
