@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import threading
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,8 +53,18 @@ class WriterPool:
         self._writers: OrderedDict[str, EventWriter] = OrderedDict()
         self._retiring: dict[str, _Retiring] = {}
         self._leases: Counter[EventWriter] = Counter()
+        self._fresh_locks()
+        _pools.add(self)
+
+    def _fresh_locks(self) -> None:
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
+
+    def _reset_in_child(self) -> None:
+        """A forked child: the parent's closing threads and callers did not come along, nor may their lock."""
+        self._fresh_locks()
+        self._retiring.clear()  # the writers they were closing are closed at this process's exit
+        self._leases.clear()
 
     @contextmanager
     def lease(self, url: str | None, api_key: str | None) -> Iterator[EventWriter]:
@@ -149,6 +160,18 @@ class WriterPool:
         for leaving in retiring:
             leaving.closed.wait(leaving.writer.settings.exit_flush_timeout + _SUCCESSOR_WAIT_MARGIN_SECONDS)
         return unsent
+
+
+_pools: weakref.WeakSet[WriterPool] = weakref.WeakSet()
+
+
+def _reset_pools_in_child() -> None:
+    for pool in list(_pools):
+        pool._reset_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_in_child)
 
 
 def spool_name(events_url: str) -> str:
