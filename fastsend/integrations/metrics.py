@@ -35,8 +35,8 @@ except ImportError as exc:
     ) from exc
 
 from fastsend.send import shutdown
-from fastsend.send.ledger import Histogram
 from fastsend.send.dispatch import Dispatcher
+from fastsend.send.ledger import Histogram
 
 __all__ = ["WriterCollector", "register", "start_http_server"]
 

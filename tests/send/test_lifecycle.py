@@ -16,8 +16,8 @@ import sys
 import textwrap
 import threading
 import time
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -459,11 +459,10 @@ def test_a_fifo_that_replaces_an_entry_is_quarantined_unopened(server, spool_dir
         spool.close()
 
 
-def test_a_previous_layout_entry_without_its_url_is_quarantined_at_once_without_a_traceback(
-    server, spool_dir, caplog
-):
-    import orjson
+def test_a_previous_layout_entry_without_its_url_is_quarantined_at_once_without_a_traceback(server, spool_dir, caplog):
     import zlib
+
+    import orjson
 
     previous_layout_entry(spool_dir, "00000000000000000001.event", "http://elsewhere:1/v2/events", "old-1", b"{}")
     path = spool_dir / "00000000000000000001.event"

@@ -262,7 +262,9 @@ class LifecycleMachine(RuleBasedStateMachine):
             time.sleep(0.2)
             if self.sender.process.poll() is None:
                 self.sender.process.send_signal(signal.SIGTERM)
-        assert self._to_the_end(self.sender) == 143
+        # 143: fastsend's exit, with its flush; -15: no spooled writer was open (none yet, or all closed),
+        # so SIGTERM kept its default, as it must (whatever that loses, the invariant would see).
+        assert self._to_the_end(self.sender) in (143, -signal.SIGTERM)
         self.sender = self._start()
 
     @rule()
