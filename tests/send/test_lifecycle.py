@@ -277,7 +277,9 @@ def test_an_unexpected_error_restarts_the_drainer_logged_and_counted(server, spo
 
 
 @pytest.mark.parametrize(
-    "retry_after", ["0", format_datetime(datetime.now(timezone.utc) - timedelta(hours=1), usegmt=True)]
+    "retry_after",
+    ["0", format_datetime(datetime.now(timezone.utc) - timedelta(hours=1), usegmt=True)],
+    ids=["zero", "a-past-date"],
 )
 def test_retry_after_zero_or_past_never_makes_the_drain_a_hot_loop(spool_dir, retry_after):
     spool_one(spool_dir)
