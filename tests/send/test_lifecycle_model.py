@@ -203,10 +203,13 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _until(self, sender: Sender, wanted: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
         ends = time.monotonic() + timeout
         while time.monotonic() < ends:
+            found = None
             for message in sender.lines(ends - time.monotonic()):
-                self._take(message)
-                if wanted(message):
-                    return message
+                self._take(message)  # every line of the batch, those after the answer too
+                if found is None and wanted(message):
+                    found = message
+            if found is not None:
+                return found
         raise AssertionError("the sending process did not answer in time")
 
     def _to_the_end(self, sender: Sender, timeout: float = TIMEOUT) -> int:
