@@ -36,6 +36,7 @@ class _Retiring:
 
     def __init__(self, writer: EventWriter) -> None:
         self.writer = writer
+        self.released = threading.Event()  # no call holds it any more
         self.closed = threading.Event()
 
 
@@ -51,19 +52,20 @@ class WriterPool:
         self._settings = dict(settings)
         self.max_writers: int = Settings.one("max_writers", self._settings.pop("max_writers", None))
         self._writers: OrderedDict[str, EventWriter] = OrderedDict()
-        self._retiring: dict[str, _Retiring] = {}
+        self._retiring: dict[str, _Retiring] = {}  # by URL: what a successor waits for
+        self._leaving: dict[EventWriter, _Retiring] = {}  # by writer: what its last release tells
         self._leases: Counter[EventWriter] = Counter()
         self._fresh_locks()
         _pools.add(self)
 
     def _fresh_locks(self) -> None:
         self._lock = threading.Lock()
-        self._returned = threading.Condition(self._lock)
 
     def _reset_in_child(self) -> None:
         """A forked child: the parent's closing threads and callers did not come along, nor may their lock."""
         self._fresh_locks()
         self._retiring.clear()  # the writers they were closing are closed at this process's exit
+        self._leaving.clear()
         self._leases.clear()
 
     @contextmanager
@@ -81,7 +83,9 @@ class WriterPool:
             self._leases[writer] -= 1
             if self._leases[writer] <= 0:
                 del self._leases[writer]
-                self._returned.notify_all()
+                leaving = self._leaving.pop(writer, None)
+                if leaving is not None:
+                    leaving.released.set()
 
     def writer_for(self, url: str | None, api_key: str | None) -> EventWriter:
         """The pool's writer for ``url``, started if there is none yet (not leased: it may be evicted)."""
@@ -101,7 +105,11 @@ class WriterPool:
                 if current is not None:  # a new key for this URL: the old writer goes, flushing first
                     self._retire(target, self._writers.pop(target))
                 predecessor = self._retiring.get(target)
+                if predecessor is not None and predecessor.closed.is_set():
+                    del self._retiring[target]
+                    predecessor = None
                 if predecessor is None:
+                    self._forget_closed()
                     while len(self._writers) >= self.max_writers:
                         self._retire(*self._writers.popitem(last=False))
                     writer = self._writers[target] = self._build(target, url, api_key)
@@ -114,6 +122,10 @@ class WriterPool:
                     if self._retiring.get(target) is predecessor:
                         del self._retiring[target]
 
+    def _forget_closed(self) -> None:
+        """Drop the writers whose close has ended (under the lock): nothing waits for them any more."""
+        self._retiring = {url: leaving for url, leaving in self._retiring.items() if not leaving.closed.is_set()}
+
     def _build(self, target: str, url: str | None, api_key: str | None) -> EventWriter:
         settings = dict(self._settings, api_key=api_key)
         spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
@@ -124,21 +136,23 @@ class WriterPool:
     def _retire(self, target: str, writer: EventWriter) -> None:
         """Out of the pool (under the lock): closed on its own thread once its calls have handed their events."""
         retiring = self._retiring[target] = _Retiring(writer)
+        if self._leases[writer] > 0:
+            self._leaving[writer] = retiring
+        else:
+            retiring.released.set()
         name = f"fastsend-close-{writer.settings.url}"
-        threading.Thread(target=self._close_retired, args=(target, retiring), name=name, daemon=True).start()
+        threading.Thread(target=WriterPool._close_retired, args=(target, retiring), name=name, daemon=True).start()
 
-    def _close_retired(self, target: str, retiring: _Retiring) -> None:
+    @staticmethod
+    def _close_retired(target: str, retiring: _Retiring) -> None:
+        """Without the pool's lock: a closer never holds up a call (the next ``acquire`` forgets it once closed)."""
         writer = retiring.writer
         try:
-            with self._lock:
-                self._returned.wait_for(lambda: self._leases[writer] <= 0)
+            retiring.released.wait()
             writer.close(writer.settings.exit_flush_timeout)
         except Exception:
             logger.exception("could not close the writer for %s", target)
         finally:
-            with self._lock:
-                if self._retiring.get(target) is retiring:
-                    del self._retiring[target]
             retiring.closed.set()
 
     def writers(self) -> list[EventWriter]:
