@@ -62,7 +62,7 @@ def _calls(block: EventWriterSink, url: str) -> dict[str, tuple[Callable[[], obj
     big, small = event_inputs(*SIZES["1080p"]), event_inputs(*SIZES["480p"])
     other = make_frame(*SIZES["1080p"], seed=1)
     common = {"event_schema": "quality_check", "qc_result": "fail", "event_ingestion_url": url}
-    writer = block.writer_for(url, Settings.one("api_key"), 5.0)
+    writer = block.writer_for(url, Settings.one("api_key"))
     event = fastsend.Event.quality_check(result="fail")
     return {
         "1080p": (
@@ -124,7 +124,7 @@ def _interleaved(benchmark: Any, block: EventWriterSink, url: str, names: list[s
     calls = _calls(block, url)
     rounds = 1 if benchmark.disabled else ROUNDS
     samples: dict[tuple[str, bool], _Samples] = {(name, paced): _Samples() for name in names for paced in (True, False)}
-    stats_before = block.writer_for(url, Settings.one("api_key"), 5.0).stats()
+    stats_before = block.writer_for(url, Settings.one("api_key")).stats()
 
     def flush() -> int:
         return block.flush(timeout=120)
@@ -144,7 +144,7 @@ def _interleaved(benchmark: Any, block: EventWriterSink, url: str, names: list[s
                 measured.process += burst.process
 
     benchmark.pedantic(all_rounds, rounds=1, iterations=1)
-    stats = block.writer_for(url, Settings.one("api_key"), 5.0).stats()
+    stats = block.writer_for(url, Settings.one("api_key")).stats()
     assert stats["dropped"] == stats_before["dropped"] and stats["failed"] == stats_before["failed"], stats
     benchmark.extra_info["frame_pool_fresh_buffers_while_measured"] = jpeg._frame_pool.fresh - fresh_before
     benchmark.extra_info["frame_pool_idle_mib"] = round(jpeg._frame_pool.idle_bytes / 2**20, 1)

@@ -56,7 +56,6 @@ PIPELINE_ROUNDS = 3
 #: The targets: fastsend's CPU per event ≤ this × the Event Writer's, and its events/s ≥ 0.9 / that ratio × its.
 TARGET_CPU_RATIO = {"1080p": 0.62, "480p": 0.5}
 TARGET_PIPELINE_SPEEDUP = 1.6
-_BLOCK_TIMEOUT = 5  # the blocks' request_timeout default: the key of fastsend's shared writer
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,7 @@ def test_engine_interleaved(benchmark, scenario, receiver_url, engines):
     n = batch_size(benchmark, scenario)
     parameters = {"image": inputs.output_frame, "url": receiver_url, "boxes": [inputs.detections], "disable": False}
     # The block's writer for this URL, created here with the block's own key so the block reuses it.
-    writer = shared_writer(receiver_url, Settings.one("api_key"), _BLOCK_TIMEOUT)
+    writer = shared_writer(receiver_url, Settings.one("api_key"))
     failures = {EVENT_WRITER: 0}
 
     def event_writer_settled() -> None:

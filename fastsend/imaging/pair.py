@@ -195,7 +195,9 @@ def changed_segments(layout: Layout, output: NDArray[Any], input: NDArray[Any]) 
     row first: about 0.5 ms at 1080p.
     """
     height = layout.height
-    out_rows, in_rows = output.reshape(height, -1), input.reshape(height, -1)
+    # Viewed as 8-byte words, a row must be contiguous: a strided frame (copy=False) is compared from a copy.
+    out_rows = np.ascontiguousarray(output.reshape(height, -1))
+    in_rows = np.ascontiguousarray(input.reshape(height, -1))
     row_bytes = out_rows.shape[1]
     segment_bytes = layout.segment_width * (row_bytes // layout.width)
     words = row_bytes // 8

@@ -190,7 +190,8 @@ class EventWriterSink:
 
     One writer (and one connection pool) is kept per URL, so calling ``run()`` once per
     frame reuses connections; at most ``max_writers`` of them (``FASTSEND_MAX_WRITERS``):
-    the least recently used is closed, after a flush, when another URL needs one.
+    the least recently used is closed, after a flush, when another URL needs one, and no
+    event is lost or refused for it (``fastsend.integrations.writer_pool``).
     """
 
     def __init__(self, **settings: Any) -> None:
@@ -231,22 +232,26 @@ class EventWriterSink:
         be started (out of file descriptors or threads) is an error Result, not an exception.
         """
         try:
-            writer = self.writer_for(event_ingestion_url, Settings.one("api_key"), request_timeout)
+            writer = self.pool.acquire(event_ingestion_url, Settings.one("api_key"))
         except (OSError, RuntimeError) as exc:
             logger.error("could not start a writer for %s: %s", event_ingestion_url, exc)
             message = f"Event not sent: could not start a writer for its URL: {exc}"
             return Result.failed(Cause.INTERNAL_ERROR, message), None
-        # A synchronous call encodes before it returns: the images need no snapshot.
-        # A queued event must not see later in-place edits of its frames (blocks may draw on numpy_image):
-        # they are snapshotted.
-        block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
-        if fire_and_forget:
-            return Result.accepted(BACKGROUND_MESSAGE), writer.submit_prepared(block_event.prepared)
-        return writer.send_prepared(block_event.prepared, deadline=float(request_timeout)), None
+        try:  # the writer is not closed by an eviction until its event is handed over
+            # A synchronous call encodes before it returns: the images need no snapshot.
+            # A queued event must not see later in-place edits of its frames (blocks may draw on numpy_image):
+            # they are snapshotted.
+            block_event = prepare_block_event(event_ingestion_url=writer.settings.url, copy=fire_and_forget, **params)
+            if fire_and_forget:
+                return Result.accepted(BACKGROUND_MESSAGE), writer.submit_prepared(block_event.prepared)
+            # The call's request_timeout is its budget (queued, every attempt, any retry), not a writer setting.
+            return writer.send_prepared(block_event.prepared, deadline=float(request_timeout)), None
+        finally:
+            self.pool.release(writer)
 
-    def writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
-        """The pool's writer for ``url``."""
-        return self.pool.writer_for(url, api_key, request_timeout)
+    def writer_for(self, url: str | None, api_key: str | None) -> EventWriter:
+        """The pool's writer for ``url`` (one per URL, whatever a call's ``request_timeout``)."""
+        return self.pool.writer_for(url, api_key)
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait for every writer's queued events; returns how many are still pending."""

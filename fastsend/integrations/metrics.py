@@ -35,14 +35,14 @@ except ImportError as exc:
     ) from exc
 
 from fastsend.send import shutdown
+from fastsend.send.dispatch import Dispatcher
 from fastsend.send.ledger import Histogram
-from fastsend.send.writer import EventWriter
 
 __all__ = ["WriterCollector", "register", "start_http_server"]
 
 _WRITER_LABELS = ("url", "writer")
 
-_numbers: weakref.WeakKeyDictionary[EventWriter, str] = weakref.WeakKeyDictionary()
+_numbers: weakref.WeakKeyDictionary[Dispatcher, str] = weakref.WeakKeyDictionary()
 _next_number = itertools.count(1)
 _registered: weakref.WeakKeyDictionary[CollectorRegistry, WriterCollector] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -58,7 +58,7 @@ class WriterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families = _Families()
         for writer, number in _numbered(shutdown.open_writers()):
-            families.add(writer.url, number, writer.stats())
+            families.add(writer.url, number, writer.snapshot())
         return iter(families.all())
 
 
@@ -84,12 +84,12 @@ def start_http_server(
     return prometheus_client.start_http_server(port, addr, registry=registry)
 
 
-def _numbered(writers: list[Any]) -> list[tuple[EventWriter, str]]:
-    """The open ``EventWriter``s with their ``writer`` label, numbered in the order first seen."""
+def _numbered(writers: list[Any]) -> list[tuple[Dispatcher, str]]:
+    """The open writers (their dispatchers) with their ``writer`` label, numbered in the order first seen."""
     numbered = []
     with _lock:
         for writer in writers:
-            if isinstance(writer, EventWriter):
+            if isinstance(writer, Dispatcher):
                 if writer not in _numbers:
                     _numbers[writer] = str(next(_next_number))
                 numbered.append((writer, _numbers[writer]))
@@ -124,6 +124,9 @@ class _Families:
             "spool_evicted": _counter("fastsend_spool_evicted", "Spool entries evicted to stay under spool_max_bytes"),
             "quarantined": _counter("fastsend_spool_quarantined", "Unreadable spool entries set aside"),
             "spool_write_failures": _counter("fastsend_spool_write_failures", "Events the spool could not store"),
+            "drainer_restarts": _counter(
+                "fastsend_drainer_restarts", "Times the spool drainer was restarted after an unexpected error"
+            ),
         }
         self.spool_gauges = {
             "spool_pending": _gauge("fastsend_spool_entries", "Events waiting in the spool"),

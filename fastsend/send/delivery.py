@@ -37,7 +37,6 @@ class Delivery:
     def __init__(
         self,
         loop: LoopThread,
-        transport: Callable[[], Transport],
         policy: RetryPolicy,
         request_timeout: float,
         ledger: Ledger,
@@ -45,8 +44,7 @@ class Delivery:
         withdrawn: Withdrawn,
     ) -> None:
         self._loop = loop
-        self._make_transport = transport
-        self.transport: Transport | None = None
+        self.transport: Transport | None = None  # given by on_loop_start: the dispatcher builds it on the loop
         self._policy = policy
         self._request_timeout = request_timeout
         self._ledger = ledger
@@ -60,9 +58,9 @@ class Delivery:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unfinished: set[Job] = set()  # launched, not yet given to ``finished``
 
-    async def on_loop_start(self) -> None:
-        """Called on the loop thread when it starts: the transport is made there, then what waited goes."""
-        self.transport = self._make_transport()
+    async def on_loop_start(self, transport: Transport) -> None:
+        """Called on the loop thread when it starts, with the transport to send through; then what waited goes."""
+        self.transport = transport
         with self._lock:
             if self._state != "starting":
                 return

@@ -7,17 +7,21 @@
 
 Every event settles exactly once in the ``Ledger``; every in-flight slot is given back
 exactly once to ``Admission``. Who calls what is decided here, in one place.
+
+A dispatcher's life is ``open → closing → closed``, and ``close()`` is the one way through it
+(see ``fastsend.send.shutdown`` for what leads there: the application, the interpreter's exit,
+SIGTERM, eviction from a pool, the last reference dropped). A close interrupted half-way (Ctrl-C)
+is resumed by the next one, settling each event once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import multiprocessing.util
-import os
 import threading
 import time
-import weakref
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -26,24 +30,36 @@ from fastsend.config import Settings
 from fastsend.errors import BlockingCallError
 from fastsend.imaging.jpeg import JpegOptions
 from fastsend.results import Cause, Outcome, Result
+from fastsend.send import shutdown
 from fastsend.send.admission import Admission, Refusal
 from fastsend.send.delivery import Delivery
-from fastsend.send.drainer import Drainer, Outbox, off_loop, settle_undelivered
+from fastsend.send.drainer import Drainer
 from fastsend.send.encoding import Encoders
 from fastsend.send.job import Job
 from fastsend.send.ledger import Ledger, Ticket
-from fastsend.send.loop import LoopThread
+from fastsend.send.loop import LoopThread, off_loop
+from fastsend.send.outbox import Outbox, settle_undelivered
 from fastsend.send.prepare import PreparedEvent
 from fastsend.send.reachability import Reachability
 from fastsend.send.retry import RetryPolicy
 from fastsend.send.transport import AiohttpTransport, Transport
+from fastsend.send.wire import events_url
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "State"]
 
 logger = logging.getLogger("fastsend")
 
-_live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 _CLOSED_UNSENT = "writer closed before the event could be sent"
+# While a close waits for the queue to empty, how often it looks whether a SIGTERM cut it short.
+_CUT_SHORT_POLL_SECONDS = 0.05
+
+
+class State(enum.Enum):
+    """Where a writer is in its life."""
+
+    OPEN = "open"
+    CLOSING = "closing"  # close() has begun: no new event is admitted; what is pending is flushed
+    CLOSED = "closed"  # every event submitted before close() has its Result
 
 
 class Dispatcher:
@@ -56,6 +72,7 @@ class Dispatcher:
         transport: Callable[[Settings], Transport] = AiohttpTransport,
     ) -> None:
         self.settings = settings
+        self.url = events_url(settings.url)
         self.policy = RetryPolicy(
             settings.retries,
             settings.backoff_base,
@@ -68,8 +85,7 @@ class Dispatcher:
         self._make_transport = transport
         self._outbox = outbox
         self._build()
-        _live_dispatchers.add(self)
-        multiprocessing.util.register_after_fork(self, Dispatcher._flush_at_child_exit)
+        shutdown.register(self, spooled=outbox is not None, handle_sigterm=settings.handle_sigterm)
         # Threads and the connection pool start now, off the caller's path: the first submit() costs what
         # the others do, and what an earlier process spooled goes out without waiting for one.
         self._ensure_started()
@@ -80,7 +96,9 @@ class Dispatcher:
         self._start_lock = threading.Lock()
         self._started = False
         self._close_lock = threading.Lock()
-        self._closed = False
+        self.state = State.OPEN
+        self._leftovers: deque[Job] = deque()  # taken from the queue by close(), not settled yet
+        self._loop_shutdown: Future[None] | None = None
         self._closed_unsent = 0  # events pending at close() that it spooled or settled closed
         self._closed_unsent_lock = threading.Lock()
         self.ledger = Ledger(on_cancelled=self._cancelled)
@@ -97,7 +115,6 @@ class Dispatcher:
         self.loop = LoopThread(settings.loop)
         self.delivery = Delivery(
             self.loop,
-            lambda: self._make_transport(settings),
             self.policy,
             settings.request_timeout,
             self.ledger,
@@ -109,12 +126,7 @@ class Dispatcher:
         self._drain_task: asyncio.Task[None] | None = None
         if self._outbox is not None:
             self.drainer = Drainer(
-                self._outbox,
-                lambda: self.delivery.transport,
-                self.policy,
-                settings.request_timeout,
-                self.ledger,
-                watch=self.reachability.observe,
+                self._outbox, self.policy, settings.request_timeout, self.ledger, watch=self.reachability.observe
             )
 
     def _ensure_started(self) -> None:
@@ -126,9 +138,10 @@ class Dispatcher:
                 self.loop.start(self._on_loop_start, self._loop_failed)
 
     async def _on_loop_start(self) -> None:
+        transport = self._make_transport(self.settings)  # on the loop: its connection pool belongs to it
         if self.drainer is not None:
-            self._drain_task = asyncio.get_running_loop().create_task(self.drainer.run())
-        await self.delivery.on_loop_start()  # last: once it returns, hand-offs go to this loop
+            self._drain_task = asyncio.get_running_loop().create_task(self.drainer.run(transport))
+        await self.delivery.on_loop_start(transport)  # last: once it returns, hand-offs go to this loop
 
     def _loop_failed(self, failure: BaseException) -> None:
         logger.error("fastsend could not start its event loop: %s", failure)
@@ -159,8 +172,9 @@ class Dispatcher:
         job = Job.of(ticket, prepared, time.monotonic() + budget, budget)
         if not self.admission.closed:
             self._ensure_started()
-        refused = self.admission.admit(job)
-        self._settle_refused(refused)
+        with shutdown.deferring_sigterm():  # an event pushed out of the queue is settled before SIGTERM exits
+            refused = self.admission.admit(job)
+            self._settle_refused(refused)
         if any(r.job is job and r.cause is Cause.QUEUE_FULL_RAISE for r in refused):
             raise self.admission.queue_full_error()
         return ticket.future
@@ -267,13 +281,14 @@ class Dispatcher:
         return self.admission.wait_idle(timeout)
 
     def drain(self, timeout: float | None = None) -> int:
-        """Flush, then wait until the spool is empty too; returns the events still pending or spooled."""
+        """Flush, then wait until the spool is empty too (or the writer closed); returns the events still
+        pending or spooled."""
         started = time.monotonic()
         pending = self.flush(timeout)
         outbox = self._outbox
         if outbox is None:
             return pending
-        if len(outbox):
+        if len(outbox) and self.state is State.OPEN:
             self._ensure_started()
             self._nudge_drainer()  # a drainer backing off tries again now
             outbox.wait_empty(None if timeout is None else max(0.0, started + timeout - time.monotonic()))
@@ -286,38 +301,44 @@ class Dispatcher:
             stats.update(self._outbox.stats())
         return stats
 
+    @property
+    def exit_flush_timeout(self) -> float:
+        return self.settings.exit_flush_timeout
+
     def close(self, timeout: float | None = None) -> int:
         """Flush up to ``timeout``, then stop; what is left is spooled or settled closed. Returns that count.
 
-        When it returns, every event submitted before it has its Result.
+        When it returns, every event submitted before it has its Result. A concurrent close waits for
+        this one, then finds it done; a SIGTERM meanwhile cuts the flush short (``fastsend.send.shutdown``).
         """
         if self.loop.is_current():
             raise BlockingCallError(
                 "close() called on fastsend's loop thread (from a Result's done-callback?) would wait for itself; "
                 "call it from another thread"
             )
-        with self._close_lock:  # one close at a time: a concurrent one waits for it, then finds it done
-            if self._closed:
-                return 0
-            unsent = self._close(timeout)
-            self._closed = True
-            return unsent
+        with shutdown.closing():
+            with self._close_lock:
+                if self.state is State.CLOSED:
+                    return 0
+                self.state = State.CLOSING
+                unsent = self._close(timeout)
+                self.state = State.CLOSED
+            shutdown.unregister(self)
+        return unsent
 
     def _close(self, timeout: float | None) -> int:
+        """Every step can be done again: a close interrupted half-way is resumed by the next one."""
         self.admission.refuse_new()  # what is submitted from now on is refused, not counted here
-        self.flush(timeout)
-        leftovers = self.admission.close()
+        self._flush_for_close(timeout)
+        self._leftovers.extend(self.admission.close())
         closing = Outcome(Cause.CLOSED, _CLOSED_UNSENT)
-        for job in leftovers:
-            self._count_closed_unsent()
-            self._settle_undelivered(job, closing)
-        if self.loop.wait_ready(timeout=5.0) and self.loop.running:
-            self.loop.run(self._shutdown_loop()).result()
-            self.loop.stop()
-        else:
-            for job in self.delivery.refuse():  # handed over to a loop that never ran
-                self._encoded_unsendable(job)
-                self.admission.release(job)
+        while self._leftovers:
+            job = self._leftovers[0]
+            if not job.ticket.settled:
+                self._count_closed_unsent()
+                self._settle_undelivered(job, closing)
+            self._leftovers.popleft()
+        self._stop_loop()
         self.encoders.stop()  # they settle the events they still hold (hand-off is closed)
         if self._outbox is not None:
             self._outbox.close()
@@ -328,6 +349,26 @@ class Dispatcher:
             logger.warning("closed with %d event(s) %s", unsent, where)
         return unsent
 
+    def _flush_for_close(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` for what is queued and in flight, or until a SIGTERM cuts the wait short."""
+        ends = None if timeout is None else time.monotonic() + timeout
+        while not shutdown.cut_short():
+            left = _CUT_SHORT_POLL_SECONDS if ends is None else min(_CUT_SHORT_POLL_SECONDS, ends - time.monotonic())
+            if self.flush(max(0.0, left)) == 0 or (ends is not None and time.monotonic() >= ends):
+                return
+
+    def _stop_loop(self) -> None:
+        """End every event task (each settles), the drainer and the transport; then the loop thread."""
+        if self.loop.wait_ready(timeout=5.0) and self.loop.running:
+            if self._loop_shutdown is None:
+                self._loop_shutdown = self.loop.run(self._shutdown_loop())
+            self._loop_shutdown.result()
+            self.loop.stop()
+        else:
+            for job in self.delivery.refuse():  # handed over to a loop that never ran
+                self._encoded_unsendable(job)
+                self.admission.release(job)
+
     async def _shutdown_loop(self) -> None:
         if self._drain_task is not None:
             self._drain_task.cancel()
@@ -336,24 +377,14 @@ class Dispatcher:
 
     # ------------------------------------------------------------ fork
 
-    def _reset_in_child(self) -> None:
-        # The spool and its lock stay the parent's: a child draining it would send entries twice,
-        # and closing it would unlock the directory under the running parent.
+    def reset_in_child(self) -> None:
+        """In a forked child: fresh rooms (the parent's threads did not come along), and no spool.
+
+        The spool and its lock stay the parent's: a child draining it would send entries twice,
+        and closing it would unlock the directory under the running parent.
+        """
         if self._outbox is not None:
             self._outbox.leave_to_parent()  # else a child outliving its parent keeps the spool locked
             self._outbox = None
             logger.warning("forked process: this writer sends without the spool, which stays with the parent")
-        self._build()
-
-    def _flush_at_child_exit(self) -> None:
-        # A multiprocessing child ends with os._exit, which skips atexit: flush on its own exit hook.
-        multiprocessing.util.Finalize(self, self.close, args=(self.settings.exit_flush_timeout,), exitpriority=10)
-
-
-def _reinit_after_fork() -> None:
-    for dispatcher in list(_live_dispatchers):
-        dispatcher._reset_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_after_fork)
+        self._build()  # its threads start with its first event

@@ -1,27 +1,23 @@
-"""What could not be delivered now: into the outbox (the spool) or settled failed; and the drainer.
-
-With an outbox, an event given up on a passing failure (the service unreachable or busy,
-the deadline, a full queue, close) is written to disk and settled ``spooled``; a write that
-fails settles it ``spool_write_failed``. The drainer sends the outbox oldest first on the
-loop thread, through the writer's own transport (its URL and key), backing off while the
-service is away.
+"""The drainer: sends the outbox (the spool), oldest first, on the loop thread, through the writer's own
+transport (its URL and key), backing off while the service is away; supervised, so that no error ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
-from fastsend.results import OUTCOME_LOG, Cause, Outcome, Result, Settlement
-from fastsend.send.job import Job
+from fastsend.results import Cause, Outcome
 from fastsend.send.ledger import Ledger
+from fastsend.send.loop import off_loop
+from fastsend.send.outbox import Outbox
 from fastsend.send.retry import RetryPolicy
+from fastsend.send.spool import CorruptEntry, SpoolEntry
 from fastsend.send.transport import Transport
-from fastsend.send.wire import Request
 
-__all__ = ["Drainer", "Outbox", "off_loop", "settle_undelivered"]
+__all__ = ["Drainer"]
 
 logger = logging.getLogger("fastsend")
 
@@ -29,64 +25,8 @@ logger = logging.getLogger("fastsend")
 _POSTPONE_AFTER = 3
 # An entry whose sending raises this often in a row is quarantined: it cannot become a request.
 _QUARANTINE_AFTER_ERRORS = 3
-
-
-class Outbox(Protocol):
-    """Durable storage for requests that could not be delivered now (``fastsend.send.spool.Spool``)."""
-
-    def put(self, request: Request) -> bool: ...
-    def oldest(self) -> Any: ...
-    def after(self, entry: Any) -> Any: ...
-    def load_or_quarantine(self, entry: Any) -> Request | None: ...
-    def remove(self, entry: Any, removed: Callable[[], None] = ...) -> None: ...
-    def quarantine(self, entry: Any, reason: str) -> None: ...
-    def postpone(self, entry: Any) -> None: ...
-    def wait_empty(self, timeout: float | None) -> bool: ...
-    def stats(self) -> dict[str, int]: ...
-    def __len__(self) -> int: ...
-    def leave_to_parent(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def settle_undelivered(
-    job: Job,
-    outcome: Outcome,
-    *,
-    outbox: Outbox | None,
-    policy: RetryPolicy,
-    ledger: Ledger,
-    build_request: Callable[[Job], None],
-    wake_drainer: Callable[[], None],
-) -> None:
-    """Settle a job that was not delivered: spooled when it may be, else failed (or dropped) with its cause.
-
-    Blocking (a spool write fsyncs): call it off the loop.
-    """
-    if outbox is not None and policy.spoolable(outcome):
-        try:
-            if job.request is None and job.prepared is not None:
-                build_request(job)  # refused before it reached the encoders: encode it here
-            if job.request is not None and outbox.put(job.request):
-                ledger.settle(job.ticket, Result.in_spool(f"{outcome.message}; spooled, will be sent later"))
-                wake_drainer()
-                return
-        except OSError as exc:
-            logger.error("could not write to the spool: %s", exc)
-            ledger.count_spool_write_failure()
-            failure = Outcome(Cause.SPOOL_WRITE_FAILED, f"{outcome.message}; the spool write failed: {exc}")
-            ledger.settle(job.ticket, Result.of(failure), failure)
-            return
-        except Exception as exc:  # noqa: BLE001 - the event cannot be encoded: it can never be sent
-            logger.warning("encoding failed: %s", exc)
-            ledger.settle(job.ticket, Result.failed(Cause.ENCODE_ERROR, f"encoding failed: {exc}"))
-            return
-    if outcome.cause is Cause.CLOSED:
-        logger.debug("event not delivered: %s", outcome.message)  # close() logs one line for all
-    elif outcome.cause is not None and outcome.cause.settlement is Settlement.DROPPED:
-        ledger.warn_rate_limited(outcome.key, 1, outcome.message)
-    else:
-        logger.warning("event not delivered: %s", outcome.message, extra=OUTCOME_LOG)
-    ledger.settle(job.ticket, Result.of(outcome), outcome)
+# How long an entry that could not be quarantined is passed over before it is tried again, at least and at most.
+_SET_ASIDE_SECONDS = (1.0, 60.0)
 
 
 class Drainer:
@@ -99,12 +39,15 @@ class Drainer:
     An oldest entry that keeps failing is not allowed to hold the rest: after a few failures
     in a row the next entry is tried once; if that one goes, the failing entry moves behind
     the others. If it fails too, the service is away for everyone and the order is kept.
+    An entry that cannot even be quarantined (the disk refuses) is passed over for a while.
+
+    ``run`` is supervised: an unexpected error is logged with its traceback, counted
+    (``drainer_restarts`` in ``stats()``), and the drain starts again after a backoff.
     """
 
     def __init__(
         self,
         outbox: Outbox,
-        transport: Callable[[], Transport | None],
         policy: RetryPolicy,
         request_timeout: float,
         ledger: Ledger,
@@ -112,38 +55,65 @@ class Drainer:
     ) -> None:
         self._outbox = outbox
         self._watch = watch  # told every attempt's outcome (the writer's Reachability)
-        self._transport = transport
         self._policy = policy
         self._request_timeout = request_timeout
         self._ledger = ledger
         self._filled: asyncio.Event | None = None
         self._nudged: asyncio.Event | None = None
         self._failures = 0  # attempts in a row that did not deliver, for the backoff
-        self._head: Any = None  # the oldest entry while it fails, how often in a row, and how often it raised
+        self._head: SpoolEntry | None = None  # the oldest entry while it fails, how often in a row, and raised
         self._head_failures = 0
         self._head_errors = 0
         self._probing = False  # the next entry is tried once, to see whether others could go
         self._unreachable = False  # the last attempt found no service (connection error or timeout)
+        self._set_aside: dict[str, tuple[float, int]] = {}  # unquarantinable: name -> (retry at, failures)
 
-    async def run(self) -> None:
-        """Drain for ever (until cancelled)."""
+    async def run(self, transport: Transport) -> None:
+        """Drain for ever (until cancelled), through ``transport``; restarted after any unexpected error."""
         self._filled, self._nudged = asyncio.Event(), asyncio.Event()
+        restarts = 0
+        while True:
+            try:
+                await self._drain(transport)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                restarts += 1
+                self._ledger.count_drainer_restart()
+                wait = self._policy.backoff_floor(restarts)
+                logger.exception("spool drainer stopped by an unexpected error; restarting it in %.2gs", wait)
+                await self._pause(wait)
+
+    async def _drain(self, transport: Transport) -> None:
+        assert self._filled is not None
         while True:
             entry = self._next_entry()
             if entry is None:
                 self._filled.clear()
-                await self._filled.wait()
+                await self._idle()
                 continue
             try:
-                await self._send(entry)
+                await self._send(entry, transport)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a disk error must not end the drain for good, and silently
                 logger.exception("spool drainer: unexpected error; trying again")
                 if self._raised(entry):
-                    await off_loop(self._outbox.quarantine, entry, f"could not be sent: {exc!r}")
+                    await self._quarantine(entry, f"could not be sent: {exc!r}")
                     continue
                 await self._pause(self._policy.backoff(self._failures))
+
+    async def _idle(self) -> None:
+        """Wait for something new in the outbox, or for an entry passed over to be due again."""
+        assert self._filled is not None
+        due = min((at for at, _ in self._set_aside.values()), default=None)
+        if due is None:
+            await self._filled.wait()
+            return
+        try:
+            await asyncio.wait_for(self._filled.wait(), max(0.0, due - time.monotonic()))
+        except asyncio.TimeoutError:
+            pass
 
     def wake(self) -> None:
         """On the loop thread: something new is in the outbox."""
@@ -162,28 +132,37 @@ class Drainer:
             self._unreachable = False
             self.nudge()
 
-    def _next_entry(self) -> Any:
-        oldest = self._outbox.oldest()
+    def _next_entry(self) -> SpoolEntry | None:
+        oldest = self._skip_set_aside(self._outbox.oldest())
         if oldest is None or not self._probing:
             return oldest
-        probe = self._outbox.after(oldest)
+        probe = self._skip_set_aside(self._outbox.after(oldest))
         if probe is None:  # alone: nothing waits behind it
             self._probing = False
             return oldest
         return probe
 
-    async def _send(self, entry: Any) -> None:
-        request = await off_loop(self._outbox.load_or_quarantine, entry)
-        transport = self._transport()
-        if request is None or transport is None:
+    def _skip_set_aside(self, entry: SpoolEntry | None) -> SpoolEntry | None:
+        """``entry``, or the first one after it that is not passed over just now."""
+        now = time.monotonic()
+        while entry is not None and self._set_aside.get(entry.name, (0.0, 0))[0] > now:
+            entry = self._outbox.after(entry)
+        return entry
+
+    async def _send(self, entry: SpoolEntry, transport: Transport) -> None:
+        try:
+            request = await off_loop(self._outbox.load, entry)
+        except CorruptEntry as exc:  # it can never become a request: aside at once, no traceback
+            await self._quarantine(entry, str(exc))
             return
+        self._set_aside.pop(entry.name, None)
         outcome = await transport.post(request, self._request_timeout)
         if self._watch is not None:
             self._watch(outcome)
         self._unreachable = outcome.status is None and outcome.cause in (Cause.CONNECTION, Cause.TIMEOUT)
         if outcome.delivered:
             await off_loop(self._outbox.remove, entry, self._ledger.count_drained)
-            if self._probing:  # another entry went while the oldest keeps failing: it moves behind them
+            if self._probing and self._head is not None:  # another went while the oldest keeps failing
                 await off_loop(self._outbox.postpone, self._head)
             self._failures = 0
             self._forget_head()
@@ -195,12 +174,32 @@ class Drainer:
             await self._pause(max(policy.backoff_max, policy.backoff(self._failures)))
             return
         if not policy.is_retryable(outcome):
-            await off_loop(self._outbox.quarantine, entry, f"rejected by the service: {outcome.message}")
+            await self._quarantine(entry, f"rejected by the service: {outcome.message}")
             return
         self._failed(entry)
         await self._pause(self._backoff(outcome))
 
-    def _failed(self, entry: Any) -> None:
+    async def _quarantine(self, entry: SpoolEntry, reason: str) -> None:
+        """Move ``entry`` aside; if the disk refuses, say so and pass it over for a while, then try again."""
+        try:
+            await off_loop(self._outbox.quarantine, entry, reason)
+        except OSError as exc:
+            _, failures = self._set_aside.get(entry.name, (0.0, 0))
+            low, high = _SET_ASIDE_SECONDS
+            wait = min(high, low * 2.0**failures)
+            self._set_aside[entry.name] = (time.monotonic() + wait, failures + 1)
+            logger.error(
+                "spool entry %s could not be quarantined (%s): %s; the others go on, it is tried again in %gs",
+                entry.name,
+                exc,
+                reason,
+                wait,
+            )
+            self._forget_head()
+        else:
+            self._set_aside.pop(entry.name, None)
+
+    def _failed(self, entry: SpoolEntry) -> None:
         """A retryable failure of ``entry``: the oldest one, or the probe behind it."""
         self._failures += 1
         if self._probing:  # the next one failed too: the service is away for everyone, keep the order
@@ -213,7 +212,7 @@ class Drainer:
         self._head_failures += 1
         self._probing = self._head_failures >= _POSTPONE_AFTER
 
-    def _raised(self, entry: Any) -> bool:
+    def _raised(self, entry: SpoolEntry) -> bool:
         """Count an unexpected error while sending ``entry``; True once it has raised too often in a row."""
         self._failures += 1
         self._probing = False
@@ -244,8 +243,3 @@ class Drainer:
         except asyncio.TimeoutError:
             pass
         self._nudged.clear()
-
-
-async def off_loop(function: Callable[..., Any], *args: Any) -> Any:
-    """Run blocking outbox I/O on the loop's executor."""
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)

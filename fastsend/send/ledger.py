@@ -96,6 +96,7 @@ class Ledger:
         self._retried = 0
         self._bytes_sent = 0
         self._drained = 0
+        self._drainer_restarts = 0
         self._spool_write_failures = 0
         self._encode_seconds = 0.0
         self._images_encoded = 0
@@ -179,6 +180,10 @@ class Ledger:
         with self._lock:
             self._drained += 1
 
+    def count_drainer_restart(self) -> None:
+        with self._lock:
+            self._drainer_restarts += 1
+
     def count_spool_write_failure(self) -> None:
         with self._lock:
             self._spool_write_failures += 1
@@ -239,6 +244,7 @@ class Ledger:
                 "cancelled": counts[Settlement.CANCELLED],
                 "pending": self._pending,
                 "drained": self._drained,
+                "drainer_restarts": self._drainer_restarts,
                 "spool_write_failures": self._spool_write_failures,
                 "retried": self._retried,
                 "bytes_sent": self._bytes_sent,

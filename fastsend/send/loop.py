@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread", "new_event_loop"]
+__all__ = ["LoopThread", "loop_factory", "new_event_loop", "off_loop"]
 
 T = TypeVar("T")
 
@@ -33,6 +34,10 @@ class LoopThread:
         on_failure: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
         """Start the thread; ``on_start()`` runs on the loop before anything else, ``on_failure`` if it cannot."""
+        # The loop's module is imported here, not on the new thread: a process forked while that thread was
+        # importing it would inherit the module's import lock held for ever, and hang at its first loop.
+        with contextlib.suppress(ImportError):  # the thread reports it
+            loop_factory(self._kind)
 
         def run() -> None:
             try:
@@ -111,6 +116,11 @@ class _ExitSafeExecutor(ThreadPoolExecutor):
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     """A new loop of ``kind``: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``."""
+    return loop_factory(kind)()
+
+
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes a new loop of ``kind`` (its module imported now): uvloop's when installed, or asyncio's."""
     if kind in ("auto", "uvloop"):
         try:
             import uvloop
@@ -118,6 +128,11 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
             if kind == "uvloop":
                 raise
         else:
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-    return asyncio.new_event_loop()
+            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+            return factory
+    return asyncio.new_event_loop
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work (a spool write, read or rename) on the running loop's executor, and wait for it."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)

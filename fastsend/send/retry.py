@@ -100,10 +100,19 @@ class RetryPolicy:
         return Decision(True, wait)
 
     def backoff(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based); ``Retry-After`` wins, up to its cap."""
+        """Seconds to wait after failed attempt ``attempt`` (1-based).
+
+        ``Retry-After`` wins, between a floor and a cap: never less than ``backoff_floor(attempt)``
+        (an answer of ``0``, or of a date in the past, must not make a hot loop), never more
+        than ``retry_after_max``.
+        """
         if retry_after is not None:
-            return min(retry_after, self.retry_after_max)
+            return min(max(retry_after, self.backoff_floor(attempt)), self.retry_after_max)
         return (rng or random).uniform(0.0, self._ceiling(attempt))
+
+    def backoff_floor(self, attempt: int) -> float:
+        """The least wait after failed attempt ``attempt`` whatever the service says: half its backoff ceiling."""
+        return self._ceiling(attempt) / 2.0
 
     def _ceiling(self, attempt: int) -> float:
         # Past 2**64 the doubling has met any sensible cap; a larger int would overflow a float.

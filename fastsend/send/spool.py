@@ -16,6 +16,10 @@ would otherwise send a damaged key as if it were whole. Entries of the previous 
 ``Idempotency-Key`` is kept, their URL ignored. Names are nanosecond stamps kept strictly
 increasing, so the oldest entry sorts first even when the wall clock steps back.
 An exclusive ``flock`` on ``.lock`` keeps two processes from sending the same entries.
+
+Only regular files are read: a symlink, FIFO, device or directory named like an entry is
+never followed or opened (``lstat``, ``O_NOFOLLOW | O_NONBLOCK``); it is set aside in the
+quarantine folder, with one warning.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -92,19 +97,48 @@ class Spool:
         self._entries: dict[str, int] = {}
         self._total = 0
         self._reserved = 0  # bytes of writes in progress: room they have claimed but not yet filled
+        self._closed = False
         self._recover()
 
     def _recover(self) -> None:
+        odd: list[str] = []
         for path in self.directory.iterdir():
             if path.name.startswith(_TEMP_PREFIX):
                 path.unlink(missing_ok=True)  # a write that never completed
             elif path.suffix == _SUFFIX:
-                self._entries[path.name] = path.stat().st_size
-                self._total += self._entries[path.name]
+                try:
+                    info = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    odd.append(path.name)
+                    continue
+                self._entries[path.name] = info.st_size
+                self._total += info.st_size
                 if path.name[:20].isdigit():
                     self._stamp = max(self._stamp, int(path.name[:20]))
+        if odd:
+            self._set_aside_odd(odd)
         if self._entries:
             logger.info("spool %s holds %d event(s) from before", self.directory, len(self._entries))
+
+    def _set_aside_odd(self, names: list[str]) -> None:
+        """Objects named like entries that are not regular files: moved (never opened) into the quarantine."""
+        try:
+            (self.directory / QUARANTINE_DIR).mkdir(exist_ok=True)
+            for name in names:
+                os.replace(self.directory / name, self.directory / QUARANTINE_DIR / name)
+        except OSError as exc:
+            where = f"left where they are ({exc})"
+        else:
+            where = f"moved to {QUARANTINE_DIR}/"
+        logger.warning(
+            "spool %s: %d object(s) named like entries are not regular files, never read: %s; %s",
+            self.directory,
+            len(names),
+            ", ".join(sorted(names)[:5]),
+            where,
+        )
 
     # ------------------------------------------------------------ writing
 
@@ -201,21 +235,19 @@ class Spool:
 
     def load(self, entry: SpoolEntry) -> Request:
         """The stored request; raises ``CorruptEntry`` if the file is damaged or cannot become a request."""
-        try:
-            data = (self.directory / entry.name).read_bytes()
-        except OSError as exc:
-            raise CorruptEntry(f"{entry.name}: unreadable ({exc})") from None
+        data = _read_regular_file(self.directory / entry.name)
         magic = _MAGIC if data.startswith(_MAGIC) else _MAGIC_V2 if data.startswith(_MAGIC_V2) else None
         if magic is None:
             raise CorruptEntry(f"{entry.name}: not a spool entry")
         header_end = data.find(b"\n", len(magic))
+        body = data[header_end + 1 :]
         try:
             header = orjson.loads(data[len(magic) : header_end])
             key, size, crc = _read_header(header, magic)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            checksum = _header_checksum(header, magic, body)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
             raise CorruptEntry(f"{entry.name}: damaged header") from None
-        body = data[header_end + 1 :]
-        if len(body) != size or _header_checksum(header, magic, body) != crc:
+        if len(body) != size or checksum != crc:
             raise CorruptEntry(
                 f"{entry.name}: body is {len(body)} bytes, checksum mismatch or truncated (expected {size})"
             )
@@ -246,18 +278,23 @@ class Spool:
             removed()
 
     def quarantine(self, entry: SpoolEntry, reason: str) -> None:
-        """Move a damaged or rejected entry aside so it is never retried."""
+        """Move a damaged or rejected entry aside so it is never retried.
+
+        Raises ``OSError`` if it cannot be moved (the entry then stays, to be tried again).
+        """
         target = self.directory / QUARANTINE_DIR
-        target.mkdir(exist_ok=True)
         with self._mutex:
             if entry.name not in self._entries:
                 return  # evicted while it was read or sent: gone, and counted as evicted
+            try:
+                target.mkdir(exist_ok=True)
+                os.replace(self.directory / entry.name, target / entry.name)
+            except FileNotFoundError:
+                if os.path.lexists(self.directory / entry.name):
+                    raise
+                # the entry's file is gone already: nothing left to move
             self._drop(entry.name)
             self.quarantined += 1
-        try:
-            os.replace(self.directory / entry.name, target / entry.name)
-        except OSError:
-            pass
         logger.error("spool entry quarantined: %s", reason)
 
     def _drop(self, name: str) -> None:
@@ -267,9 +304,10 @@ class Spool:
             self._emptied.notify_all()
 
     def wait_empty(self, timeout: float | None) -> bool:
-        """Wait until no entry is left (sent, quarantined or evicted); False if some still are at ``timeout``."""
+        """Wait until no entry is left (sent, quarantined or evicted); False if some still are at ``timeout``,
+        or when the spool is closed meanwhile (nobody drains it any more)."""
         with self._mutex:
-            return self._emptied.wait_for(lambda: not self._entries, timeout)
+            return self._emptied.wait_for(lambda: not self._entries or self._closed, timeout) and not self._entries
 
     def __len__(self) -> int:
         with self._mutex:
@@ -290,9 +328,30 @@ class Spool:
             self._lock_file.close()  # closing a copy never releases a flock; LOCK_UN would, for both
 
     def close(self) -> None:
+        """Give the directory up; whoever waits for it to empty is told."""
+        with self._mutex:
+            self._closed = True
+            self._emptied.notify_all()
         if not self._lock_file.closed:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file; never follows a symlink nor waits on a FIFO or device."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise CorruptEntry(f"{path.name}: unreadable ({exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise CorruptEntry(f"{path.name}: not a regular file")
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            return file.read()
+    except OSError as exc:
+        raise CorruptEntry(f"{path.name}: unreadable ({exc})") from None
+    finally:
+        os.close(descriptor)
 
 
 def _checksum(idempotency_key: str, size: int, chunks: Iterable[bytes]) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -18,7 +19,7 @@ from fastsend.imaging.jpeg import JpegOptions, jpeg_backend
 from fastsend.imaging.pair import jpeg_reuse
 from fastsend.results import Cause, Result
 from fastsend.send import shutdown
-from fastsend.send.dispatch import Dispatcher
+from fastsend.send.dispatch import Dispatcher, State
 from fastsend.send.prepare import PreparedEvent, prepare_event
 from fastsend.send.spool import Spool
 from fastsend.send.transport import AiohttpTransport, Transport
@@ -68,7 +69,11 @@ class EventWriter:
 
     ``submit()`` returns at once with a ``Future[Result]``; ``send()`` waits for the
     ``event_id``. Settings are keyword arguments or ``FASTSEND_*`` variables
-    (see ``fastsend.Settings``). Threads and the connection pool start on first use.
+    (see ``fastsend.Settings``). Its threads and connection pool start when it is built.
+
+    Its life is open → closing → closed: ``close()``, leaving a ``with`` block, the
+    interpreter's exit, SIGTERM and dropping the last reference to it all close it the
+    same way, and until then it is kept (with what it holds) even if nothing else refers to it.
     """
 
     # What sends each request; a writer for another kind of request (cloud events) names its own.
@@ -96,7 +101,8 @@ class EventWriter:
             if outbox is not None:
                 outbox.close()
             raise
-        shutdown.register(self, spooled=outbox is not None, handle_sigterm=self.settings.handle_sigterm)
+        forgotten = weakref.finalize(self, shutdown.close_forgotten(self._dispatcher, self.url))
+        forgotten.atexit = False  # at exit, the exit flush closes it
 
     def __enter__(self) -> EventWriter:
         return self
@@ -110,8 +116,9 @@ class EventWriter:
         return self._dispatcher.jpeg
 
     @property
-    def exit_flush_timeout(self) -> float:
-        return self.settings.exit_flush_timeout
+    def state(self) -> State:
+        """Where the writer is in its life: ``open``, ``closing`` or ``closed``."""
+        return self._dispatcher.state
 
     @_suggest_keywords([*_PREPARE_KEYWORDS, "deadline"])
     def submit(
@@ -195,11 +202,9 @@ class EventWriter:
         return self._dispatcher.drain(timeout)
 
     def close(self, timeout: float | None = None) -> int:
-        """Flush for up to ``timeout`` seconds, then stop. Returns how many events were left unsent."""
-        try:
-            return self._dispatcher.close(timeout)
-        finally:
-            shutdown.unregister(self)
+        """Flush for up to ``timeout`` seconds, then stop. Returns how many events were left unsent
+        (spooled, with a spool). Once it returns, every event submitted before has its Result."""
+        return self._dispatcher.close(timeout)
 
     def stats(self) -> dict[str, Any]:
         """Counters (submitted, sent, failed, dropped by reason, retried, …), queue state and latencies."""

@@ -81,8 +81,8 @@ def test_request_timeout_parameter_bounds_each_attempt(server):
         result = run(sink, server, fire_and_forget=False, request_timeout=0.3)
         assert result["error_status"] is True
         assert re.fullmatch(r"timed out after 0\.[23]\d*s \(the service may have applied it\).*", result["message"])
-        (writer,) = sink.pool.writers()
-        assert writer.settings.request_timeout == 0.3
+        (writer,) = sink.pool.writers()  # the call's timeout was its budget, not the writer's setting
+        assert writer.settings.request_timeout == fastsend.Settings().request_timeout
     finally:
         sink.close(timeout=1)
 
@@ -216,18 +216,19 @@ def test_run_many_times_reuses_one_writer_and_one_connection_pool(server, sink):
     assert len({r.peer for r in server.requests}) == 1  # every request on the same kept-alive connection
 
 
-def test_a_new_timeout_or_key_replaces_the_writer_and_keeps_its_spool_directory(server, tmp_path, monkeypatch):
+def test_a_new_key_replaces_the_writer_and_keeps_its_spool_directory(server, tmp_path, monkeypatch):
     server.script = Reply(201)
     sink = EventWriterSink(**FAST, spool_dir=str(tmp_path / "spool"))
     try:
         first = run(sink, server, fire_and_forget=False)
         (old,) = sink.pool.writers()
         second = run(sink, server, fire_and_forget=False, request_timeout=2.5)
+        assert sink.pool.writers() == [old]  # a call's timeout does not make a writer of its own
         monkeypatch.setenv("EVENT_INGESTION_API_KEY", "rotated")
         third = run(sink, server, fire_and_forget=False, request_timeout=2.5)
         assert not first["error_status"] and not second["error_status"] and not third["error_status"]
         (newest,) = sink.pool.writers()
-        assert newest is not old and newest.settings.request_timeout == 2.5 and newest.settings.api_key == "rotated"
+        assert newest is not old and newest.settings.api_key == "rotated"
         assert newest.settings.spool_dir == old.settings.spool_dir  # named by the URL alone
         assert (
             old.submit(fastsend.Event.custom(), np.zeros((4, 4, 3), np.uint8))

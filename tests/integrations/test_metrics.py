@@ -309,7 +309,7 @@ def test_the_writers_of_a_block_sink_and_an_async_writer_are_there_too(make_serv
 
         async_url = asyncio.run(send_one())
         scraped = scrape()
-        block_url = sink.writer_for(block_service.url, None, 5.0).url
+        block_url = sink.writer_for(block_service.url, None).url
         assert scraped.value("fastsend_events_total", url=block_url, outcome="sent") == 1
         assert async_url not in scraped.label_values("url")  # closed by its async with
     finally:

@@ -63,7 +63,7 @@ def test_property_backoff_bounds(attempt, base, cap, seed):
     assert 0.0 <= wait <= min(cap, base * 2 ** min(attempt - 1, 1000))
 
 
-@pytest.mark.parametrize("retry_after", [0.0, 3.0, 120.0])
+@pytest.mark.parametrize("retry_after", [3.0, 120.0])
 def test_retry_after_is_honoured_above_the_backoff_cap(retry_after):
     policy = RetryPolicy(backoff_max=1.0, retry_after_max=600.0)
     assert policy.backoff(1, retry_after, rng=random.Random(0)) == retry_after

@@ -339,9 +339,9 @@ def _outputs(result: Result, *, throttled: bool = False) -> dict[str, Any]:
 _SHARED = EventWriterSink()
 
 
-def shared_writer(base_url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
-    """The process's writer for this URL (a new key or timeout replaces it); other settings from ``FASTSEND_*``."""
-    return _SHARED.writer_for(base_url, api_key, request_timeout)
+def shared_writer(base_url: str | None, api_key: str | None) -> EventWriter:
+    """The process's writer for this URL (a new key replaces it); other settings from ``FASTSEND_*``."""
+    return _SHARED.writer_for(base_url, api_key)
 
 
 def flush_shared_writers(timeout: float | None = None) -> int:

@@ -192,17 +192,25 @@ class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
             annotations = predictions_to_annotations(predictions)
             images = {"output_image": output_image, "input_image": input_image, "annotations": annotations}
             if write_to_event_store:
-                writer = _LOCAL.writer_for(event_store_url, Settings.one("api_key"), SEND_TIMEOUT_SECONDS)
+                pool, url, key = _LOCAL, event_store_url, Settings.one("api_key")
                 prepared = prepare_local_event(event, copy=copy, **images)
             else:
-                writer = _CLOUD.writer_for(cloud_base_url(), self._api_key, SEND_TIMEOUT_SECONDS)
+                pool, url, key = _CLOUD, cloud_base_url(), self._api_key
                 prepared = prepare_cloud_event(event, copy=copy, **images)
         except Exception as exc:  # noqa: BLE001 - bad input from a selector is the step's error output
             self._events.failed("event not sent", exc)
             return outputs(
                 Result.failed(Cause.INVALID_EVENT, f"Error creating vision event: {type(exc).__name__}: {exc}")
             )
-        return outputs(self._send(writer, prepared, copy, LOCAL_SUCCESS if write_to_event_store else CLOUD_SUCCESS))
+        try:
+            writer = pool.acquire(url, key)
+        except (OSError, RuntimeError) as exc:
+            self._events.failed("could not start a writer", exc)
+            return outputs(Result.failed(Cause.INTERNAL_ERROR, f"could not start a writer for {url}: {exc}"))
+        try:  # the writer is not closed by an eviction until its event is handed over
+            return outputs(self._send(writer, prepared, copy, LOCAL_SUCCESS if write_to_event_store else CLOUD_SUCCESS))
+        finally:
+            pool.release(writer)
 
     def _require_api_key(self) -> None:
         if self._api_key is None:
@@ -221,8 +229,8 @@ class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
 
 
 # One writer per destination for the whole process, shared by every step and run.
-_LOCAL = WriterPool({})
-_CLOUD = WriterPool({}, writer_type=CloudEventWriter)
+_LOCAL = WriterPool({"request_timeout": SEND_TIMEOUT_SECONDS})
+_CLOUD = WriterPool({"request_timeout": SEND_TIMEOUT_SECONDS}, writer_type=CloudEventWriter)
 
 
 def flush_shared_writers(timeout: float | None = None) -> int:
