@@ -22,7 +22,7 @@ logger = logging.getLogger("fastsend")
 class WriterPool:
     """Writers kept per events URL, so a block called once per frame reuses its connections.
 
-    A new API key or timeout for a URL replaces its writer (the old one flushes first, and what
+    A new API key, timeout or writer options for a URL replaces its writer (the old one flushes first, and what
     it spooled the new one drains: a spool directory is named by its URL alone).
     """
 
@@ -31,28 +31,37 @@ class WriterPool:
         self._writer_type = writer_type
         self.max_writers: int = Settings.one("max_writers", self._settings.pop("max_writers", None))
         self._writers: OrderedDict[str, EventWriter] = OrderedDict()
+        self._options: dict[str, Mapping[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def writer_for(self, url: str | None, api_key: str | None, request_timeout: float) -> EventWriter:
-        """The writer for ``url``, started if there is none yet."""
+    def writer_for(
+        self, url: str | None, api_key: str | None, request_timeout: float, options: Mapping[str, Any] | None = None
+    ) -> EventWriter:
+        """The writer for ``url``, started if there is none yet; ``options``: more keywords of the writer type."""
         target = events_url(url)
+        options = dict(options or {})
         with self._lock:
             current = self._writers.get(target)
             if current is not None:
-                if current.settings.api_key == api_key and current.settings.request_timeout == float(request_timeout):
+                same = current.settings.api_key == api_key and current.settings.request_timeout == float(
+                    request_timeout
+                )
+                if same and self._options.get(target, {}) == options:
                     self._writers.move_to_end(target)
                     return current
                 del self._writers[target]
                 current.close(current.settings.exit_flush_timeout)  # its spool directory is the new one's
             while len(self._writers) >= self.max_writers:
-                _, oldest = self._writers.popitem(last=False)
+                gone, oldest = self._writers.popitem(last=False)
+                self._options.pop(gone, None)
                 _close_in_background(oldest)
             settings = dict(self._settings, api_key=api_key, request_timeout=request_timeout)
             spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
             if spool_dir:  # one spool directory per URL: a directory has one owner at a time
                 kind = "" if self._writer_type is EventWriter else f"{self._writer_type.__name__}-"
                 settings["spool_dir"] = os.path.join(spool_dir, kind + spool_name(target))
-            writer = self._writers[target] = self._writer_type(url.rstrip("/") if url else None, **settings)
+            writer = self._writer_type(url.rstrip("/") if url else None, **options, **settings)
+            self._writers[target], self._options[target] = writer, options
             return writer
 
     def writers(self) -> list[EventWriter]:
@@ -67,6 +76,7 @@ class WriterPool:
         with self._lock:
             writers = list(self._writers.values())
             self._writers.clear()
+            self._options.clear()
         return sum(writer.close(timeout) for writer in writers)
 
 

@@ -420,3 +420,148 @@ def test_roboflows_bundles_are_delivered_by_bundles_send_once_and_moved_aside(se
     assert resent.returncode == 0 and "1 sent, 0 refused" in resent.stdout, resent.stderr
     assert [event["id"] for event in service.events()] == [event["id"] for event in stored]
     assert list((tmp_path / "bundles").glob("*.tar.gz")) == []
+
+
+# ---------------------------------------------------------------- side by side: what test_vision_events.py leaves out
+
+# Headers the HTTP client libraries add on their own (requests for Roboflow's block, aiohttp for fastsend's).
+CLIENT_HEADERS = {"host", "user-agent", "accept", "accept-encoding", "connection", "content-length"}
+
+
+def cloud_answers(refuse: bool = False):
+    def answer(received: Received) -> Reply:
+        if refuse:
+            return Reply(400, {"detail": "no"})
+        if "upload" in received.path + received.query:
+            return Reply(200, {"sourceId": f"src-{received.index}", "url": "https://example.invalid/x"})
+        return Reply(200, {"status": "ok"})
+
+    return answer
+
+
+def upload_part(request: Received) -> tuple[dict[str, str], bytes]:
+    """The one part of a multipart upload: its headers and its bytes."""
+    boundary = request.headers["Content-Type"].split("boundary=", 1)[1].strip('"').encode()
+    (part,) = [p for p in request.raw.split(b"--" + boundary) if p.strip() not in (b"", b"--")]
+    head, _, data = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+    return dict(line.split(": ", 1) for line in head.decode().split("\r\n")), data.removesuffix(b"\r\n")
+
+
+def request_shape(request: Received) -> tuple[Any, ...]:
+    """A cloud request without ids, times and what the client library adds; an upload's JPEG by its tables."""
+    headers = {k.lower(): v for k, v in request.headers.items() if k.lower() not in CLIENT_HEADERS}
+    if request.json is None:
+        part_headers, data = upload_part(request)
+        headers["content-type"] = headers["content-type"].split(";")[0]
+        return ("upload", request.path, request.query, headers, part_headers, decoded(data).shape, data[:150])
+    event = dict(request.json, eventId="<id>", timestamp="<time>")
+    event["images"] = [{k: ("<source>" if k.endswith("ourceId") else v) for k, v in e.items()} for e in event["images"]]
+    return ("event", request.path, request.query, headers, event)
+
+
+def by_event(requests_made: list[Received]) -> dict[str, list[tuple[Any, ...]]]:
+    """Each event's requests (its uploads, then the event) by the case it came from; the steps run one by one."""
+    grouped, pending = {}, []
+    for request in requests_made:
+        pending.append(request_shape(request))
+        if request.json is not None:
+            grouped[request.json["customMetadata"]["pair"]] = pending
+            pending = []
+    assert pending == [], "uploads without their event"
+    return grouped
+
+
+def full_matrix() -> list[tuple[str, str, str | None]]:
+    cases = []
+    for type_index, event_type in enumerate(EVENT_TYPES):
+        for combo_index, images in enumerate(IMAGE_COMBINATIONS):
+            kind = PREDICTION_INPUTS[(type_index + combo_index) % len(PREDICTION_INPUTS)]
+            cases += [(event_type, images, None), (event_type, images, kind)]
+    return cases
+
+
+def run_cloud_side(block: str, cases: list[tuple[str, str, str | None]], url: str, **extra: Any) -> Any:
+    steps = [vision_step(f"x_{index}", block, *case, **extra) for index, case in enumerate(cases)]
+    engine = ExecutionEngine.init(workflow_definition=workflow(*steps), init_parameters={"workflows_core.api_key": KEY})
+    return engine
+
+
+@pytest.fixture
+def platform_extras(monkeypatch):
+    """ROBOFLOW_API_EXTRA_HEADERS (one of them the credential) and a SECURE_GATEWAY, as inference reads them."""
+    import inference.core.roboflow_api as roboflow_api
+    import inference.core.utils.url_utils as url_utils
+
+    extra = '{"X-Tenant": "plant-4", "Authorization": "Bearer from-the-gateway"}'
+    monkeypatch.setattr(roboflow_api, "ROBOFLOW_API_EXTRA_HEADERS", extra)
+    return lambda gateway: monkeypatch.setattr(url_utils, "SECURE_GATEWAY", gateway)
+
+
+def test_cloud_request_sequences_are_roboflows_for_every_type_image_combination_and_predictions(monkeypatch):
+    cases = full_matrix()
+    seen = {}
+    for block in (FASTSEND, ROBOFLOW):
+        with ScriptedServer(cloud_answers()) as server:
+            point_cloud_at(server.base_url, monkeypatch)
+            engine = run_cloud_side(block, cases, server.base_url)
+            (outputs,) = engine.run(runtime_parameters=runtime("matrix", batch=1))
+            engine.close()
+        assert {outputs[f"x_{i}"]["message"] for i in range(len(cases))} == {"Vision event sent successfully"}
+        seen[block] = by_event(server.requests)
+    assert len(seen[FASTSEND]) == len(cases)
+    for index, case in enumerate(cases):
+        assert seen[FASTSEND][str(index)] == seen[ROBOFLOW][str(index)], case
+
+
+def test_cloud_requests_carry_the_platform_clients_headers_and_gateway_url_as_roboflows_do(
+    monkeypatch, platform_extras
+):
+    cases = [("quality_check", "both", "boxes"), ("custom", "none", None)]
+    seen = {}
+    with ScriptedServer(cloud_answers()) as server:
+        point_cloud_at(server.base_url, monkeypatch)
+        platform_extras(server.base_url)  # the gateway is the loopback server too: it answers /proxy
+        for block in (FASTSEND, ROBOFLOW):
+            made = len(server.requests)
+            engine = run_cloud_side(block, cases, server.base_url)
+            (outputs,) = engine.run(runtime_parameters=runtime("gateway", batch=1))
+            engine.close()
+            assert outputs["x_0"]["error_status"] is False, outputs
+            seen[block] = by_event(server.requests[made:])
+    assert {r.path for r in server.requests} == {"/proxy"}
+    (upload, _, event) = seen[FASTSEND]["0"]
+    assert upload[2] == "url=" + requests.utils.quote(f"{server.base_url}/vision-events/upload", safe="~()*!'")
+    assert upload[3]["authorization"] == "Bearer from-the-gateway" and upload[3]["x-tenant"] == "plant-4"
+    assert upload[3]["x-roboflow-inference-version"] and event[3]["content-type"] == "application/json"
+    assert seen[FASTSEND] == seen[ROBOFLOW]
+
+
+def cooldown_runs(block: str, script: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, Any]], int]:
+    """Three runs of one step with a 1 s cooldown: at once, at once again, and once it has passed."""
+    with ScriptedServer(script) as server:
+        point_cloud_at(server.base_url, monkeypatch)
+        engine = run_cloud_side(block, [("custom", "output", None)], server.base_url, cooldown_seconds=1)
+        results = [engine.run(runtime_parameters=runtime("cooldown", batch=1))[0]["x_0"] for _ in range(2)]
+        time.sleep(1.05)
+        results.append(engine.run(runtime_parameters=runtime("cooldown", batch=1))[0]["x_0"])
+        engine.close()
+    return results, len(server.requests)
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["delivered", "refused"])
+def test_cloud_cooldown_and_throttling_status_are_roboflows_also_after_a_failure(monkeypatch, refuse):
+    ours, our_count = cooldown_runs(FASTSEND, cloud_answers(refuse), monkeypatch)
+    theirs, their_count = cooldown_runs(ROBOFLOW, cloud_answers(refuse), monkeypatch)
+    assert our_count == their_count == (2 if refuse else 4), "a failed event still starts the cooldown"
+    assert [r["throttling_status"] for r in ours] == [r["throttling_status"] for r in theirs] == [False, True, False]
+    assert [r["error_status"] for r in ours] == [r["error_status"] for r in theirs] == [refuse, False, refuse]
+    assert (
+        ours[1]
+        == theirs[1]
+        == {
+            "error_status": False,
+            "throttling_status": True,
+            "event_id": "",
+            "message": "Sink cooldown applies",
+        }
+    )
