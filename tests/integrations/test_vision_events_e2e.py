@@ -384,16 +384,21 @@ def roboflow_bundles(directory: Path) -> list[Path]:
     return [Path(outputs[f"rf_{index}"]["bundle_path"]) for index in range(len(BUNDLE_CASES))]
 
 
-def bundles_send(directory: Path, *options: str) -> subprocess.CompletedProcess[str]:
+def bundles_send(directory: Path, *options: str, key_from_env: bool = True) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "fastsend", "bundles", "send", str(directory), *options]
-    return subprocess.run(command, env=python_env(), capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in python_env().items() if key_from_env or k != API_KEY_ENV}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_roboflows_bundles_are_delivered_by_bundles_send_once_and_moved_aside(service, tmp_path):
     written = roboflow_bundles(tmp_path / "bundles")
     bundles = {read_bundle(path).event_id: read_bundle(path) for path in written}
     assert any(not bundle.payload["images"] for bundle in bundles.values()), "one bundle without images"
-    finished = bundles_send(tmp_path / "bundles", "--url", service.url)
+    key_file = tmp_path / "service.key"
+    key_file.write_text(KEY)
+    finished = bundles_send(
+        tmp_path / "bundles", "--url", service.url, "--api-key-file", str(key_file), key_from_env=False
+    )
     assert finished.returncode == 0, finished.stderr
     assert "3 sent, 0 refused" in finished.stdout
     stored = service.events()
