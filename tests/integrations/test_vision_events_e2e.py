@@ -242,6 +242,28 @@ def test_cloud_mode_into_the_service_stores_each_event_with_its_use_case_images_
     assert uploads.attempts == len(uploads.by_source)
 
 
+def test_roboflows_cloud_mode_and_fastsends_are_stored_alike(service, monkeypatch):
+    point_cloud_at(service.url, monkeypatch)
+    steps = [
+        vision_step(f"{side}_{index}", block, *case)
+        for index, case in enumerate(CLOUD_CASES)
+        for side, block in (("fs", FASTSEND), ("rf", ROBOFLOW))
+    ]
+    engine = ExecutionEngine.init(workflow_definition=workflow(*steps), init_parameters={"workflows_core.api_key": KEY})
+    (outputs,) = engine.run(runtime_parameters=runtime("both-clouds", batch=1))
+    engine.close()
+    stored = {e["vision_event_id"]: e for e in service.events()}
+    assert len(stored) == 2 * len(CLOUD_CASES)
+    for index, case in enumerate(CLOUD_CASES):
+        ours, theirs = (stored[outputs[f"{side}_{index}"]["event_id"]] for side in ("fs", "rf"))
+        assert {**shown(ours), "vision_event_id": ""} == {**shown(theirs), "vision_event_id": ""}, case
+        for role in ("output", "input"):
+            mine, roboflows = service.image(ours["id"], role), service.image(theirs["id"], role)
+            assert (mine is None) is (roboflows is None), (case, role)
+            if mine is not None:
+                assert np.abs(decoded(mine).astype(int) - decoded(roboflows)).mean() < 2, (case, role)
+
+
 def fast_retries(monkeypatch: pytest.MonkeyPatch, retries: int) -> None:
     """Many quick retries, so that a service starting up or failing at random is waited for (bounded: 30 s)."""
     monkeypatch.setenv("FASTSEND_RETRIES", str(retries))
