@@ -507,10 +507,10 @@ def full_matrix() -> list[tuple[str, str, str | None]]:
     return cases
 
 
-def run_cloud_side(block: str, cases: list[tuple[str, str, str | None]], url: str, **extra: Any) -> Any:
+def run_cloud_side(block: str, cases: list[tuple[str, str, str | None]], **extra: Any) -> ExecutionEngine:
+    """An engine with one cloud-mode step of ``block`` per case (the steps run one after another)."""
     steps = [vision_step(f"x_{index}", block, *case, **extra) for index, case in enumerate(cases)]
-    engine = ExecutionEngine.init(workflow_definition=workflow(*steps), init_parameters={"workflows_core.api_key": KEY})
-    return engine
+    return ExecutionEngine.init(workflow_definition=workflow(*steps), init_parameters={"workflows_core.api_key": KEY})
 
 
 @pytest.fixture
@@ -530,7 +530,7 @@ def test_cloud_request_sequences_are_roboflows_for_every_type_image_combination_
     for block in (FASTSEND, ROBOFLOW):
         with ScriptedServer(cloud_answers()) as server:
             point_cloud_at(server.base_url, monkeypatch)
-            engine = run_cloud_side(block, cases, server.base_url)
+            engine = run_cloud_side(block, cases)
             (outputs,) = engine.run(runtime_parameters=runtime("matrix", batch=1))
             engine.close()
         assert {outputs[f"x_{i}"]["message"] for i in range(len(cases))} == {"Vision event sent successfully"}
@@ -550,7 +550,7 @@ def test_cloud_requests_carry_the_platform_clients_headers_and_gateway_url_as_ro
         platform_extras(server.base_url)  # the gateway is the loopback server too: it answers /proxy
         for block in (FASTSEND, ROBOFLOW):
             made = len(server.requests)
-            engine = run_cloud_side(block, cases, server.base_url)
+            engine = run_cloud_side(block, cases)
             (outputs,) = engine.run(runtime_parameters=runtime("gateway", batch=1))
             engine.close()
             assert outputs["x_0"]["error_status"] is False, outputs
@@ -567,7 +567,7 @@ def cooldown_runs(block: str, script: Any, monkeypatch: pytest.MonkeyPatch) -> t
     """Three runs of one step with a 1 s cooldown: at once, at once again, and once it has passed."""
     with ScriptedServer(script) as server:
         point_cloud_at(server.base_url, monkeypatch)
-        engine = run_cloud_side(block, [("custom", "output", None)], server.base_url, cooldown_seconds=1)
+        engine = run_cloud_side(block, [("custom", "output", None)], cooldown_seconds=1)
         results = [engine.run(runtime_parameters=runtime("cooldown", batch=1))[0]["x_0"] for _ in range(2)]
         time.sleep(1.05)
         results.append(engine.run(runtime_parameters=runtime("cooldown", batch=1))[0]["x_0"])
