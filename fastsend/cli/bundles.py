@@ -3,6 +3,7 @@
 Bundles written by either bundle block (``fastsend/vision_event_bundle@v1`` or Roboflow's
 ``roboflow_core/vision_event_bundle@v1``) go to a v2 Event Ingestion Service (``--url``, the key from
 ``EVENT_INGESTION_API_KEY``) or to Roboflow's Vision Events API (``--cloud``: uploads, then the event).
+Either key may come from a file instead (``--api-key-file``), which keeps it out of ``ps``.
 
 The directory is the state, so a run killed at any point is resumed by running again:
 
@@ -30,7 +31,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from fastsend.cli.parsing import bounded_int
+from fastsend.cli.parsing import bounded_int, read_key_file
+from fastsend.config import INGESTION_API_KEY_ENV
 from fastsend.events import Event, ValidationError
 from fastsend.integrations.bundles import BUNDLE_SUFFIX, Bundle, BundleError, read_bundle
 from fastsend.integrations.vision_events import prepare_cloud_event, prepare_local_event
@@ -45,6 +47,7 @@ __all__ = ["Tally", "add_bundles_command", "deliver_bundles", "prepare_bundle"]
 
 SENT_DIR, REFUSED_DIR = "sent", "refused"
 DEFAULT_API_URL = "https://api.roboflow.com"
+CLOUD_KEY_ENV = "ROBOFLOW_API_KEY"
 EXIT_OK, EXIT_REFUSED, EXIT_UNSENT = 0, 2, 1
 # The status an answer ended with, as the transports word it ("HTTP 422: …", "Status: 422. …").
 _STATUS = re.compile(r"\b(?:HTTP|Status:) (\d{3})\b")
@@ -73,12 +76,26 @@ def add_bundles_command(commands: Any) -> None:
     send = actions.add_parser("send", help="deliver every bundle in DIR; acknowledged ones are moved to DIR/sent")
     send.add_argument("directory", type=Path, metavar="DIR", help="the bundle blocks' target_directory")
     where = send.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="base URL of a v2 Event Ingestion Service (key: EVENT_INGESTION_API_KEY)")
-    where.add_argument("--cloud", action="store_true", help="Roboflow's Vision Events API (--api-url, --api-key)")
+    where.add_argument(
+        "--url", help=f"base URL of a v2 Event Ingestion Service (key: --api-key-file or {INGESTION_API_KEY_ENV})"
+    )
+    where.add_argument(
+        "--cloud", action="store_true", help="Roboflow's Vision Events API (--api-url; key: --api-key-file)"
+    )
     send.add_argument(
         "--api-url", default=os.environ.get("API_BASE_URL", DEFAULT_API_URL), help="default: API_BASE_URL"
     )
-    send.add_argument("--api-key", default=os.environ.get("ROBOFLOW_API_KEY"), help="default: ROBOFLOW_API_KEY")
+    keys = send.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        type=Path,
+        help=f"read the key from this file (surrounding whitespace dropped): the Roboflow API key with --cloud,"
+        f" the service's with --url. Without it: {CLOUD_KEY_ENV}, or {INGESTION_API_KEY_ENV} with --url",
+    )
+    keys.add_argument(
+        "--api-key", help=f"with --cloud: the key itself (visible in ps; prefer --api-key-file or {CLOUD_KEY_ENV})"
+    )
     send.add_argument("--solution", help="the use case of every bundle (overrides the one written in it)")
     send.add_argument("--delete", action="store_true", help="delete acknowledged bundles instead of moving them")
     send.add_argument(
@@ -90,12 +107,21 @@ def add_bundles_command(commands: Any) -> None:
 def _send_bundles(args: argparse.Namespace) -> int:
     if not args.directory.is_dir():
         raise ValidationError("DIR", str(args.directory), "must be a directory")
-    if args.cloud and not args.api_key:
-        raise ValidationError("--api-key", None, "is required with --cloud (or set ROBOFLOW_API_KEY)")
+    writer: EventWriter
     if args.cloud:
-        writer: EventWriter = CloudEventWriter(args.api_url, api_key=args.api_key, request_timeout=30, overflow="block")
+        key = args.api_key or read_key_file(args.api_key_file) or os.environ.get(CLOUD_KEY_ENV)
+        if not key:
+            raise ValidationError(
+                "--api-key-file", None, f"is required with --cloud (or --api-key, or set {CLOUD_KEY_ENV})"
+            )
+        writer = CloudEventWriter(args.api_url, api_key=key, request_timeout=30, overflow="block")
     else:
-        writer = EventWriter(args.url, overflow="block")
+        if args.api_key is not None:
+            raise ValidationError(
+                "--api-key", "***", f"is for --cloud only: give the service's key with --api-key-file or"
+                f" {INGESTION_API_KEY_ENV}"
+            )  # fmt: skip
+        writer = EventWriter(args.url, api_key=read_key_file(args.api_key_file), overflow="block")
     with writer:
         tally = deliver_bundles(
             args.directory, writer, cloud=args.cloud, solution=args.solution, delete=args.delete,

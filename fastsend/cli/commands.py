@@ -29,6 +29,7 @@ from fastsend.cli.parsing import (
     nonnegative_number,
     parse,
     positive_seconds,
+    read_key_file,
 )
 from fastsend.config import DEFAULT_REQUEST_TIMEOUT, DEFAULT_URL, INGESTION_API_KEY_ENV, warn_unknown_env
 from fastsend.errors import FastsendError
@@ -315,20 +316,6 @@ def _read(path: Path | None, flag: str) -> bytes | None:
         raise ValidationError(flag, str(path), f"must be a readable file ({exc.strerror})") from None
 
 
-def _api_key(path: Path | None) -> str | None:
-    """The key in ``--api-key-file``; None without it (the writer then reads EVENT_INGESTION_API_KEY)."""
-    if path is None:
-        return None
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ValidationError("--api-key-file", str(path), f"must be a readable UTF-8 file ({reason})") from None
-    if not key:
-        raise ValidationError("--api-key-file", str(path), "must hold the key (the file is empty)")
-    return key
-
-
 # The keywords of EventWriter and send() that come from an option: their errors name the option typed.
 _OPTIONS_OF_KEYWORDS = {
     "url": "--url",
@@ -345,7 +332,7 @@ _CLI_KEY_HINT = f"give the service's key with --api-key-file PATH or the {INGEST
 def _send(args: argparse.Namespace) -> int:
     event = _cli_event(args)
     image, input_image = _read(args.image, "--image"), _read(args.input_image, "--input-image")
-    settings = {"api_key": _api_key(args.api_key_file), "request_timeout": args.timeout, "deadline": args.deadline}
+    settings = {"api_key": read_key_file(args.api_key_file), "request_timeout": args.timeout, "deadline": args.deadline}
     try:
         with EventWriter(args.url, **settings) as writer:
             result = writer.send(event, image, input_image=input_image, label=args.label)

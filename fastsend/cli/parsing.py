@@ -13,9 +13,11 @@ import difflib
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from fastsend.config import check_base_url
+from fastsend.events import ValidationError
 
 __all__ = [
     "Parser",
@@ -25,6 +27,7 @@ __all__ = [
     "nonnegative_number",
     "parse",
     "positive_seconds",
+    "read_key_file",
     "unknown_option_message",
 ]
 
@@ -156,3 +159,17 @@ def base_url(text: str) -> str:
         return check_base_url(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+
+
+def read_key_file(path: Path | None, option: str = "--api-key-file") -> str | None:
+    """The key in the file an option names (surrounding whitespace dropped); None without the option."""
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValidationError(option, str(path), f"must be a readable UTF-8 file ({reason})") from None
+    if not key:
+        raise ValidationError(option, str(path), "must hold the key (the file is empty)")
+    return key

@@ -44,8 +44,9 @@ class WriterPool:
     """Writers kept per events URL, so a block called once per frame reuses its connections.
 
     One writer per URL whatever a call's ``request_timeout`` (a synchronous call's timeout is its
-    own budget, not a writer setting). A new API key for a URL replaces its writer: the old one
-    flushes first, and what it spooled the new one drains (a spool directory is named by its URL).
+    own budget, not a writer setting). A new API key or new writer options for a URL replace its
+    writer: the old one flushes first, and what it spooled the new one drains (a spool directory is
+    named by its URL).
     """
 
     def __init__(self, settings: Mapping[str, Any], writer_type: type[EventWriter] = EventWriter) -> None:
@@ -56,6 +57,7 @@ class WriterPool:
         self._retiring: dict[str, _Retiring] = {}  # by URL: what a successor waits for
         self._leaving: dict[EventWriter, _Retiring] = {}  # by writer: what its last release tells
         self._leases: Counter[EventWriter] = Counter()
+        self._options: dict[EventWriter, dict[str, Any]] = {}  # each writer's keywords beyond the pool's settings
         self._fresh_locks()
         _pools.add(self)
 
@@ -70,9 +72,11 @@ class WriterPool:
         self._leases.clear()
 
     @contextmanager
-    def lease(self, url: str | None, api_key: str | None) -> Iterator[EventWriter]:
+    def lease(
+        self, url: str | None, api_key: str | None, options: Mapping[str, Any] | None = None
+    ) -> Iterator[EventWriter]:
         """The writer for ``url``, kept open until the ``with`` ends (an eviction meanwhile waits for it)."""
-        writer = self.acquire(url, api_key)
+        writer = self.acquire(url, api_key, options)
         try:
             yield writer
         finally:
@@ -93,17 +97,21 @@ class WriterPool:
         with self.lease(url, api_key) as writer:
             return writer
 
-    def acquire(self, url: str | None, api_key: str | None) -> EventWriter:
-        """The writer for ``url``, lent until ``release``: the pool does not close it before then."""
+    def acquire(self, url: str | None, api_key: str | None, options: Mapping[str, Any] | None = None) -> EventWriter:
+        """The writer for ``url``, lent until ``release``: the pool does not close it before then.
+
+        ``options``: keywords of the pool's writer type beyond its settings (a cloud writer's routes).
+        """
         target = events_url(url)
+        wanted = dict(options or {})
         while True:
             with self._lock:
                 current = self._writers.get(target)
-                if current is not None and current.settings.api_key == api_key:
+                if current is not None and current.settings.api_key == api_key and self._options[current] == wanted:
                     self._writers.move_to_end(target)
                     self._leases[current] += 1
                     return current
-                if current is not None:  # a new key for this URL: the old writer goes, flushing first
+                if current is not None:  # a new key or options for this URL: the old writer goes, flushing first
                     self._retire(target, self._writers.pop(target))
                 predecessor = self._retiring.get(target)
                 if predecessor is not None and predecessor.closed.is_set():
@@ -113,7 +121,8 @@ class WriterPool:
                     self._forget_closed()
                     while len(self._writers) >= self.max_writers:
                         self._retire(*self._writers.popitem(last=False))
-                    writer = self._writers[target] = self._build(target, url, api_key)
+                    writer = self._writers[target] = self._build(target, url, api_key, wanted)
+                    self._options[writer] = wanted
                     self._leases[writer] += 1
                     return writer
             waited = predecessor.writer.settings.exit_flush_timeout + _SUCCESSOR_WAIT_MARGIN_SECONDS
@@ -127,16 +136,17 @@ class WriterPool:
         """Drop the writers whose close has ended (under the lock): nothing waits for them any more."""
         self._retiring = {url: leaving for url, leaving in self._retiring.items() if not leaving.closed.is_set()}
 
-    def _build(self, target: str, url: str | None, api_key: str | None) -> EventWriter:
+    def _build(self, target: str, url: str | None, api_key: str | None, options: dict[str, Any]) -> EventWriter:
         settings = dict(self._settings, api_key=api_key)
         spool_dir = Settings.one("spool_dir", settings.get("spool_dir"))
         if spool_dir:  # one spool directory per URL: a directory has one owner at a time
             kind = "" if self._writer_type is EventWriter else f"{self._writer_type.__name__}-"
             settings["spool_dir"] = os.path.join(spool_dir, kind + spool_name(target))
-        return self._writer_type(url.rstrip("/") if url else None, **settings)
+        return self._writer_type(url.rstrip("/") if url else None, **options, **settings)
 
     def _retire(self, target: str, writer: EventWriter) -> None:
         """Out of the pool (under the lock): closed on its own thread once its calls have handed their events."""
+        self._options.pop(writer, None)
         retiring = self._retiring[target] = _Retiring(writer)
         if self._leases[writer] > 0:
             self._leaving[writer] = retiring
@@ -171,6 +181,7 @@ class WriterPool:
         with self._lock:
             writers = list(self._writers.values())
             self._writers.clear()
+            self._options.clear()
             retiring = list(self._retiring.values())
         unsent = sum(writer.close(timeout) for writer in writers)
         for leaving in retiring:

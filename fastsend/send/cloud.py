@@ -20,14 +20,22 @@ was prepared, is the request's idempotency key: it stays the same over every ret
 event sent again after a restart keeps it too. The ids of uploads that succeeded are remembered per
 ``eventId`` until the event is delivered or refused, so a retry does not upload them again (after a
 restart they are uploaded again: an unreferenced upload is harmless, a lost event is not).
+
+``CloudRoutes`` carries what inference's platform client adds to Roboflow's own block's requests: the
+headers of ``build_api_headers()`` (inference's version, ``ROBOFLOW_API_EXTRA_HEADERS``) and the two
+URLs as ``wrap_url()`` gives them (a ``SECURE_GATEWAY`` proxy). As in Roboflow's block, an
+``Authorization`` among those headers wins over the Bearer key, and the event's ``Content-Type``
+wins over theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -49,6 +57,7 @@ __all__ = [
     "OUTPUT_QUALITY",
     "UPLOAD_PATH",
     "CloudEventWriter",
+    "CloudRoutes",
     "CloudTransport",
     "cloud_envelope",
     "parse_cloud_request",
@@ -96,18 +105,39 @@ def event_body(event: Mapping[str, Any], source_ids: Mapping[str, str]) -> dict[
     return body
 
 
+@dataclass(frozen=True)
+class CloudRoutes:
+    """Where a cloud event's two calls go and the headers they carry besides the Bearer key.
+
+    ``upload_url`` / ``event_url`` None: the API's base URL and ``/vision-events/upload``,
+    ``/vision-events``. ``headers``: sent with both calls (an ``Authorization`` among them replaces
+    the Bearer key; a ``Content-Type`` is not sent: each call has its own).
+    """
+
+    upload_url: str | None = None
+    event_url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 class CloudTransport(AiohttpTransport):
     """One attempt at a cloud event per ``post()``: the uploads still missing, then the event.
 
     The writer's ``url`` is the API's base URL (``API_BASE_URL``) and its ``api_key`` the Bearer token.
     """
 
-    def __init__(self, options: TransportOptions) -> None:
+    def __init__(self, options: TransportOptions, routes: CloudRoutes = CloudRoutes()) -> None:
         super().__init__(options)
-        self._base = options.url.rstrip("/")
-        self._authorization = f"Bearer {options.api_key}" if options.api_key else None
+        base = options.url.rstrip("/")
+        self._urls = {
+            UPLOAD_PATH: URL(routes.upload_url or base + UPLOAD_PATH, encoded=True),
+            EVENT_PATH: URL(routes.event_url or base + EVENT_PATH, encoded=True),
+        }
+        headers = {name: value for name, value in routes.headers.items() if name.lower() != "content-type"}
+        if options.api_key and not any(name.lower() == "authorization" for name in headers):
+            headers["Authorization"] = f"Bearer {options.api_key}"
+        self._headers = headers
         self._uploaded: OrderedDict[str, dict[str, str]] = OrderedDict()
-        self._proxy: tuple[URL | None, str | None] | None = None
+        self._proxies: dict[str, tuple[URL | None, str | None]] = {}
 
     async def post(self, request: Request, timeout: float) -> Outcome:
         try:
@@ -157,13 +187,11 @@ class CloudTransport(AiohttpTransport):
     async def _call(
         self, path: str, *, data: Any, content_type: str | None = None
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        url = URL(self._base + path, encoded=True)
+        url = self._urls[path]
         proxy, proxy_authorization = self._proxy_for(url)
-        headers: dict[str, str] = {}
+        headers = dict(self._headers)
         if content_type is not None:
             headers["Content-Type"] = content_type
-        if self._authorization is not None:
-            headers["Authorization"] = self._authorization
         if proxy_authorization is not None and url.scheme != "https":
             headers["Proxy-Authorization"] = proxy_authorization
         proxy_headers = (
@@ -175,14 +203,15 @@ class CloudTransport(AiohttpTransport):
             return response.status, await response.read(), response.headers
 
     def _proxy_for(self, url: URL) -> tuple[URL | None, str | None]:
-        """The proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY`` (one host: looked up once)."""
-        if self._proxy is None:
+        """The proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY`` (looked up once per URL)."""
+        found = self._proxies.get(str(url))
+        if found is None:
             try:
                 proxy, auth = get_env_proxy_for_url(url)
             except LookupError:
                 proxy, auth = None, None
-            self._proxy = (proxy, auth.encode() if auth is not None else None)
-        return self._proxy
+            found = self._proxies[str(url)] = (proxy, auth.encode() if auth is not None else None)
+        return found
 
 
 def _source_id(body: bytes) -> str | None:
@@ -207,6 +236,14 @@ def _retryable(outcome: Outcome) -> bool:
 
 
 class CloudEventWriter(EventWriter):
-    """An ``EventWriter`` for prepared cloud events: ``url`` is the API's base URL, ``api_key`` its Bearer key."""
+    """An ``EventWriter`` for prepared cloud events: ``url`` is the API's base URL, ``api_key`` its Bearer key.
+
+    ``routes``: other URLs for the two calls, and headers to add (see ``CloudRoutes``).
+    """
 
     transport_factory = staticmethod(CloudTransport)
+
+    def __init__(self, url: str | None = None, *, routes: CloudRoutes = CloudRoutes(), **settings: Any) -> None:
+        self.routes = routes
+        self.transport_factory = functools.partial(CloudTransport, routes=routes)
+        super().__init__(url, **settings)

@@ -96,7 +96,7 @@ class EventWriter:
             )
         outbox = Spool(self.settings.spool_dir, self.settings.spool_max_bytes) if self.settings.spool_dir else None
         try:
-            self._dispatcher = Dispatcher(self.settings, outbox, type(self).transport_factory)
+            self._dispatcher = Dispatcher(self.settings, outbox, self.transport_factory)
         except BaseException:
             if outbox is not None:
                 outbox.close()

@@ -142,3 +142,42 @@ def test_a_missing_directory_or_key_is_a_usage_error(tmp_path, capsys):
     assert main(["bundles", "send", str(tmp_path / "nowhere"), "--url", "http://127.0.0.1:9"]) == 2
     assert main(["bundles", "send", str(tmp_path), "--cloud", "--api-key", ""]) == 2
     assert "--api-key" in capsys.readouterr().err
+
+
+def test_the_key_comes_from_a_file_for_either_destination(inbox, tmp_path, capsys):
+    key_file = tmp_path / "key"
+    key_file.write_text("  file-key-1\n")
+    with ReferenceService(tmp_path / "store", api_key="file-key-1") as service:
+        assert main(["bundles", "send", str(inbox), "--url", service.url, "--api-key-file", str(key_file)]) == 0
+        assert len(service.list_events()) == 6
+    for sent in (inbox / "sent").iterdir():
+        sent.rename(inbox / sent.name)
+
+    def answer(received: Received) -> Reply:
+        if received.path.endswith("/upload"):
+            return Reply(200, {"sourceId": f"src-{received.index}"})
+        return Reply(201, {"status": "ok"})
+
+    with ScriptedServer(answer) as server:
+        command = ["bundles", "send", str(inbox), "--cloud", "--api-url", server.base_url, "--api-key-file"]
+        assert main([*command, str(key_file)]) == 0
+        assert {r.headers["Authorization"] for r in server.requests} == {"Bearer file-key-1"}
+    assert "6 sent, 0 refused" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--url", "http://127.0.0.1:9", "--api-key", "s3cret"], "--api-key: '***' is for --cloud only"),
+        (["--cloud", "--api-key", "k", "--api-key-file", "k.txt"], "not allowed with argument"),
+        (["--cloud", "--api-key-file", "missing.txt"], "--api-key-file: 'missing.txt' must be a readable UTF-8 file"),
+        (["--url", "http://127.0.0.1:9", "--api-key-file", "empty.txt"], "must hold the key (the file is empty)"),
+    ],
+    ids=["--api-key with --url", "both", "missing file", "empty file"],
+)
+def test_a_key_option_that_cannot_apply_is_a_usage_error(tmp_path, monkeypatch, capsys, options, named):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main(["bundles", "send", str(tmp_path), *options]) == 2
+    error = capsys.readouterr().err
+    assert named in error and "s3cret" not in error

@@ -65,6 +65,7 @@ class Received:
     json: Any  # None when the body is not JSON
     at: float  # time.monotonic() when the body had arrived
     peer: tuple  # (host, port) of the client's connection
+    query: str = ""  # the query string as sent, still percent-encoded
 
     def image_shape(self, key: str = "base64Image") -> tuple[int, int]:
         """(height, width) of the JPEG in ``images[0][key]``."""
@@ -185,6 +186,7 @@ class ScriptedServer:
                 json=parsed,
                 at=time.monotonic(),
                 peer=request.transport.get_extra_info("peername"),
+                query=request.raw_path.partition("?")[2],
             )
             self.requests.append(received)
             self._arrived.notify_all()

@@ -14,7 +14,10 @@ with backoff, idempotency, an optional spool, a deadline per event):
 - cloud: a ``fastsend.send.cloud.CloudEventWriter`` per API base URL and key: the same
   uploads and event JSON as Roboflow's block, retried as one unit (see that module).
 
-The API base URL is read where inference reads it (``API_BASE_URL``), at each call. The cooldown
+The API base URL is read where inference reads it (``API_BASE_URL``), at each call, and the cloud
+requests carry what inference's platform client adds to Roboflow's block's: its headers
+(``X-Roboflow-Inference-Version``, ``ROBOFLOW_API_EXTRA_HEADERS``) and its ``wrap_url`` (the
+``SECURE_GATEWAY`` proxy), taken from the same client Roboflow's block resolves. The cooldown
 (default 1 s) and ``throttling_status`` behave as Roboflow's. Fire-and-forget returns at once
 (``event_id`` empty); otherwise the step waits for the service, up to 30 s, Roboflow's timeout.
 This module imports inference and roboflow-workflows (inference 1.8.3 and later).
@@ -32,6 +35,7 @@ from typing import Any, Literal
 from inference.core.workflows.prototypes.block import WorkflowBlock
 from pydantic import ConfigDict
 from roboflow_workflows.core_steps.sinks.roboflow.vision_events.v1 import BlockManifest as RoboflowManifest
+from roboflow_workflows.prototypes.platform_client import resolve_platform_blocks_client
 
 from fastsend.config import DEFAULT_URL, Settings
 from fastsend.integrations.vision_events import (
@@ -42,11 +46,11 @@ from fastsend.integrations.vision_events import (
 )
 from fastsend.integrations.writer_pool import WriterPool
 from fastsend.results import Cause, Result
-from fastsend.send.cloud import CLOUD_SUCCESS, CloudEventWriter
+from fastsend.send.cloud import CLOUD_SUCCESS, EVENT_PATH, UPLOAD_PATH, CloudEventWriter, CloudRoutes
 from fastsend.send.prepare import PreparedEvent
 from fastsend.send.writer import EventWriter
 
-__all__ = ["VISION_EVENTS_TYPE", "BlockManifest", "FastsendVisionEventsBlockV1", "cloud_base_url"]
+__all__ = ["VISION_EVENTS_TYPE", "BlockManifest", "FastsendVisionEventsBlockV1", "cloud_base_url", "cloud_routes"]
 
 logger = logging.getLogger("fastsend")
 
@@ -80,6 +84,22 @@ def cloud_base_url() -> str:
     from roboflow_workflows import environment
 
     return str(environment.API_BASE_URL)
+
+
+def cloud_routes(platform_client: Any, base_url: str) -> CloudRoutes:
+    """The URLs and headers Roboflow's block would use with ``platform_client`` (resolved as it resolves it)."""
+    client = resolve_platform_blocks_client(platform_client)
+    headers = client.build_api_headers()
+    return CloudRoutes(
+        upload_url=client.wrap_url(base_url + UPLOAD_PATH),
+        event_url=client.wrap_url(base_url + EVENT_PATH),
+        headers={str(name): _header_value(value) for name, value in headers.items()},
+    )
+
+
+def _header_value(value: Any) -> str:
+    # build_api_headers may give a list for a header sent more than once: one header, comma-separated.
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 class StepEvents:
@@ -150,15 +170,16 @@ def outputs(result: Result, *, throttled: bool = False) -> dict[str, Any]:
 class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
     """Sends each call's event through the process's fastsend writer for its destination."""
 
-    def __init__(self, api_key: str | None = None, disable_sinks: bool = False) -> None:
+    def __init__(self, api_key: str | None = None, disable_sinks: bool = False, platform_client: Any = None) -> None:
         self._api_key = api_key
         self._disable_sinks = bool(disable_sinks)
+        self._platform_client = platform_client
         self._cooldown = Cooldown()
         self._events = StepEvents(VISION_EVENTS_TYPE)
 
     @classmethod
     def get_init_parameters(cls) -> list[str]:
-        return ["api_key", "disable_sinks"]
+        return ["api_key", "disable_sinks", "platform_client"]
 
     @classmethod
     def get_manifest(cls) -> type[BlockManifest]:
@@ -192,10 +213,12 @@ class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
             annotations = predictions_to_annotations(predictions)
             images = {"output_image": output_image, "input_image": input_image, "annotations": annotations}
             if write_to_event_store:
-                pool, url, key = _LOCAL, event_store_url, Settings.one("api_key")
+                pool, url, key, options = _LOCAL, event_store_url, Settings.one("api_key"), None
                 prepared = prepare_local_event(event, copy=copy, **images)
             else:
-                pool, url, key = _CLOUD, cloud_base_url(), self._api_key
+                base_url = cloud_base_url().rstrip("/")
+                options = {"routes": cloud_routes(self._platform_client, base_url)}
+                pool, url, key = _CLOUD, base_url, self._api_key
                 prepared = prepare_cloud_event(event, copy=copy, **images)
         except Exception as exc:  # noqa: BLE001 - bad input from a selector is the step's error output
             self._events.failed("event not sent", exc)
@@ -203,7 +226,7 @@ class FastsendVisionEventsBlockV1(WorkflowBlock):  # type: ignore[misc]
                 Result.failed(Cause.INVALID_EVENT, f"Error creating vision event: {type(exc).__name__}: {exc}")
             )
         try:
-            writer = pool.acquire(url, key)
+            writer = pool.acquire(url, key, options)
         except (OSError, RuntimeError) as exc:
             self._events.failed("could not start a writer", exc)
             return outputs(Result.failed(Cause.INTERNAL_ERROR, f"could not start a writer for {url}: {exc}"))
