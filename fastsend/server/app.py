@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
 from aiohttp import web
 
 from fastsend.events import EVENT_SCHEMAS, ValidationError
@@ -71,7 +70,7 @@ from fastsend.server.queries import (
     solution_parameter,
 )
 from fastsend.server.store import EventStore, StoredEvent
-from fastsend.server.structure import TooManyValues, check_structure
+from fastsend.server.structure import parse_object
 from fastsend.server.thumbnails import ThumbnailCache
 from fastsend.server.validation import BodyLimits, EventBody, validate_body
 from fastsend.server.viewer import add_viewer_routes
@@ -558,18 +557,9 @@ async def _over_budget(request: web.Request, held: _Held) -> HttpError:
 def _parse_event(raw: bytearray, limits: BodyLimits) -> EventBody:
     """The validated event in ``raw``, which is emptied once parsed (its memory then serves the decoding)."""
     try:
-        check_structure(raw, limits)  # before parsing: what parsing may cost is bounded by the limits
-        body = orjson.loads(raw)
-    except TooManyValues as exc:
-        raise HttpError(413, str(exc)) from None
-    except ValidationError as exc:
-        raise HttpError(422, str(exc)) from None
-    except orjson.JSONDecodeError as exc:
-        raise HttpError(400, f"body is not valid JSON: {exc}") from None
+        body = parse_object(raw, limits)  # held to the limits first: what parsing may cost is bounded by them
     finally:
         raw.clear()
-    if not isinstance(body, dict):
-        raise HttpError(400, f"body must be a JSON object, not {type(body).__name__}")
     try:
         return validate_body(body, limits=limits)
     except ValidationError as exc:

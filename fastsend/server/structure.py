@@ -24,13 +24,16 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
+from fastsend.errors import ValidationError
 from fastsend.events import EVENT_SCHEMAS, METADATA_MAX_KEYS
+from fastsend.server.errors import HttpError
 from fastsend.server.validation import ANNOTATION_LISTS, POINT_LISTS, BodyLimits, too_many, too_many_points
 
-__all__ = ["PARSED_AT_ONCE", "TooManyValues", "check_structure", "max_values"]
+__all__ = ["PARSED_AT_ONCE", "TooManyValues", "check_structure", "max_values", "parse_object"]
 
 #: A body of at most this many JSON values is parsed without being read first: a few MB of objects at most.
 PARSED_AT_ONCE = 100_000
@@ -72,6 +75,26 @@ def max_values(limits: BodyLimits) -> int:
     per_list = limits.max_annotations
     annotations = per_list * (_ANNOTATION_VALUES + 3 + 2 * (_ANNOTATION_VALUES + 1))
     return _ENVELOPE_VALUES + annotations + _KEYPOINT_VALUES * limits.max_total_points
+
+
+def parse_object(raw: bytes | bytearray, limits: BodyLimits) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, held to ``limits`` before it is parsed.
+
+    Raises ``HttpError``: 413 for more values than a body within the limits holds, 422 for a list
+    past its limit, 400 for what is not a JSON object.
+    """
+    try:
+        check_structure(raw, limits)
+        body = orjson.loads(raw)
+    except TooManyValues as exc:
+        raise HttpError(413, str(exc)) from None
+    except ValidationError as exc:
+        raise HttpError(422, str(exc)) from None
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, f"body must be a JSON object, not {type(body).__name__}")
+    return body
 
 
 def check_structure(raw: bytes | bytearray, limits: BodyLimits) -> int:

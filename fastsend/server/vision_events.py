@@ -49,7 +49,6 @@ from email.message import Message
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import orjson
 from aiohttp import web
 
 from fastsend.events import (
@@ -63,7 +62,7 @@ from fastsend.events import (
 from fastsend.server.errors import HttpError, json_response
 from fastsend.server.queries import check_query
 from fastsend.server.store import EventStore
-from fastsend.server.structure import TooManyValues, check_structure
+from fastsend.server.structure import parse_object
 from fastsend.server.validation import (
     BodyLimits,
     EventBody,
@@ -261,17 +260,7 @@ async def _post_event(request: web.Request, intake: Intake) -> web.StreamRespons
 
 
 def _parse(raw: bytearray, limits: BodyLimits) -> VisionEvent:
-    try:
-        check_structure(raw, limits)  # before parsing, as the v2 route does
-        body = orjson.loads(raw)
-    except TooManyValues as exc:
-        raise HttpError(413, str(exc)) from None
-    except ValidationError as exc:
-        raise HttpError(422, str(exc)) from None
-    except orjson.JSONDecodeError as exc:
-        raise HttpError(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise HttpError(400, f"body must be a JSON object, not {type(body).__name__}")
+    body = parse_object(raw, limits)
     try:
         return validate_vision_event(body, limits)
     except ValidationError as exc:
