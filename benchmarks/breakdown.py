@@ -3,6 +3,7 @@
     python benchmarks/breakdown.py engine 1080p [--rounds 8]   # the Event Writer, fastsend's block, the bare engine
     python benchmarks/breakdown.py block [--rounds 8]          # EventWriterSink.run(): 1080p, drawn 1080p, 640×480
     python benchmarks/breakdown.py aiohttp                     # bare aiohttp's loop-thread CPU per request
+    python benchmarks/breakdown.py loop 480p [--rounds 8]      # the loop thread: fastsend, its share, aiohttp in place
 
 Per thread: ``CpuMeter`` (every thread's own CPU clock, grouped by role). Per function group: the
 named functions wrapped to add their thread CPU (``time.thread_time``) to their group, by thread;
@@ -211,14 +212,126 @@ def bare_aiohttp() -> dict[str, int]:
         return {f"{size} bytes": round(uvloop.run(per_request(url, size))) for size in (1_000, 150_000, 700_000)}
 
 
+class _InstantTransport:
+    """Answers every POST at once with a 201 and hands its body to ``forward``: fastsend's loop without
+    the network, while bare aiohttp posts the same bodies on a loop of its own."""
+
+    def __init__(self, forward: Callable[[bytes], None]) -> None:
+        self._forward = forward
+
+    async def post(self, request: Any, timeout: float) -> Any:
+        from fastsend.results import Outcome
+
+        self._forward(max(request.chunks, key=len))  # the image's base64: fresh, nearly the whole body, not copied
+        return Outcome(None, "event created", event_id="instant", status=201)
+
+    async def close(self) -> None:
+        pass
+
+
+class _BareLoop:
+    """Bare aiohttp (fastsend's session settings) on a uvloop thread of its own; ``post`` hands it one
+    body from another thread, as fastsend's encoders hand their requests to its loop."""
+
+    def __init__(self, url: str) -> None:
+        import aiohttp
+        import uvloop
+
+        self.loop, self.url = uvloop.new_event_loop(), url + "/v2/events"
+        self.timeout = aiohttp.ClientTimeout(total=5, sock_connect=5)
+        self.pending = threading.Semaphore(0)
+        started = threading.Event()
+
+        def run() -> None:
+            async def open_session() -> None:
+                connector = aiohttp.TCPConnector(limit=8, limit_per_host=8, ttl_dns_cache=300)
+                self.session = aiohttp.ClientSession(
+                    connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+                )
+
+            self.loop.run_until_complete(open_session())
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="bare-aiohttp", daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def post(self, body: bytes) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._post(body)))
+
+    async def _post(self, body: bytes) -> None:
+        async with self.session.post(self.url, data=body, timeout=self.timeout) as response:
+            await response.read()
+        self.pending.release()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.session.close(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _cpu_clock(thread: threading.Thread | None) -> int:
+    assert thread is not None and thread.ident is not None
+    return time.pthread_getcpuclockid(thread.ident)
+
+
+def loop_in_place(scenario: str, rounds: int) -> dict[str, int]:
+    """Loop-thread CPU per event, contenders alternating: fastsend; fastsend with a transport that answers
+    at once (its own share: hand-offs, the event's task, the books, the slots); and bare aiohttp posting
+    those same bodies from a uvloop thread of its own, handed one by one while fastsend encodes (aiohttp's
+    share in place: the same threads busy, a fresh body each time)."""
+    import fastsend
+
+    inputs, events = event_inputs(*SIZES[scenario]), 64 if scenario == "480p" else 24
+    with running_receiver() as url:
+        bare = _BareLoop(url)
+
+        class InstantWriter(fastsend.EventWriter):
+            transport_factory = staticmethod(lambda settings: _InstantTransport(bare.post))
+
+        writers = {"fastsend": fastsend.EventWriter(url, api_key="k"), "instant": InstantWriter(url, api_key="k")}
+        clocks = {name: _cpu_clock(writer._dispatcher.loop._thread) for name, writer in writers.items()}
+        bare_clock = _cpu_clock(bare.thread)
+        event = fastsend.Event.custom(value="loop")
+        samples: dict[str, list[float]] = {"fastsend": [], "fastsend, no network": [], "bare aiohttp in place": []}
+
+        def burst(name: str) -> tuple[float, float]:
+            writer = writers[name]
+            started, bare_started = time.clock_gettime(clocks[name]), time.clock_gettime(bare_clock)
+            for _ in range(events):
+                writer.submit(event, inputs.output_frame, object_detections=inputs.detections)
+            assert writer.flush(120) == 0
+            if name == "instant":
+                for _ in range(events):
+                    assert bare.pending.acquire(timeout=120)
+            return time.clock_gettime(clocks[name]) - started, time.clock_gettime(bare_clock) - bare_started
+
+        for name in writers:  # warm-up
+            burst(name)
+        for index in range(rounds):
+            for name in writers if index % 2 == 0 else reversed(list(writers)):
+                own, bare_spent = burst(name)
+                if name == "fastsend":
+                    samples["fastsend"].append(own / events)
+                else:
+                    samples["fastsend, no network"].append(own / events)
+                    samples["bare aiohttp in place"].append(bare_spent / events)
+        for writer in writers.values():
+            writer.close(60)
+        bare.close()
+    return {name: round(statistics.median(values) * 1e6) for name, values in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("engine", "block", "aiohttp"))
+    parser.add_argument("what", choices=("engine", "block", "aiohttp", "loop"))
     parser.add_argument("scenario", nargs="?", default="1080p", choices=tuple(SIZES))
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     if args.what == "engine":
         report: Any = engine(args.scenario, args.rounds)
+    elif args.what == "loop":
+        report = loop_in_place(args.scenario, args.rounds)
     elif args.what == "block":
         report = block(args.rounds)
     else:

@@ -58,6 +58,7 @@ class Admission:
         self._deadlines = threading.Condition(self._lock)
         self._queue: deque[Job] = deque()
         self._queued_bytes = 0
+        self._room_waiters = 0  # callers blocked for room (overflow "block"): only they need waking
         self._in_flight = 0
         self._closed = False  # no new events admitted; what is queued still moves on until close()
         self._next_deadline = float("inf")  # no queued event is due before this
@@ -134,7 +135,11 @@ class Admission:
             refused.append(Refusal(job, Cause.QUEUE_FULL_RAISE, "queue full: refused (overflow policy raise)"))
             return False
         if policy == "block":
-            self._room.wait_for(lambda: not self._is_full(job) or self._closed, timeout=self._block_timeout)
+            self._room_waiters += 1
+            try:
+                self._room.wait_for(lambda: not self._is_full(job) or self._closed, timeout=self._block_timeout)
+            finally:
+                self._room_waiters -= 1
             if self._closed:
                 refused.append(Refusal(job, Cause.CLOSED, "writer closed while waiting for room"))
                 return False
@@ -175,7 +180,7 @@ class Admission:
             job.holds_slot = True
             self._in_flight += 1
             started.append(job)
-        if started:
+        if started and self._room_waiters:
             self._room.notify_all()
         return started
 

@@ -115,7 +115,10 @@ class Ledger:
             self._pending += 1
             self._snapshot_seconds += snapshot_seconds
             self._images_snapshotted += snapshots
-        ticket.future.add_done_callback(lambda future: self._cancelled(ticket) if future.cancelled() else None)
+        # Settled first means not cancelled: the common case skips the Future's lock.
+        ticket.future.add_done_callback(
+            lambda future: self._cancelled(ticket) if not ticket.settled and future.cancelled() else None
+        )
         return ticket
 
     def start(self, ticket: Ticket) -> bool:

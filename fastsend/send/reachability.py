@@ -46,7 +46,7 @@ class Reachability:
         without an answer means not."""
         if outcome.status is None and outcome.cause in _NO_ANSWER:
             self._lost(outcome)
-        elif outcome.status is not None:
+        elif outcome.status is not None and self._lost_at is not None:  # only a change of state takes the lock
             self._answered()
 
     def _lost(self, outcome: Outcome) -> None:
