@@ -26,6 +26,7 @@ import cv2  # noqa: E402
 import simplejpeg  # noqa: E402
 import supervision as sv  # noqa: E402
 from inference.core.workflows.execution_engine.core import ExecutionEngine  # noqa: E402
+from support.vision import frames, jpeg_of  # noqa: E402
 
 from fastsend.integrations.block import API_KEY_ENV  # noqa: E402
 from fastsend.server import ReferenceService  # noqa: E402
@@ -106,21 +107,6 @@ def step(name: str, block: str, fields: dict[str, Any], **overrides: Any) -> dic
 def workflow(*steps: dict[str, Any]) -> dict[str, Any]:
     outputs = [{"type": "JsonField", "name": s["name"], "selector": f"$steps.{s['name']}.*"} for s in steps]
     return {"version": "1.0", "inputs": INPUTS, "steps": list(steps), "outputs": outputs}
-
-
-def frames() -> list[np.ndarray]:
-    rows = np.linspace(0, 255, HEIGHT, dtype=np.uint8)[:, None, None]
-    cols = np.linspace(0, 255, WIDTH, dtype=np.uint8)[None, :, None]
-    first = np.broadcast_to(rows // 2 + cols // 2, (HEIGHT, WIDTH, 3)).copy()
-    second = first[::-1].copy()
-    second[..., 2] = 200
-    return [first, second]
-
-
-def jpeg_of(frame: np.ndarray) -> bytes:
-    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    return bytes(encoded)
 
 
 def detections(with_masks: bool = False, with_keypoints: bool = False) -> sv.Detections:
