@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import platform
 import re
 import select
@@ -13,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import simplejpeg
+from support.cli import CLI_TIMEOUT, fastsend_cli
+from support.service_process import REPO_ROOT
 
 import fastsend
 from fastsend.cli.commands import _progress
@@ -21,32 +21,7 @@ from fastsend.server import ReferenceService
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 30.0
-
-
-def fastsend_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fastsend", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-@pytest.fixture
-def jpeg_file(tmp_path: Path, frame) -> Path:
-    path = tmp_path / "frame.jpg"
-    path.write_bytes(simplejpeg.encode_jpeg(frame, quality=90, colorspace="BGR"))
-    return path
-
-
-@pytest.fixture
-def service(tmp_path: Path):
-    with ReferenceService(tmp_path / "service") as running:
-        yield running
+TIMEOUT = CLI_TIMEOUT
 
 
 def test_send_prints_the_event_id_and_the_service_stores_the_event(service, jpeg_file: Path) -> None:

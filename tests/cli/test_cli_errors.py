@@ -4,7 +4,6 @@ status, no traceback unless -v; did-you-mean; help for every option; the key fro
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import signal
 import socket
@@ -16,28 +15,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import simplejpeg
+from support.cli import CLI_TIMEOUT, fastsend_cli
+from support.service_process import REPO_ROOT
 
 from fastsend.cli.commands import _parser
 from fastsend.server import ReferenceService
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 30.0
-
-
-def fastsend_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fastsend", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
-    )
+TIMEOUT = CLI_TIMEOUT
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
@@ -46,19 +32,6 @@ def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: "), done.stderr
     return lines[0]
-
-
-@pytest.fixture
-def jpeg_file(tmp_path: Path, frame) -> Path:
-    path = tmp_path / "frame.jpg"
-    path.write_bytes(simplejpeg.encode_jpeg(frame, quality=90, colorspace="BGR"))
-    return path
-
-
-@pytest.fixture
-def service(tmp_path: Path):
-    with ReferenceService(tmp_path / "service") as running:
-        yield running
 
 
 @pytest.fixture
